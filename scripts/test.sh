@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The README's test command: set up, then check that notebooks and library agree, run every
+# notebook (nbdev_test) and the pytest suite (multi-process, server, browser, CLI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+bash scripts/setup.sh
+echo "== nbdev_clean + nbdev_export leave git clean"
+nbdev_clean
+nbdev_export
+if [ -n "$(git status --porcelain -- nbs nanogpt_course)" ]; then
+  git status --porcelain -- nbs nanogpt_course
+  git --no-pager diff --stat -- nbs nanogpt_course
+  echo "FAIL: notebooks are not clean or the library is not in sync with them (run nbdev_clean && nbdev_export, commit both)"
+  exit 1
+fi
+echo "== nbdev_test"
+nbdev_test --n_workers 2 --timing
+echo "== pytest"
+python3 -m pytest tests -q -ra
