@@ -1,0 +1,95 @@
+"""Tokenizer benchmark: BPE training (fast vs naive) and encoding throughput (tiktoken vs pure Python).
+
+    python benchmarks/bench_tokenizer.py                  # tinyshakespeare if NANOGPT_COURSE_DATA is set, else stdlib docstrings
+    python benchmarks/bench_tokenizer.py --naive-merges 10 --vocab-size 4096
+
+Every ratio compares two things measured in this run, on the same text. The naive trainer (recount all pairs
+before each merge) would take many minutes for a whole vocabulary, so it runs a fixed number of merges, and we
+compare it with the fast trainer doing the same merges (and check they are the same merges)."""
+import argparse, gc, os, resource, sys, time
+
+from nanogpt_course.tokenizer import BPETokenizer, split_text, stdlib_corpus, train_bpe, train_bpe_naive
+from collections import Counter
+
+
+def _status(field):
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"): return int(line.split()[1]) * 1024
+    except OSError: pass
+    return None
+
+def reset_peak():
+    "Reset the peak RSS (Linux); returns the current RSS in bytes."
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f: f.write("5")
+    except OSError: pass
+    return _status("VmRSS") or 0
+
+def peak():
+    return _status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+def measure(fn, repeat=1):
+    "(best seconds, result, peak RSS MiB during the runs)"
+    reset_peak()
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter(); out = fn(); best = min(best, time.perf_counter() - t)
+    return best, out, peak() / 2**20
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--vocab-size", type=int, default=4096, help="vocabulary of the fast training run (default 4096)")
+    ap.add_argument("--naive-merges", type=int, default=12, help="merges the naive trainer runs on the whole text (default 12)")
+    ap.add_argument("--repeat", type=int, default=3, help="encoding runs per encoder; the best is reported (default 3)")
+    a = ap.parse_args(argv)
+
+    data = os.environ.get("NANOGPT_COURSE_DATA")
+    path = os.path.join(data, "tinyshakespeare.txt") if data else None
+    if path and os.path.exists(path):
+        text, name = open(path, encoding="utf-8").read(), "tinyshakespeare.txt"
+    else:
+        text, name = stdlib_corpus(1_115_394), "stdlib docstrings (NANOGPT_COURSE_DATA unset)"
+    mb = len(text.encode("utf-8")) / 1e6
+    print(f"corpus: {name}, {mb:.2f} MB; python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+
+    print(f"\n== training ==")
+    s_fast, tok, m_fast = measure(lambda: BPETokenizer.train(text, a.vocab_size))
+    n_merges = len(tok.merges)
+    print(f"fast trainer:  {a.vocab_size:,}-token vocabulary ({n_merges:,} merges) in {s_fast:.2f}s, peak RSS {m_fast:,.0f} MiB")
+    k = a.naive_merges
+    s_naive, (_, merges_naive), m_naive = measure(lambda: train_bpe_naive(text, 256 + k))
+    s_fast_k, (_, merges_fast_k), m_fast_k = measure(lambda: train_bpe(Counter(split_text(text)), 256 + k))
+    assert merges_naive == merges_fast_k, "the two trainers disagree"
+    print(f"naive trainer: {k} merges in {s_naive:.2f}s ({s_naive / k:.2f} s/merge), peak RSS {m_naive:,.0f} MiB")
+    print(f"fast trainer:  the same {k} merges (identical: True) in {s_fast_k:.2f}s, peak RSS {m_fast_k:,.0f} MiB")
+    print(f"ratio, same {k} merges, naive/fast:                     {s_naive / s_fast_k:6.1f}x")
+    marginal = (s_fast - s_fast_k) / max(1, n_merges - k)
+    print(f"per merge: naive {s_naive / k * 1000:,.0f} ms; fast {marginal * 1000:.2f} ms (marginal: (whole run - first {k} merges) / "
+          f"remaining merges) -> {s_naive / k / marginal:,.0f}x")
+    est = s_naive / k * n_merges
+    print(f"naive for all {n_merges:,} merges, extrapolated ({s_naive / k:.2f} s x {n_merges:,}): about {est / 60:.0f} min")
+    print(f"ratio, whole vocabulary, extrapolated naive / measured fast: {est / s_fast:6.0f}x  (an upper estimate: later naive merges\n"
+          f"  are somewhat cheaper because the corpus gets shorter; most of the fast time is the one-off pre-tokenization)")
+
+    print(f"\n== encoding ({name}) ==")
+    enc = tok.to_tiktoken()
+    rows = []
+    def cold(t):
+        t._cache.clear(); return t.encode_ordinary(text)
+    for label, t in [(f"trained {tok.n_vocab}", tok), ("gpt2", BPETokenizer.gpt2())]:
+        e = t.to_tiktoken()
+        s_tk, ids_tk, m_tk = measure(lambda: e.encode_ordinary(text), a.repeat)
+        s_py, ids_py, m_py = measure(lambda: cold(t), a.repeat)
+        s_warm, _, _ = measure(lambda: t.encode_ordinary(text), a.repeat)
+        assert ids_py == ids_tk, f"{label}: pure Python and tiktoken ids differ"
+        print(f"{label:>13}: tiktoken {mb / s_tk:6.2f} MB/s (peak {m_tk:,.0f} MiB) | pure Python {mb / s_py:5.2f} MB/s cold cache, "
+              f"{mb / s_warm:5.2f} MB/s warm (peak {m_py:,.0f} MiB) | tiktoken/pure Python (cold) {s_py / s_tk:5.1f}x | ids identical")
+    print(f"\npeak RSS of the whole run: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
