@@ -7,13 +7,13 @@ __all__ = ['APIError', 'SamplingParams', 'parse_sampling', 'render_chat', 'encod
            'Generation', 'Job', 'QueueFull', 'Engine', 'sse', 'create_app', 'ServerThread', 'load_models', 'cli',
            'chat_loop', 'chat_cli']
 
-# %% ../nbs/07_serve.ipynb #29999200
+# %% ../nbs/07_serve.ipynb #7886dcc9
 import argparse, asyncio, codecs, json, math, os, queue, socket, sys, threading, time, uuid
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import torch
 
-# %% ../nbs/07_serve.ipynb #81f749b7
+# %% ../nbs/07_serve.ipynb #819e6374
 class APIError(Exception):
     "An error the client can act on, sent as OpenAI's JSON error body."
     def __init__(self,
@@ -31,7 +31,7 @@ class APIError(Exception):
         "The JSON body, in OpenAI's format."
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-# %% ../nbs/07_serve.ipynb #4373fc59
+# %% ../nbs/07_serve.ipynb #c1fee4cf
 @dataclass
 class SamplingParams:
     "How to pick tokens: the sampling part of a request."
@@ -85,7 +85,7 @@ def parse_sampling(body: dict,  # the request's JSON object
         stop=stop, seed=seed)
     return params, mt is not None
 
-# %% ../nbs/07_serve.ipynb #6ac2452f
+# %% ../nbs/07_serve.ipynb #2ce28c36
 def _prompt_text(body: dict) -> str | list[int]:
     "The completions prompt: a string, a list of token ids, or a list holding one of those."
     if "prompt" not in body or body["prompt"] is None:
@@ -162,7 +162,7 @@ def fit_context(n_prompt: int,  # prompt tokens
         params = SamplingParams(**{**asdict(params), "max_tokens": room})
     return params
 
-# %% ../nbs/07_serve.ipynb #fe7d5515
+# %% ../nbs/07_serve.ipynb #eaf6376a
 class TextStream:
     "Turn token ids into text deltas that are safe to send: whole characters, nothing past a stop string."
     def __init__(self,
@@ -197,7 +197,7 @@ class TextStream:
         out, self.sent = self.text[self.sent:end], max(self.sent, end)
         return out
 
-# %% ../nbs/07_serve.ipynb #3e39c958
+# %% ../nbs/07_serve.ipynb #8f47a580
 class Generation:
     "Iterate to get the text deltas of one answer; afterwards `finish_reason` and `completion_tokens` say how it ended."
     def __init__(self,
@@ -232,7 +232,7 @@ class Generation:
         tail = ts.flush()
         if tail and self.finish_reason != "cancelled": yield tail
 
-# %% ../nbs/07_serve.ipynb #1fbdd276
+# %% ../nbs/07_serve.ipynb #3d0167b2
 class Job:
     "One request's generation, passed from the event loop to the worker thread."
     def __init__(self, model_name, model, enc, prompt_ids, params, loop=None):
@@ -329,7 +329,7 @@ class Engine:
             except queue.Empty: break
             if job is not None: job.cancel.set(); job.generation.finish_reason = "cancelled"; self._finish(job, "done")
 
-# %% ../nbs/07_serve.ipynb #7bf15c8b
+# %% ../nbs/07_serve.ipynb #84070ecf
 def sse(data) -> str:
     "One server-sent event: `data: <json>` and a blank line (`data: [DONE]` for the end)."
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
@@ -339,7 +339,7 @@ def _usage(n_prompt, n_completion):
 
 def _finish_reason(r): return "stop" if r in ("stop", "cancelled") else r
 
-# %% ../nbs/07_serve.ipynb #b57d644a
+# %% ../nbs/07_serve.ipynb #2e692ecf
 def _static_dir() -> Path:
     "Where the web page lives (nanogpt_course/static), inside the installed package."
     import nanogpt_course
@@ -526,7 +526,7 @@ def create_app(models: dict,  # name -> (GPT, tiktoken.Encoding); the first is t
 
     return app
 
-# %% ../nbs/07_serve.ipynb #a2d99303
+# %% ../nbs/07_serve.ipynb #85408f93
 class ServerThread:
     "A uvicorn server for `app` in a background thread: `with ServerThread(app) as s: ... s.url`."
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
@@ -557,7 +557,7 @@ class ServerThread:
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.stop()
 
-# %% ../nbs/07_serve.ipynb #3af40c52
+# %% ../nbs/07_serve.ipynb #32f94ceb
 def _model_name(spec: str) -> str:
     p = Path(spec)
     return p.stem if p.is_file() else (p.name if p.is_dir() else spec)
@@ -608,7 +608,7 @@ def cli(argv: list[str] | None = None) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
-# %% ../nbs/07_serve.ipynb #11bd437d
+# %% ../nbs/07_serve.ipynb #f3557666
 def chat_loop(model, enc,
               params: SamplingParams,  # max_tokens is the most per answer
               system: str | None = None,  # an optional system turn kept at the start
@@ -630,16 +630,18 @@ def chat_loop(model, enc,
             history = list(base); print("(conversation cleared)", file=stdout, flush=True); continue
         if text.startswith("/"):
             print(f"(unknown command {text}; commands: /reset, /quit)", file=stdout, flush=True); continue
-        history.append({"role": "user", "content": text})
+        turn = {"role": "user", "content": text}
+        n_alone = len(enc.encode(render_chat(base + [turn]), allowed_special="all"))
+        if n_alone >= bs:  # refuse before touching the history: a too-long message loses nothing
+            print(f"(your message is {n_alone} tokens with the template but the context is {bs}; shorten it)", file=stdout, flush=True)
+            continue
+        history.append(turn)
         ids = enc.encode(render_chat(history), allowed_special="all")
         dropped = 0
         while len(ids) + min(params.max_tokens, 16) > bs and len(history) > len(base) + 1:
             history.pop(len(base)); dropped += 1  # oldest turn first
             ids = enc.encode(render_chat(history), allowed_special="all")
         if dropped: print(f"(dropped the {dropped} oldest turn(s) to fit the {bs}-token context)", file=stdout, flush=True)
-        if len(ids) >= bs:
-            print(f"(your message is {len(ids)} tokens with the template but the context is {bs}; shorten it)", file=stdout, flush=True)
-            history.pop(); continue
         p = SamplingParams(**{**asdict(params), "max_tokens": min(params.max_tokens, bs - len(ids))})
         print("bot> ", end="", file=stdout, flush=True)
         gen, answer = Generation(model, enc, ids, p), []

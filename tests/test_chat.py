@@ -1,0 +1,98 @@
+"""`nanogpt-course chat` (serve.chat_cli): a conversation piped into stdin, streamed answers through the SFT template,
+/reset, /quit, end of input, a context that overflows, and a checkpoint that is not there."""
+import dataclasses, io, subprocess, sys
+
+import pytest, tiktoken, torch
+
+from nanogpt_course.model import GPT, GPTConfig
+from nanogpt_course.serve import SamplingParams, chat_loop
+from nanogpt_course.sft import format_chat
+
+
+@pytest.fixture(scope="module")
+def enc():
+    return tiktoken.get_encoding("gpt2")
+
+
+def tiny(enc, block_size=256):
+    torch.manual_seed(0)
+    return GPT(GPTConfig.from_preset("tiny", vocab_size=enc.n_vocab, block_size=block_size)).eval()
+
+
+def greedy_answer(model, enc, messages, max_tokens):
+    ids = enc.encode(format_chat(messages), allowed_special="all")
+    out = model.generate(torch.tensor([ids]), max_tokens, temperature=0, eos_token_id=enc.eot_token)[0, len(ids):].tolist()
+    return enc.decode(out[:out.index(enc.eot_token)] if enc.eot_token in out else out)
+
+
+class Recorder(GPT):
+    "Remembers every prompt it was asked to continue."
+    def stream(self, idx, *args, **kwargs):
+        self.prompts.append(idx[0].tolist())
+        yield from super().stream(idx, *args, **kwargs)
+
+
+def run_chat(checkpoint, stdin, *extra):
+    code = "import sys; from nanogpt_course.serve import chat_cli; sys.exit(chat_cli(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, "--checkpoint", str(checkpoint), *extra],
+                          input=stdin, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, enc):
+    from nanogpt_course.train import save_checkpoint
+    from nanogpt_course.tokenizer import tokenizer_state
+    model = tiny(enc)
+    path = tmp_path_factory.mktemp("chat") / "sft.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "config": dataclasses.asdict(model.config),
+                           "tokenizer": tokenizer_state(enc), "kind": "sft", "step": 0})
+    return path, model
+
+
+def test_chat_cli_piped_conversation(checkpoint, enc):
+    path, model = checkpoint
+    r = run_chat(path, "What is the capital of France?\n/reset\nName a colour.\n/quit\nthis line is never read\n",
+                 "--temperature", "0", "--max-tokens", "12")
+    assert r.returncode == 0, r.stderr
+    answers = [line for line in r.stdout.split("bot> ")[1:]]
+    assert len(answers) == 2 and "(conversation cleared)" in r.stdout
+    # the answers are the model's greedy continuations of the SFT template (after /reset: no history)
+    first = greedy_answer(model, enc, [{"role": "user", "content": "What is the capital of France?"}], 12)
+    second = greedy_answer(model, enc, [{"role": "user", "content": "Name a colour."}], 12)
+    assert answers[0].startswith(first) and answers[1].startswith(second)
+    assert "this line is never read" not in r.stdout
+
+
+def test_chat_cli_eof_exits_and_sampling_is_seeded(checkpoint):
+    path, _ = checkpoint
+    a = run_chat(path, "Tell me a joke.\n", "--seed", "3", "--max-tokens", "10")
+    b = run_chat(path, "Tell me a joke.\n", "--seed", "3", "--max-tokens", "10")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr
+    assert a.stdout.count("bot> ") == 1 and a.stdout == b.stdout
+
+
+def test_chat_cli_errors(tmp_path, checkpoint):
+    r = run_chat(tmp_path / "missing.pt", "hi\n")
+    assert r.returncode == 2 and "could not load" in r.stderr and "missing.pt" in r.stderr
+    r = run_chat(checkpoint[0], "hi\n", "--temperature", "5")
+    assert r.returncode == 2 and "temperature" in r.stderr
+
+
+def test_history_reset_and_context_overflow(enc):
+    model = Recorder(GPTConfig.from_preset("tiny", vocab_size=enc.n_vocab, block_size=96)).eval()
+    model.prompts = []
+    out = io.StringIO()
+    turns = ["First question here?", "Second one?", "/reset", "Third?", "/nonsense", "word " * 200, "Still there?",
+             "alpha " * 30, "beta " * 30]
+    rc = chat_loop(model, enc, SamplingParams(max_tokens=6, temperature=0), stdin=io.StringIO("\n".join(turns) + "\n"), stdout=out)
+    text = out.getvalue()
+    assert rc == 0
+    p = [enc.decode(ids) for ids in model.prompts]
+    assert len(p) == text.count("bot> ") == 6
+    assert "First question here?" in p[1] and "Second one?" in p[1]  # the second turn sees the first
+    assert "First question here?" not in p[2] and "Third?" in p[2]  # /reset forgot it
+    assert "unknown command /nonsense" in text
+    assert "shorten it" in text  # the 200-word message cannot fit in 96 tokens: refused, not crashed...
+    assert "Third?" in p[3] and "Still there?" in p[3]  # ...and the conversation before it is kept
+    assert "dropped the" in text and "Third?" not in p[5] and "beta" in p[5]  # the oldest turns make room for new ones
+    assert all(len(ids) < 96 for ids in model.prompts)
