@@ -7,8 +7,8 @@ __all__ = ['GPT2_SPLIT_PATTERN', 'EOT', 'FORMAT', 'GPT2_URLS', 'stdlib_corpus', 
            'train_bpe_naive', 'train_bpe', 'bytes_to_unicode', 'BPETokenizer', 'tokenizer_state', 'get_tokenizer',
            'cli']
 
-# %% ../nbs/00_tokenizer.ipynb #2c019e0c
-import argparse, base64, functools, heapq, json, os, sys, time, warnings
+# %% ../nbs/00_tokenizer.ipynb #0dd6b99d
+import argparse, base64, functools, heapq, itertools, json, os, sys, time, warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable
@@ -16,7 +16,7 @@ from typing import Iterable
 import regex
 import tiktoken
 
-# %% ../nbs/00_tokenizer.ipynb #d291cc42
+# %% ../nbs/00_tokenizer.ipynb #dee5b9cd
 def stdlib_corpus(max_bytes: int = 1_200_000, # stop once the text is this long
                  ) -> str:
     "English text that ships with Python, no download needed: the docstrings of the standard library's modules."
@@ -32,7 +32,7 @@ def stdlib_corpus(max_bytes: int = 1_200_000, # stop once the text is this long
                 if n >= max_bytes: return "\n\n".join(parts)
     return "\n\n".join(parts)
 
-# %% ../nbs/00_tokenizer.ipynb #056f3c3a
+# %% ../nbs/00_tokenizer.ipynb #2f6c174a
 # The split pattern of tiktoken's "gpt2" encoding: contractions, letters, digits, other symbols, whitespace.
 # GPT-2's encoder.py used `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`;
 # tiktoken's possessive form splits every text the same way, faster.
@@ -46,13 +46,13 @@ def split_text(text: str, pat_str: str = GPT2_SPLIT_PATTERN) -> list[str]:
     "Pre-tokenize `text` into the chunks that BPE merges never cross."
     return _compile(pat_str).findall(text)
 
-# %% ../nbs/00_tokenizer.ipynb #7b311131
+# %% ../nbs/00_tokenizer.ipynb #8ee1a5db
 def pair_counts(chunks: Iterable[list[int]], # token ids of each chunk
                 weights: Iterable[int] | None = None, # how often each chunk occurs (1 each if None)
                ) -> dict[tuple[int, int], int]:
     "Count adjacent pairs of ids inside each chunk."
     counts = {}
-    for ids, w in zip(chunks, weights if weights is not None else iter(lambda: 1, None)):
+    for ids, w in zip(chunks, itertools.repeat(1) if weights is None else weights):
         for p in zip(ids, ids[1:]): counts[p] = counts.get(p, 0) + w
     return counts
 
@@ -68,7 +68,7 @@ def merge_pair(ids: list[int], # token ids
         else: out.append(ids[i]); i += 1
     return out
 
-# %% ../nbs/00_tokenizer.ipynb #72a9df00
+# %% ../nbs/00_tokenizer.ipynb #1b9c7f5b
 def _token_for(pair, vocab: list[bytes], index: dict[bytes, int]) -> tuple[int, bool]:
     "The id of the token spelling pair's bytes: an existing one when two pairs spell the same bytes, else a new one."
     b = vocab[pair[0]] + vocab[pair[1]]
@@ -81,7 +81,7 @@ def _check_n(n_tokens: int):
         raise ValueError(f"vocab_size leaves {n_tokens} ordinary tokens but a byte-level BPE needs at least 256 "
                          "(one per byte) plus one per special token; ask for a larger vocab_size, e.g. 512 or 4096")
 
-# %% ../nbs/00_tokenizer.ipynb #68f5054c
+# %% ../nbs/00_tokenizer.ipynb #6827f95b
 def train_bpe_naive(text: str, # training text
                     n_tokens: int, # ordinary tokens wanted: 256 bytes + merges
                     pat_str: str = GPT2_SPLIT_PATTERN, # pre-tokenization regex
@@ -102,7 +102,7 @@ def train_bpe_naive(text: str, # training text
         merges.append(pair)
     return vocab, merges
 
-# %% ../nbs/00_tokenizer.ipynb #6dada579
+# %% ../nbs/00_tokenizer.ipynb #6c57f86a
 def train_bpe(chunk_counts: dict[str, int], # pre-tokenized chunk -> how often it occurs
               n_tokens: int, # ordinary tokens wanted: 256 bytes + merges
               history: list | None = None, # if given, receives the corpus length in tokens after each merge
@@ -146,7 +146,7 @@ def train_bpe(chunk_counts: dict[str, int], # pre-tokenized chunk -> how often i
         if history is not None: history.append(n_total)
     return vocab, merges
 
-# %% ../nbs/00_tokenizer.ipynb #edc6275a
+# %% ../nbs/00_tokenizer.ipynb #c5bc2e3d
 @functools.lru_cache(maxsize=1)
 def bytes_to_unicode() -> dict[int, str]:
     "GPT-2's reversible map from each byte to a printable character (space -> 'Ġ', newline -> 'Ċ')."
@@ -167,7 +167,7 @@ def _from_str(s: str) -> bytes:
 @functools.lru_cache(maxsize=1)
 def _unicode_to_bytes(): return {c: b for b, c in bytes_to_unicode().items()}
 
-# %% ../nbs/00_tokenizer.ipynb #a12176ea
+# %% ../nbs/00_tokenizer.ipynb #74abeb7d
 FORMAT = "nanogpt-course/bpe-tokenizer"  # the "format" field of a saved tokenizer
 
 def _load_json(path) -> dict:
@@ -179,7 +179,7 @@ def _load_json(path) -> dict:
         raise ValueError(f"{str(p)!r} is not a tokenizer file (not valid JSON: {e}); it may be truncated or another kind "
                          "of file: re-create it with `nanogpt-course tokenizer train` or BPETokenizer.save") from None
 
-# %% ../nbs/00_tokenizer.ipynb #565b19cf
+# %% ../nbs/00_tokenizer.ipynb #22e60575
 class BPETokenizer:
     "Byte-level BPE tokenizer: GPT-2's pre-tokenization, merges by rank, special tokens after the merges."
     def __init__(self,
@@ -356,7 +356,7 @@ class BPETokenizer:
         return tiktoken.Encoding(self.name, pat_str=self.pat_str, mergeable_ranks=dict(self.ranks),
                                  special_tokens=dict(self.special_tokens))
 
-# %% ../nbs/00_tokenizer.ipynb #48629b57
+# %% ../nbs/00_tokenizer.ipynb #60103c4e
 def _fix_surrogates(text: str) -> str:
     "Replace lone surrogates (not encodable as UTF-8) by U+FFFD, as tiktoken does."
     try: text.encode("utf-8")
@@ -384,7 +384,7 @@ def _raise_disallowed(token: str):
                      f"If you want this text to be encoded as a special token, pass allowed_special={{{token!r}}} (or \"all\").\n"
                      f"If you want this text to be encoded as normal text, pass allowed_special=\"none\" or use encode_ordinary.")
 
-# %% ../nbs/00_tokenizer.ipynb #a2600b57
+# %% ../nbs/00_tokenizer.ipynb #7f26da68
 GPT2_URLS = {"encoder_json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
              "vocab_bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe"}
 
@@ -400,7 +400,7 @@ def _read_gpt2_file(path, key: str) -> str:
         raise ValueError(f"could not read GPT-2's {key.replace('_', '.')} ({type(e).__name__}: {e}); set TIKTOKEN_CACHE_DIR to a "
                          f"tiktoken cache that holds it (file name = sha1 of {GPT2_URLS[key]}) or pass its path") from None
 
-# %% ../nbs/00_tokenizer.ipynb #5ff0dc33
+# %% ../nbs/00_tokenizer.ipynb #240601b4
 def _is_gpt2(enc: tiktoken.Encoding) -> bool:
     "Is `enc` GPT-2's encoding (whatever object it is)?"
     if enc.name != "gpt2" or enc.n_vocab != 50257 or enc._special_tokens != {EOT: 50256}: return False
@@ -458,7 +458,7 @@ def get_tokenizer(spec: "str | os.PathLike | dict | BPETokenizer | tiktoken.Enco
         return _load_file(str(p.resolve()), p.stat().st_mtime)
     raise TypeError(f"get_tokenizer got a {type(spec).__name__}; pass 'gpt2', a path, a dict from tokenizer_state, a BPETokenizer or a tiktoken.Encoding")
 
-# %% ../nbs/00_tokenizer.ipynb #515ff11a
+# %% ../nbs/00_tokenizer.ipynb #64455989
 def _read_inputs(paths: list[str]) -> list[str]:
     texts = []
     for p in map(Path, paths):
