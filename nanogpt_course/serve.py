@@ -7,13 +7,13 @@ __all__ = ['APIError', 'SamplingParams', 'parse_sampling', 'render_chat', 'encod
            'Generation', 'Job', 'QueueFull', 'Engine', 'sse', 'create_app', 'ServerThread', 'load_models', 'cli',
            'chat_loop', 'chat_cli']
 
-# %% ../nbs/07_serve.ipynb #7886dcc9
+# %% ../nbs/07_serve.ipynb #d9a38af8
 import argparse, asyncio, codecs, json, math, os, queue, socket, sys, threading, time, uuid
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import torch
 
-# %% ../nbs/07_serve.ipynb #819e6374
+# %% ../nbs/07_serve.ipynb #41073940
 class APIError(Exception):
     "An error the client can act on, sent as OpenAI's JSON error body."
     def __init__(self,
@@ -31,7 +31,7 @@ class APIError(Exception):
         "The JSON body, in OpenAI's format."
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-# %% ../nbs/07_serve.ipynb #c1fee4cf
+# %% ../nbs/07_serve.ipynb #0711f991
 @dataclass
 class SamplingParams:
     "How to pick tokens: the sampling part of a request."
@@ -85,7 +85,7 @@ def parse_sampling(body: dict,  # the request's JSON object
         stop=stop, seed=seed)
     return params, mt is not None
 
-# %% ../nbs/07_serve.ipynb #2ce28c36
+# %% ../nbs/07_serve.ipynb #15eb7b89
 def _prompt_text(body: dict) -> str | list[int]:
     "The completions prompt: a string, a list of token ids, or a list holding one of those."
     if "prompt" not in body or body["prompt"] is None:
@@ -162,7 +162,7 @@ def fit_context(n_prompt: int,  # prompt tokens
         params = SamplingParams(**{**asdict(params), "max_tokens": room})
     return params
 
-# %% ../nbs/07_serve.ipynb #eaf6376a
+# %% ../nbs/07_serve.ipynb #abcf1988
 class TextStream:
     "Turn token ids into text deltas that are safe to send: whole characters, nothing past a stop string."
     def __init__(self,
@@ -197,7 +197,7 @@ class TextStream:
         out, self.sent = self.text[self.sent:end], max(self.sent, end)
         return out
 
-# %% ../nbs/07_serve.ipynb #8f47a580
+# %% ../nbs/07_serve.ipynb #21ddfe3e
 class Generation:
     "Iterate to get the text deltas of one answer; afterwards `finish_reason` and `completion_tokens` say how it ended."
     def __init__(self,
@@ -232,7 +232,7 @@ class Generation:
         tail = ts.flush()
         if tail and self.finish_reason != "cancelled": yield tail
 
-# %% ../nbs/07_serve.ipynb #3d0167b2
+# %% ../nbs/07_serve.ipynb #50e3cbb8
 class Job:
     "One request's generation, passed from the event loop to the worker thread."
     def __init__(self, model_name, model, enc, prompt_ids, params, loop=None):
@@ -329,7 +329,7 @@ class Engine:
             except queue.Empty: break
             if job is not None: job.cancel.set(); job.generation.finish_reason = "cancelled"; self._finish(job, "done")
 
-# %% ../nbs/07_serve.ipynb #84070ecf
+# %% ../nbs/07_serve.ipynb #d835d6b0
 def sse(data) -> str:
     "One server-sent event: `data: <json>` and a blank line (`data: [DONE]` for the end)."
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
@@ -339,7 +339,7 @@ def _usage(n_prompt, n_completion):
 
 def _finish_reason(r): return "stop" if r in ("stop", "cancelled") else r
 
-# %% ../nbs/07_serve.ipynb #2e692ecf
+# %% ../nbs/07_serve.ipynb #62d88581
 def _static_dir() -> Path:
     "Where the web page lives (nanogpt_course/static), inside the installed package."
     import nanogpt_course
@@ -526,7 +526,7 @@ def create_app(models: dict,  # name -> (GPT, tiktoken.Encoding); the first is t
 
     return app
 
-# %% ../nbs/07_serve.ipynb #85408f93
+# %% ../nbs/07_serve.ipynb #e10c8591
 class ServerThread:
     "A uvicorn server for `app` in a background thread: `with ServerThread(app) as s: ... s.url`."
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
@@ -557,7 +557,7 @@ class ServerThread:
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.stop()
 
-# %% ../nbs/07_serve.ipynb #32f94ceb
+# %% ../nbs/07_serve.ipynb #e7751634
 def _model_name(spec: str) -> str:
     p = Path(spec)
     return p.stem if p.is_file() else (p.name if p.is_dir() else spec)
@@ -591,13 +591,16 @@ def _serve_parser():
     g.add_argument("--max-queue", type=int, default=64, help="requests waiting or running; more get 503 + Retry-After")
     g.add_argument("--max-active", type=int, default=4, help="answers generated at the same time, token by token")
     g.add_argument("--max-tokens", type=int, default=1024, help="ceiling on max_tokens per request")
+    g.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's default); 1 is often fastest on a small, busy CPU")
     return ap
 
 def cli(argv: list[str] | None = None) -> int:
     "`nanogpt-course serve`: load the models and run the server until Ctrl-C."
     args = _serve_parser().parse_args(argv)
+    if args.threads > 0: torch.set_num_threads(args.threads)
     try: models = load_models(args.checkpoint, args.base, args.name, args.base_name, args.device)
-    except (FileNotFoundError, ValueError, OSError) as e:
+    except Exception as e:  # a missing, corrupt or foreign file, or no network for a Hugging Face id
         print(f"error: could not load a model: {e}", file=sys.stderr); return 2
     import uvicorn
     main_name = list(models)[-1]
@@ -608,7 +611,7 @@ def cli(argv: list[str] | None = None) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
-# %% ../nbs/07_serve.ipynb #f3557666
+# %% ../nbs/07_serve.ipynb #9d426cc2
 def chat_loop(model, enc,
               params: SamplingParams,  # max_tokens is the most per answer
               system: str | None = None,  # an optional system turn kept at the start
@@ -673,7 +676,7 @@ def chat_cli(argv: list[str] | None = None) -> int:
     except APIError as e: print(f"error: {e.message}", file=sys.stderr); return 2
     from nanogpt_course.train import load_model
     try: model, enc = load_model(args.checkpoint, device=args.device)
-    except (FileNotFoundError, ValueError, OSError) as e:
+    except Exception as e:  # a missing, corrupt or foreign file, or no network for a Hugging Face id
         print(f"error: could not load a model: {e}", file=sys.stderr); return 2
     if sys.stdin.isatty(): print(f"chatting with {args.checkpoint} ({model.config.block_size}-token context); /reset clears, /quit leaves")
     try: return chat_loop(model.eval(), enc, params, system=args.system)
