@@ -1,0 +1,145 @@
+"""Pretraining proofs on CPU (nanogpt_course.train): exact resume, DDP == gradient accumulation, SIGKILL during a save,
+config refusal, checkpoints and load_model, the CLI. Self-contained: a small BPE tokenizer and a corpus built in the test."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pytest
+import torch
+
+from nanogpt_course.data import prepare
+from nanogpt_course.tokenizer import BPETokenizer
+from nanogpt_course.train import (CheckpointError, list_checkpoints, load_checkpoint, load_model, pretrain, read_log)
+
+ROOT = Path(__file__).resolve().parents[1]
+# a tiny model and batch: 2 layers, 32 wide, a 320-token vocabulary; each step is a few ms
+RUN = dict(preset="tiny", n_embd=32, batch_size=4, seq_len=32, total_batch_tokens=512, max_steps=9, lr=3e-3,
+           warmup_steps=2, eval_every=3, eval_batches=2, sample_every=0, save_every=3, keep_last=2, progress=False)
+
+
+def _flags(d: dict) -> list[str]:
+    out = []
+    for k, v in d.items():
+        flag = "--" + k.replace("_", "-")
+        out += ([flag] if v else [f"--no-{k.replace('_', '-')}"]) if isinstance(v, bool) else [flag, str(v)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    "Shards of a small synthetic corpus, tokenized with a 320-token BPE trained here."
+    d = tmp_path_factory.mktemp("pretrain")
+    import random
+    rnd = random.Random(0)
+    words = "the cat sat on a mat while some dog ran to its home and every bird sang in morning light".split()
+    docs = [" ".join(rnd.choice(words) for _ in range(rnd.randint(20, 120))) + "." for _ in range(1500)]
+    tok = BPETokenizer.train("\n".join(docs[:300]), 320)
+    tok.save(d / "tok.json")
+    prepare(docs, d / "data", tokenizer=d / "tok.json", shard_tokens=30_000, val_tokens=4_000, num_proc=1, progress=False)
+    return d
+
+
+def _losses(run_dir):
+    recs = read_log(run_dir)
+    return [r["loss"] for r in recs if "loss" in r], [r["val_loss"] for r in recs if "val_loss" in r]
+
+
+@pytest.fixture(scope="module")
+def reference(data):
+    "An uninterrupted 9-step run."
+    s = pretrain(data / "data", out_dir=data / "ref", **RUN)
+    assert s["steps"] == 9
+    return _losses(data / "ref")
+
+
+def test_resume_is_bitwise_exact(data, reference):
+    "Stop after step 4, resume: the same losses, bit for bit, step for step, and the same final weights."
+    s = pretrain(data / "data", out_dir=data / "stop", stop_after=4, **RUN)
+    assert s["steps"] == 4 and s["stopped_early"]
+    assert [p.name for p in list_checkpoints(data / "stop")] == ["ckpt_0000004.pt", "ckpt_0000003.pt"]
+    s2 = pretrain(data / "data", out_dir=data / "stop", resume=True, **RUN)
+    assert s2["steps"] == 9
+    train, val = _losses(data / "stop")
+    assert train == reference[0] and val == reference[1]  # exact float equality
+    a = load_checkpoint(data / "ref" / "ckpt_0000009.pt"); b = load_checkpoint(data / "stop" / "ckpt_0000009.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["loader"] == b["loader"] and a["tokens"] == b["tokens"] == 9 * 512
+
+
+def test_resume_refuses_a_different_config(data, reference):
+    with pytest.raises(ValueError) as e:
+        pretrain(data / "data", out_dir=data / "ref", resume=True, **{**RUN, "lr": 1e-3, "max_steps": 12})
+    msg = str(e.value)
+    assert "refusing to resume" in msg and "lr: checkpoint has 0.003, this run asks for 0.001" in msg and "max_steps" in msg
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        pretrain(data / "data", out_dir=data / "empty_run", resume=True, **RUN)
+
+
+def test_sigkill_during_save_leaves_a_loadable_checkpoint(data, reference):
+    "SIGKILL a real training process in the middle of writing its second checkpoint; the first one loads and the run resumes exactly."
+    out = data / "killed"
+    cmd = [sys.executable, "-m", "nanogpt_course.train", "--data", str(data / "data"), "--out", str(out), *_flags(RUN)]
+    env = {**os.environ, "NANOGPT_COURSE_SAVE_PAUSE": "120:1"}  # the 2nd save pauses half-written
+    with open(data / "killed.err", "w") as err:
+        p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.time() + 150
+        while time.time() < deadline and "[save paused" not in (data / "killed.err").read_text() and p.poll() is None:
+            time.sleep(0.1)
+        assert p.poll() is None, (data / "killed.err").read_text()
+        p.send_signal(signal.SIGKILL); p.wait()
+    partial = list(out.glob(".ckpt_0000006.pt.tmp-*"))
+    assert partial and partial[0].stat().st_size > 0  # the kill really hit mid-save
+    assert [c.name for c in list_checkpoints(out)] == ["ckpt_0000003.pt"]
+    model, enc = load_model(out)  # the run folder's newest checkpoint is the good one
+    assert enc.n_vocab == 320 and load_checkpoint(out / "ckpt_0000003.pt")["step"] == 3
+    with pytest.raises(CheckpointError, match="tmp"):
+        load_checkpoint(partial[0])
+    s = pretrain(data / "data", out_dir=out, resume=True, **RUN)
+    assert s["steps"] == 9 and not list(out.glob(".*.tmp-*"))  # stale temporary file cleaned up
+    assert _losses(out) == reference
+
+
+def test_ddp_two_processes_match_gradient_accumulation(data, reference):
+    "torchrun --nproc_per_node 2 (gloo, 2 micro-steps each) == 1 process with 4 micro-steps, within 1e-5; every rank's RNG saved."
+    out = data / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "nanogpt_course.train", "--data", str(data / "data"), "--out", str(out), *_flags(RUN)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 process(es)" in r.stdout and "2 accumulation" in r.stdout
+    train, val = _losses(out)
+    ref_train, ref_val = reference
+    assert len(train) == len(ref_train) == 9 and len(val) == len(ref_val)
+    assert max(abs(a - b) for a, b in zip(train, ref_train)) < 1e-5, (train, ref_train)
+    assert max(abs(a - b) for a, b in zip(val, ref_val)) < 1e-5
+    ck = load_checkpoint(out / "ckpt_0000009.pt")
+    assert ck["world_size"] == 2 and len(ck["rng"]) == 2
+    assert not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])  # each rank's own stream
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ck["model"])
+
+
+def test_checkpoint_contents_and_load_model(data, reference, tmp_path):
+    ck = load_checkpoint(data / "ref" / "ckpt_0000009.pt")
+    for key in ("model", "optimizer", "config", "train_config", "tokenizer", "kind", "step", "tokens", "rng", "loader"):
+        assert key in ck
+    assert ck["kind"] == "pretrain" and ck["config"]["vocab_size"] == 320 and ck["config"]["n_embd"] == 32
+    model, enc = load_model(data / "ref" / "ckpt_0000009.pt")
+    assert not model.training and enc.n_vocab == 320
+    x = torch.tensor([enc.encode("the cat sat")])
+    model2, _ = load_model(data / "ref")
+    assert torch.equal(model(x)[0], model2(x)[0])
+    model.save_pretrained(tmp_path / "hf")  # a Hugging Face folder loads too
+    model3, _ = load_model(tmp_path / "hf")
+    torch.testing.assert_close(model3(x)[0], model(x)[0])
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="bad.pt is not a loadable checkpoint"): load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(FileNotFoundError, match="does not exist"): load_model(tmp_path / "missing.pt")
+    assert (data / "ref" / "loss.png").exists() and json.loads((data / "ref" / "summary.json").read_text())["steps"] == 9
+
+
+def test_cli(data, capsys):
+    from nanogpt_course.cli import main
+    assert main(["pretrain", "--data", str(data / "nowhere"), "--out", str(data / "x")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["pretrain", "--preset", "tiny", "--data", str(data / "data"), "--out", str(data / "cli"),
+                 *_flags({**RUN, "max_steps": 2})]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
+    with pytest.raises(SystemExit): main(["pretrain", "--preset", "nope", "--data", "x"])

@@ -1,0 +1,12 @@
+"""torch.compile in pretraining (its own file: inductor's first compile takes a couple of minutes on 2 CPU cores)."""
+import pytest
+from nanogpt_course.train import pretrain, read_log
+from test_train import RUN, data  # noqa: F401  (the shared fixture: tokenizer + shards built in the test)
+
+
+def test_compile_keeps_eval_and_sampling_working(data):
+    "torch.compile on: validation loss and samples (from the uncompiled module) still work."
+    pytest.importorskip("torch._inductor")
+    s = pretrain(data / "data", out_dir=data / "compiled", compile=True, **{**RUN, "max_steps": 3, "sample_every": 2, "n_layer": 1})
+    recs = read_log(data / "compiled")
+    assert s["steps"] == 3 and any("val_loss" in r for r in recs) and any(r.get("sample") for r in recs)
