@@ -179,7 +179,7 @@ def _load_json(path) -> dict:
         raise ValueError(f"{str(p)!r} is not a tokenizer file (not valid JSON: {e}); it may be truncated or another kind "
                          "of file: re-create it with `nanogpt-course tokenizer train` or BPETokenizer.save") from None
 
-# %% ../nbs/00_tokenizer.ipynb #22e60575
+# %% ../nbs/00_tokenizer.ipynb #fd6ff99c
 class BPETokenizer:
     "Byte-level BPE tokenizer: GPT-2's pre-tokenization, merges by rank, special tokens after the merges."
     def __init__(self,
@@ -219,12 +219,14 @@ class BPETokenizer:
              ) -> "BPETokenizer":
         "Learn `vocab_size - len(special_tokens) - 256` merges from `text` with the fast trainer."
         special_tokens = list(dict.fromkeys(special_tokens))
+        if not all(isinstance(s, str) and s for s in special_tokens): raise ValueError(f"special tokens must be non-empty strings, got {special_tokens!r}")
         n_tokens = vocab_size - len(special_tokens)
         if n_tokens < 256:
             raise ValueError(f"vocab_size={vocab_size} is too small: 256 byte tokens + {len(special_tokens)} special "
                              f"token(s) need at least {256 + len(special_tokens)}; try 4096")
         t0 = time.perf_counter()
-        texts = [text] if isinstance(text, str) else list(text)
+        texts = [_fix_surrogates(t) for t in ([text] if isinstance(text, str) else text)]
+        if not all(isinstance(t, str) for t in texts): raise TypeError("train takes a str or a list of str")
         pat, counts = _compile(pat_str), Counter()
         sp = regex.compile("|".join(map(regex.escape, special_tokens))) if special_tokens else None
         for t in texts:
@@ -274,10 +276,11 @@ class BPETokenizer:
                allowed_special: str | Iterable[str] = "none_raise", # "none_raise" (special text raises, as tiktoken), "all", "none" (as plain text) or a set
               ) -> list[int]:
         "Encode `text` to token ids, as `tiktoken.Encoding.encode` does."
+        if not isinstance(text, str): raise TypeError(f"encode takes a str, not {type(text).__name__}")
         allowed, disallowed = _resolve_special(allowed_special, self.special_tokens)
-        if disallowed and (m := _special_regex(tuple(sorted(disallowed))).search(text)): _raise_disallowed(m.group())
+        if disallowed and (m := _special_regex(_longest_first(disallowed)).search(text)): _raise_disallowed(m.group())
         if not allowed: return self.encode_ordinary(text)
-        ids, parts = [], _special_regex(tuple(sorted(allowed)), capture=True).split(text)
+        ids, parts = [], _special_regex(_longest_first(allowed), capture=True).split(text)
         for i, part in enumerate(parts):  # odd positions are the special tokens themselves
             if i % 2: ids.append(self.special_tokens[part])
             elif part: ids.extend(self.encode_ordinary(part))
@@ -300,7 +303,7 @@ class BPETokenizer:
     def save(self, path: str | os.PathLike) -> Path:
         "Write a readable JSON file: the vocabulary and merges in GPT-2's printable-byte spelling (as encoder.json / vocab.bpe)."
         path = Path(path)
-        if path.parent != Path(""): path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         data = {"format": FORMAT, "version": 1, "name": self.name, "pat_str": self.pat_str,
                 "special_tokens": self.special_tokens,
                 "vocab": {_to_str(b): i for i, b in enumerate(self.vocab)},
@@ -327,7 +330,7 @@ class BPETokenizer:
                 a, b = line.split(" ")
                 merges.append((vocab_map[_from_str(a)], vocab_map[_from_str(b)]))
             return cls(vocab, merges, {str(k): int(v) for k, v in data["special_tokens"].items()}, data["pat_str"], data.get("name", "bpe"))
-        except (KeyError, ValueError, TypeError, AttributeError) as e:
+        except (KeyError, ValueError, TypeError, AttributeError, regex.error) as e:
             raise ValueError(f"{str(path)!r} is a damaged tokenizer file ({type(e).__name__}: {e}); re-create it with "
                              "`nanogpt-course tokenizer train`") from None
 
@@ -356,12 +359,14 @@ class BPETokenizer:
         return tiktoken.Encoding(self.name, pat_str=self.pat_str, mergeable_ranks=dict(self.ranks),
                                  special_tokens=dict(self.special_tokens))
 
-# %% ../nbs/00_tokenizer.ipynb #60103c4e
+# %% ../nbs/00_tokenizer.ipynb #8917fa86
 def _fix_surrogates(text: str) -> str:
     "Replace lone surrogates (not encodable as UTF-8) by U+FFFD, as tiktoken does."
     try: text.encode("utf-8")
     except UnicodeEncodeError: text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
+
+def _longest_first(tokens) -> tuple[str, ...]: return tuple(sorted(tokens, key=lambda s: (-len(s), s)))  # longest match wins
 
 @functools.lru_cache(maxsize=64)
 def _special_regex(tokens: tuple[str, ...], capture: bool = False):
@@ -400,7 +405,7 @@ def _read_gpt2_file(path, key: str) -> str:
         raise ValueError(f"could not read GPT-2's {key.replace('_', '.')} ({type(e).__name__}: {e}); set TIKTOKEN_CACHE_DIR to a "
                          f"tiktoken cache that holds it (file name = sha1 of {GPT2_URLS[key]}) or pass its path") from None
 
-# %% ../nbs/00_tokenizer.ipynb #240601b4
+# %% ../nbs/00_tokenizer.ipynb #706d051c
 def _is_gpt2(enc: tiktoken.Encoding) -> bool:
     "Is `enc` GPT-2's encoding (whatever object it is)?"
     if enc.name != "gpt2" or enc.n_vocab != 50257 or enc._special_tokens != {EOT: 50256}: return False
@@ -429,7 +434,7 @@ def _from_state(state: dict) -> tiktoken.Encoding:
                  else {base64.b64decode(t): int(i) for t, i in r.items()})
         return tiktoken.Encoding(state.get("name", "bpe"), pat_str=state["pat_str"], mergeable_ranks=ranks,
                                  special_tokens={str(k): int(v) for k, v in state["special_tokens"].items()})
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, regex.error) as e:
         raise ValueError(f"damaged tokenizer state ({type(e).__name__}: {e}); it should come from tokenizer_state(enc)") from None
 
 @functools.lru_cache(maxsize=8)
@@ -446,12 +451,13 @@ def get_tokenizer(spec: "str | os.PathLike | dict | BPETokenizer | tiktoken.Enco
     if isinstance(spec, dict): return _from_state(spec)
     if isinstance(spec, (str, os.PathLike)):
         s = os.fspath(spec)
-        if not os.path.exists(s) and s in tiktoken.list_encoding_names():
+        if s in tiktoken.list_encoding_names():  # a file of that name must be given as ./gpt2
             try: return tiktoken.get_encoding(s)
             except Exception as e:
                 raise ValueError(f"could not load tiktoken's {s!r} encoding ({type(e).__name__}: {e}); without the network, set "
                                  "TIKTOKEN_CACHE_DIR to a folder holding its files (source scripts/env.sh does)") from None
         p = Path(s)
+        if p.is_dir() and (p / "tokenizer.json").is_file(): p = p / "tokenizer.json"  # a run directory of the main job
         if not p.exists():
             raise ValueError(f"no tokenizer {s!r}: pass 'gpt2', the .json file written by BPETokenizer.save / "
                              "`nanogpt-course tokenizer train`, a BPETokenizer, a tiktoken.Encoding or tokenizer_state(enc)")
