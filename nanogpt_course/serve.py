@@ -7,13 +7,13 @@ __all__ = ['APIError', 'SamplingParams', 'parse_sampling', 'render_chat', 'encod
            'Generation', 'Job', 'QueueFull', 'Engine', 'sse', 'create_app', 'ServerThread', 'load_models', 'cli',
            'chat_loop', 'chat_cli']
 
-# %% ../nbs/07_serve.ipynb #d9a38af8
+# %% ../nbs/07_serve.ipynb #82b04323
 import argparse, asyncio, codecs, json, math, os, queue, socket, sys, threading, time, uuid
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import torch
 
-# %% ../nbs/07_serve.ipynb #41073940
+# %% ../nbs/07_serve.ipynb #5cc9aad6
 class APIError(Exception):
     "An error the client can act on, sent as OpenAI's JSON error body."
     def __init__(self,
@@ -31,7 +31,7 @@ class APIError(Exception):
         "The JSON body, in OpenAI's format."
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-# %% ../nbs/07_serve.ipynb #0711f991
+# %% ../nbs/07_serve.ipynb #9b5fc62d
 @dataclass
 class SamplingParams:
     "How to pick tokens: the sampling part of a request."
@@ -57,6 +57,12 @@ def _check_number(body, name, default, lo=None, hi=None, integer=False, lo_open=
         raise _bad(f"'{name}' must be in {rng}, got {v}", name)
     return v
 
+_UNSUPPORTED = {  # OpenAI parameters we do not implement, and the values that mean "off"
+    "echo": lambda v: v in (None, False), "best_of": lambda v: v in (None, 1), "suffix": lambda v: v in (None, ""),
+    "logprobs": lambda v: v in (None, False, 0), "top_logprobs": lambda v: v in (None, 0),
+    "presence_penalty": lambda v: v in (None, 0), "frequency_penalty": lambda v: v in (None, 0),
+    "logit_bias": lambda v: not v, "tools": lambda v: not v, "functions": lambda v: not v}
+
 def parse_sampling(body: dict,  # the request's JSON object
                    default_max_tokens: int = 16,  # when the request does not say
                    max_tokens_limit: int = 1024,  # the server's ceiling on max_tokens
@@ -77,6 +83,10 @@ def parse_sampling(body: dict,  # the request's JSON object
     if len(stop) > 4: raise _bad(f"'stop' may hold at most 4 strings, got {len(stop)}", "stop")
     if any(s == "" for s in stop): raise _bad("'stop' strings must not be empty", "stop")
     seed = _check_number(body, "seed", None, integer=True)
+    for name, fine in _UNSUPPORTED.items():
+        if not fine(body.get(name)):
+            raise _bad(f"'{name}' is not supported by this server (got {json.dumps(body.get(name))[:40]}); leave it out",
+                       name, "unsupported_parameter")
     params = SamplingParams(
         max_tokens=mt if mt is not None else default_max_tokens,
         temperature=float(_check_number(body, "temperature", 1.0, lo=0, hi=2)),
@@ -85,7 +95,7 @@ def parse_sampling(body: dict,  # the request's JSON object
         stop=stop, seed=seed)
     return params, mt is not None
 
-# %% ../nbs/07_serve.ipynb #15eb7b89
+# %% ../nbs/07_serve.ipynb #ba6a518d
 def _prompt_text(body: dict) -> str | list[int]:
     "The completions prompt: a string, a list of token ids, or a list holding one of those."
     if "prompt" not in body or body["prompt"] is None:
@@ -162,7 +172,7 @@ def fit_context(n_prompt: int,  # prompt tokens
         params = SamplingParams(**{**asdict(params), "max_tokens": room})
     return params
 
-# %% ../nbs/07_serve.ipynb #abcf1988
+# %% ../nbs/07_serve.ipynb #2f7596d6
 class TextStream:
     "Turn token ids into text deltas that are safe to send: whole characters, nothing past a stop string."
     def __init__(self,
@@ -197,7 +207,7 @@ class TextStream:
         out, self.sent = self.text[self.sent:end], max(self.sent, end)
         return out
 
-# %% ../nbs/07_serve.ipynb #21ddfe3e
+# %% ../nbs/07_serve.ipynb #e2649ef1
 class Generation:
     "Iterate to get the text deltas of one answer; afterwards `finish_reason` and `completion_tokens` say how it ended."
     def __init__(self,
@@ -232,7 +242,7 @@ class Generation:
         tail = ts.flush()
         if tail and self.finish_reason != "cancelled": yield tail
 
-# %% ../nbs/07_serve.ipynb #50e3cbb8
+# %% ../nbs/07_serve.ipynb #1510e496
 class Job:
     "One request's generation, passed from the event loop to the worker thread."
     def __init__(self, model_name, model, enc, prompt_ids, params, loop=None):
@@ -329,7 +339,7 @@ class Engine:
             except queue.Empty: break
             if job is not None: job.cancel.set(); job.generation.finish_reason = "cancelled"; self._finish(job, "done")
 
-# %% ../nbs/07_serve.ipynb #d835d6b0
+# %% ../nbs/07_serve.ipynb #3eb147f2
 def sse(data) -> str:
     "One server-sent event: `data: <json>` and a blank line (`data: [DONE]` for the end)."
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
@@ -339,7 +349,7 @@ def _usage(n_prompt, n_completion):
 
 def _finish_reason(r): return "stop" if r in ("stop", "cancelled") else r
 
-# %% ../nbs/07_serve.ipynb #62d88581
+# %% ../nbs/07_serve.ipynb #c69bc997
 def _static_dir() -> Path:
     "Where the web page lives (nanogpt_course/static), inside the installed package."
     import nanogpt_course
@@ -374,6 +384,8 @@ def create_app(models: dict,  # name -> (GPT, tiktoken.Encoding); the first is t
     from contextlib import asynccontextmanager
 
     engine = Engine(models, max_queue=max_queue, max_active=max_active)
+    if default_model is not None and default_model not in models:
+        raise ValueError(f"default_model {default_model!r} is not one of the served models {list(models)}")
     defaults = {"completions": 16, "chat": 256, **(default_max_tokens or {})}
     created = int(time.time())
 
@@ -526,7 +538,7 @@ def create_app(models: dict,  # name -> (GPT, tiktoken.Encoding); the first is t
 
     return app
 
-# %% ../nbs/07_serve.ipynb #e10c8591
+# %% ../nbs/07_serve.ipynb #8026c529
 class ServerThread:
     "A uvicorn server for `app` in a background thread: `with ServerThread(app) as s: ... s.url`."
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
@@ -557,7 +569,7 @@ class ServerThread:
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.stop()
 
-# %% ../nbs/07_serve.ipynb #e7751634
+# %% ../nbs/07_serve.ipynb #00cba74c
 def _model_name(spec: str) -> str:
     p = Path(spec)
     return p.stem if p.is_file() else (p.name if p.is_dir() else spec)
@@ -597,7 +609,10 @@ def _serve_parser():
 
 def cli(argv: list[str] | None = None) -> int:
     "`nanogpt-course serve`: load the models and run the server until Ctrl-C."
-    args = _serve_parser().parse_args(argv)
+    ap = _serve_parser()
+    args = ap.parse_args(argv)
+    for flag in ("max_queue", "max_active", "max_tokens"):
+        if getattr(args, flag) < 1: ap.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.threads > 0: torch.set_num_threads(args.threads)
     try: models = load_models(args.checkpoint, args.base, args.name, args.base_name, args.device)
     except Exception as e:  # a missing, corrupt or foreign file, or no network for a Hugging Face id
@@ -611,7 +626,7 @@ def cli(argv: list[str] | None = None) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
-# %% ../nbs/07_serve.ipynb #9d426cc2
+# %% ../nbs/07_serve.ipynb #4cf8ce2c
 def chat_loop(model, enc,
               params: SamplingParams,  # max_tokens is the most per answer
               system: str | None = None,  # an optional system turn kept at the start

@@ -179,6 +179,8 @@ BAD = [  # (what, path, body (bytes = raw), status, param or None, words the mes
     ("seed a string", "/v1/completions", {"prompt": "hi", "seed": "x"}, 400, "seed", "integer"),
     ("stream not a bool", "/v1/completions", {"prompt": "hi", "stream": "yes"}, 400, "stream", "true or false"),
     ("stream_options without stream", "/v1/completions", {"prompt": "hi", "stream_options": {"include_usage": True}}, 400, "stream_options", "stream"),
+    ("unsupported logprobs", "/v1/completions", {"prompt": "hi", "logprobs": 5}, 400, "logprobs", "not supported"),
+    ("unsupported penalty", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "presence_penalty": 1.0}, 400, "presence_penalty", "not supported"),
     ("unknown model", "/v1/completions", {"prompt": "hi", "model": "gpt-5"}, 404, "model", "does not exist"),
     ("model not a string", "/v1/chat/completions", {"model": 3, "messages": [{"role": "user", "content": "hi"}]}, 400, "model", "string"),
 ]
