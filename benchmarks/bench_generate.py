@@ -13,15 +13,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _mem import reset_peak, peak_rss, mib
 from nanogpt_course.model import GPT, GPTConfig
 
-def timed(fn, repeats):
-    "Best wall time of `repeats` calls (the least disturbed by other processes), the last result, peak RSS growth."
-    base = reset_peak()
-    fn()  # warm-up: first-call allocations and kernel selection
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter(); out = fn(); best = min(best, time.perf_counter() - t0)
-    return best, out, (peak_rss(), peak_rss() - base)
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="mini", help="GPTConfig preset (vocab 50257; block_size must hold prompt + new tokens)")
@@ -60,11 +51,16 @@ def main(argv=None):
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads; "
           f"preset {args.preset!r} ({ours.num_params():,} parameters), prompt {args.prompt_len}, "
           f"{n} new tokens, greedy, best of {args.repeats}")
-    results, outs = {}, {}
-    for name, fn in variants.items():
-        dt, out, mem = timed(fn, args.repeats)
-        results[name], outs[name] = (n / dt, mem), out
-        print(f"  {name:38s} {n / dt:8.1f} tokens/s   peak RSS {mib(mem[0])} (+{mib(mem[1])} during the run)")
+    outs, mem, best = {}, {}, {name: float("inf") for name in variants}
+    for name, fn in variants.items():  # warm-up run of each, measuring its peak memory
+        base = reset_peak(); outs[name] = fn(); mem[name] = (peak_rss(), peak_rss() - base)
+    for _ in range(args.repeats):  # timed runs alternate, so that all see the same load from other processes
+        for name, fn in variants.items():
+            t0 = time.perf_counter(); outs[name] = fn(); best[name] = min(best[name], time.perf_counter() - t0)
+    results = {}
+    for name in variants:
+        results[name] = (n / best[name],)
+        print(f"  {name:38s} {n / best[name]:8.1f} tokens/s   peak RSS {mib(mem[name][0])} (+{mib(mem[name][1])} during a run)")
     toks = [o[0, -n:].tolist() for o in outs.values()]
     print("same tokens from all three:", all(t == toks[0] for t in toks))
     names = list(results)
