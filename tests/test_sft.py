@@ -1,0 +1,272 @@
+"""Instruction fine-tuning (nanogpt_course.sft): loaders on files in the real schemas, prompt masking,
+padding, LoRA merge, finetune's course checkpoint, and the `nanogpt-course sft` command line.
+
+Self-contained: a tiny BPE tokenizer is trained inside the tests (no tiktoken cache, no network)."""
+import json, os, subprocess, sys, warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nanogpt_course.model import GPT, GPTConfig
+from nanogpt_course.tokenizer import BPETokenizer, tokenizer_state
+from nanogpt_course import sft
+from nanogpt_course.sft import (IGNORE_INDEX, SFTDataset, apply_lora, builtin_instructions, collate, count_parameters,
+                                format_chat, format_prompt, load_alpaca, load_dolly, load_instructions, merge_lora,
+                                stratified_split, tokenize_example, finetune, response_loss, load_sft_model)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def enc():
+    text = "\n".join(f"{r['instruction']} {r['context']} {r['response']}" for r in builtin_instructions()) * 3
+    return BPETokenizer.train(text + "### Instruction: ### Input: ### Response:", 400).to_tiktoken()
+
+
+def tiny_model(enc, seed=0, block_size=64):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(block_size=block_size, vocab_size=enc.n_vocab, n_layer=2, n_head=2, n_embd=32)).eval()
+
+
+def write_base_checkpoint(path, enc, seed=0):
+    """A course checkpoint in the BRIEF's format (what notebook 04 writes)."""
+    import dataclasses
+    m = tiny_model(enc, seed)
+    torch.save({"model": m.state_dict(), "config": dataclasses.asdict(m.config), "tokenizer": tokenizer_state(enc),
+                "kind": "pretrain", "step": 0}, path)
+    return m
+
+
+def dolly_rows():
+    return [
+        {"instruction": "Who wrote Hamlet?", "context": "", "response": "William Shakespeare.", "category": "open_qa"},
+        {"instruction": "When was it built?", "context": "It was built in 1889.", "response": "1889.", "category": "closed_qa"},
+        {"instruction": "   ", "context": "", "response": "x", "category": "open_qa"},
+        {"instruction": "Summarize.", "context": "A long text.", "category": "summarization"},
+        {"instruction": "Classify: cat", "context": "", "response": ["mammal"], "category": "classification"},
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- loaders
+def test_dolly_jsonl_skips_and_reports(tmp_path):
+    lines = [json.dumps(r) for r in dolly_rows()]
+    lines.insert(2, '{"instruction": "oops",')  # malformed: line 3
+    lines.insert(4, "")                          # blank lines are ignored
+    p = tmp_path / "databricks-dolly-15k.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        recs = load_dolly(p)
+    assert [r["instruction"] for r in recs] == ["Who wrote Hamlet?", "When was it built?"]
+    assert recs[1] == {"instruction": "When was it built?", "context": "It was built in 1889.", "response": "1889.",
+                       "category": "closed_qa"}
+    assert recs.report["skipped"] == {"empty_instruction": 1, "missing_response": 1, "bad_type_response": 1}
+    assert recs.report["malformed"] == [f"{p.name}:3: malformed JSON (Expecting property name enclosed in double quotes)"] \
+        or recs.report["malformed"][0].startswith(f"{p.name}:3: malformed JSON")
+    assert any(":3:" in str(x.message) for x in w)
+    with pytest.raises(ValueError, match=":3: malformed JSON"):
+        load_dolly(p, strict=True)
+
+
+def test_alpaca_json_and_jsonl_same_records(tmp_path):
+    rows = [{"instruction": "Summarize the text.", "input": "Cats sleep a lot.", "output": "Cats sleep."},
+            {"instruction": "Give three ideas for a party.", "input": "", "output": "Music, food, games."},
+            {"instruction": "Say hi.", "output": ""},           # empty output
+            {"instruction": "No input key.", "output": "fine"}]  # a missing input is an empty context
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    a, b = load_alpaca(tmp_path / "a.json"), load_alpaca(tmp_path / "a.jsonl")
+    assert list(a) == list(b) and len(a) == 3
+    assert a.report["skipped"] == {"empty_output": 1}
+    assert a[0]["context"] == "Cats sleep a lot." and a[0]["category"] == "summarization"
+    assert a[1]["category"] == "brainstorming" and a[2]["context"] == ""
+    assert load_instructions(tmp_path / "a.json").report["schema"] == "alpaca"
+    with pytest.raises(FileNotFoundError):
+        load_alpaca(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text('[{"instruction": 1,}')
+    with pytest.raises(ValueError, match="not valid JSON at line 1"):
+        load_alpaca(tmp_path / "bad.json")
+
+
+def test_template_and_chat_share_one_format():
+    assert format_prompt("Q?") == "### Instruction:\nQ?\n\n### Response:\n"
+    assert format_prompt("Q?", "C.") == "### Instruction:\nQ?\n\n### Input:\nC.\n\n### Response:\n"
+    assert format_chat([{"role": "user", "content": "Q?"}]) == format_prompt("Q?")
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "A?"},
+            {"role": "assistant", "content": "B."}, {"role": "user", "content": "Q?"}]
+    assert format_chat(msgs) == format_prompt("Q?", "System: Be brief.\nUser: A?\nAssistant: B.")
+    for bad, msg in [([], "non-empty"), (msgs[:3], "last message must be the user's"),
+                     ([{"role": "x", "content": "a"}], "role 'x'"), ([{"role": "user", "content": 3}], "must be a string")]:
+        with pytest.raises(ValueError, match=msg):
+            format_chat(bad)
+
+
+# ---------------------------------------------------------------------------------------------- masking
+def test_masking_counts_exactly_the_response(enc):
+    rec = {"instruction": "What do bees make?", "context": "In the garden.", "response": "Bees make honey.", "category": "open_qa"}
+    x, y, status = tokenize_example(rec, enc, block_size=64)
+    prompt = enc.encode_ordinary(format_prompt(rec["instruction"], rec["context"]))
+    response = enc.encode_ordinary("Bees make honey.") + [enc.eot_token]
+    assert status == "ok" and len(x) == len(y) == len(prompt) + len(response) - 1
+    assert x == (prompt + response)[:-1]
+    counted = [i for i, t in enumerate(y) if t != IGNORE_INDEX]
+    assert counted == list(range(len(prompt) - 1, len(y)))        # exactly the positions that predict the response
+    assert [y[i] for i in counted] == response                     # ... and what they predict, EOT included
+    model = tiny_model(enc)
+    logits, loss = model(torch.tensor([x]), torch.tensor([y]))
+    manual = F.cross_entropy(logits[0, counted], torch.tensor(response))
+    assert torch.allclose(loss, manual, atol=1e-6)
+    # the loss does not depend on the prompt's targets at all: changing them (still masked) changes nothing,
+    y2 = list(y); y2[0] = IGNORE_INDEX
+    assert torch.equal(model(torch.tensor([x]), torch.tensor([y2]))[1], loss)
+    # while unmasking one prompt position does
+    y3 = list(y); y3[0] = x[1]
+    assert not torch.allclose(model(torch.tensor([x]), torch.tensor([y3]))[1], loss)
+
+
+@pytest.mark.parametrize("pad_id", [None, 0, 7])
+def test_padding_does_not_change_the_loss(enc, pad_id):
+    ds = SFTDataset(builtin_instructions(), enc, block_size=64)
+    model = tiny_model(enc, seed=1)
+    lens = [len(ds[i][0]) for i in range(len(ds))]
+    short, long_ = lens.index(min(lens)), lens.index(max(lens))
+    assert lens[short] < lens[long_]
+    batch = [ds[short], ds[long_], ds[3]]
+    xb, yb = collate(batch, enc.eot_token if pad_id is None else pad_id)
+    assert (yb[0, lens[short]:] == IGNORE_INDEX).all()
+    logits_b, loss_b = model(xb, yb)
+    total, count = 0.0, 0
+    for i, (x, y) in enumerate(batch):
+        logits, loss = model(torch.tensor([x]), torch.tensor([y]))
+        assert torch.allclose(logits_b[i, :len(x)], logits[0], atol=1e-5)   # pads change no real position
+        n = sum(t != IGNORE_INDEX for t in y)
+        total, count = total + loss * n, count + n
+    assert torch.allclose(loss_b, total / count, atol=1e-5)
+    # the token-weighted validation loss is the same whatever the batch size
+    assert abs(response_loss(model, ds, batch_size=1) - response_loss(model, ds, batch_size=7)) < 1e-5
+
+
+def test_overlong_examples_truncated_or_dropped_and_counted(enc):
+    recs = [{"instruction": "Q?", "context": "", "response": "word " * 200, "category": "x"},
+            {"instruction": "long " * 200, "context": "", "response": "a", "category": "x"},
+            {"instruction": "Q?", "context": "", "response": "short.", "category": "x"}]
+    bs = len(enc.encode_ordinary(format_prompt("Q?") + "short.")) + 4  # the short example fits, the others do not
+    t = SFTDataset(recs, enc, block_size=bs, overlong="truncate")
+    d = SFTDataset(recs, enc, block_size=bs, overlong="drop")
+    assert (t.report["truncated"], t.report["dropped"], len(t)) == (1, 1, 2)
+    assert (d.report["truncated"], d.report["dropped"], len(d)) == (0, 2, 1)
+    assert all(len(x) <= bs for x, _ in t) and max(len(x) for x, _ in t) == bs
+    with pytest.raises(ValueError, match="overlong"):
+        tokenize_example(recs[0], enc, 32, overlong="cut")
+
+
+def test_stratified_split_keeps_every_category():
+    recs = [{"instruction": f"q{i}", "context": "", "response": "r", "category": c}
+            for i, c in enumerate(["a"] * 50 + ["b"] * 10 + ["c"] * 2 + ["d"])]
+    train, val = stratified_split(recs, 0.1, seed=3)
+    cats = lambda rs, c: sum(r["category"] == c for r in rs)
+    assert (cats(val, "a"), cats(val, "b"), cats(val, "c"), cats(val, "d")) == (5, 1, 1, 0)
+    assert len(train) + len(val) == len(recs)
+    assert not {r["instruction"] for r in train} & {r["instruction"] for r in val}
+    assert stratified_split(recs, 0.1, seed=3) == (train, val)
+
+
+# ---------------------------------------------------------------------------------------------- LoRA
+@pytest.mark.parametrize("targets", [("c_attn",), ("c_attn", "c_proj", "c_fc")])
+def test_lora_trains_only_adapters_and_merges_exactly(enc, targets, capsys):
+    base = tiny_model(enc, seed=2)
+    ref = {k: v.clone() for k, v in base.state_dict().items()}
+    m = apply_lora(base, r=4, alpha=8, targets=targets)
+    assert "trainable" in capsys.readouterr().out
+    trainable, total = count_parameters(m)
+    n_lora = sum(p.numel() for n, p in m.named_parameters() if "lora_" in n)
+    assert trainable == n_lora and 0 < trainable < total
+    ds = SFTDataset(builtin_instructions()[:8], enc, block_size=64)
+    xb, yb = collate([ds[i] for i in range(8)], enc.eot_token)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    m.train()
+    for _ in range(5):
+        loss = m(xb, yb)[1]; opt.zero_grad(); loss.backward(); opt.step()
+    m.eval()
+    for k, v in ref.items():  # the frozen base weights did not move
+        key = k if k in m.state_dict() else k.replace(".weight", ".base.weight").replace(".bias", ".base.bias")
+        assert torch.equal(m.state_dict()[key], v), k
+    with torch.no_grad():
+        adapted = m(xb)[0]
+        moved = (adapted - tiny_model(enc, seed=2)(xb)[0]).abs().max()
+        merged = merge_lora(m)(xb)[0]
+    assert moved > 1e-3                                  # the adapters did learn something
+    assert torch.allclose(merged, adapted, atol=1e-4)    # and merging keeps it exactly
+    assert set(m.state_dict()) == set(ref)               # a plain GPT again
+
+
+# ---------------------------------------------------------------------------------------------- finetune + CLI
+def test_finetune_writes_a_course_checkpoint(enc, tmp_path):
+    write_base_checkpoint(tmp_path / "base.pt", enc)
+    s = finetune(str(tmp_path / "base.pt"), "builtin", tmp_path / "run", steps=12, batch_size=4, lr=3e-3,
+                 eval_every=4, progress=False)
+    assert s["val_loss_after"] < s["val_loss_before"]
+    assert s["counts"]["train_records"] + s["counts"]["val_records"] == 32
+    assert set(s["counts"]["val_categories"]) == set(s["counts"]["train_categories"])  # stratified: all 8 in both
+    assert [v[0] for v in s["val_losses"]] == [0, 4, 8, 12] and len(s["train_losses"]) == 12
+    ck = torch.load(s["checkpoint"], weights_only=False)
+    assert ck["kind"] == "sft" and ck["step"] == 12 and set(ck) >= {"model", "config", "tokenizer", "kind", "step"}
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in ck["model"])
+    json.loads((tmp_path / "run" / "summary.json").read_text())  # the summary is JSON
+    model, enc2 = load_sft_model(s["checkpoint"])
+    assert enc2.encode_ordinary(format_prompt("Hi")) == enc.encode_ordinary(format_prompt("Hi"))
+    # the saved weights are the fine-tuned ones: their validation loss is the one finetune reported
+    _, val = stratified_split(builtin_instructions(), 0.1, 0)
+    assert abs(response_loss(model, SFTDataset(val, enc2, 64)) - s["val_loss_after"]) < 1e-4
+    try:
+        from nanogpt_course.train import load_model
+    except ImportError:
+        return
+    m2, _ = load_model(s["checkpoint"])  # what serving, the playground and evaluation call
+    x = torch.tensor([enc.encode_ordinary(format_prompt("Hi"))])
+    assert torch.allclose(m2(x)[0], model(x)[0])
+
+
+def test_finetune_with_lora_saves_merged_weights(enc, tmp_path):
+    base = tiny_model(enc)
+    s = finetune((base, enc), "builtin", tmp_path, steps=6, batch_size=4, lr=1e-2, lora_r=2,
+                 lora_targets=("c_attn", "c_fc"), progress=False)
+    ck = torch.load(s["checkpoint"], weights_only=False)
+    assert not any("lora_" in k for k in ck["model"]) and ck["lora"]["r"] == 2
+    assert s["trainable_params"] < s["total_params"] / 5
+    assert any("lora_B" in k for k in ck["lora"]["adapters"])
+    merged, _ = load_sft_model(s["checkpoint"])
+    assert not torch.equal(merged.state_dict()["transformer.h.0.attn.c_attn.weight"],
+                           base.state_dict()["transformer.h.0.attn.c_attn.weight"])
+    assert torch.equal(merged.state_dict()["transformer.wte.weight"], base.state_dict()["transformer.wte.weight"])
+
+
+def run_cli(args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    code = "import sys; from nanogpt_course.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, "sft", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=170)
+
+
+def test_cli_end_to_end_and_errors(enc, tmp_path):
+    write_base_checkpoint(tmp_path / "base.pt", enc)
+    rows = [{"instruction": r["instruction"], "context": r["context"], "response": r["response"],
+             "category": r["category"]} for r in builtin_instructions()]
+    (tmp_path / "dolly.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n")
+    alp = [{"instruction": "Say yes.", "input": "", "output": "Yes."}, {"instruction": "Say no.", "input": "", "output": "No."}]
+    (tmp_path / "alpaca.json").write_text(json.dumps(alp))
+    r = run_cli(["--init", "base.pt", "--data", "dolly.jsonl", "--data", "alpaca.json", "--out", "out", "--steps", "4",
+                 "--batch-size", "4", "--lr", "1e-3", "--lora-r", "2", "--lora-targets", "c_attn,c_proj", "--no-progress"],
+                tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "val loss on response tokens" in r.stdout and "dolly.jsonl:33: malformed JSON" in r.stderr
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["counts"]["records"] == 34 and s["steps"] == 4 and s["lora"]["targets"] == ["c_attn", "c_proj"]
+    assert torch.load(tmp_path / "out" / "sft.pt", weights_only=False)["kind"] == "sft"
+    r = run_cli(["--init", "base.pt", "--data", "nothere.jsonl", "--out", "out2"], tmp_path)
+    assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli(["--init", "base.pt", "--data", "builtin", "--out", "out3", "--lora-r", "2", "--lora-targets", "q_proj",
+                 "--steps", "1"], tmp_path)
+    assert r.returncode == 2 and "no linear layer matches" in r.stderr
