@@ -27,13 +27,18 @@ class SlowGPT(GPT):
 
 @pytest.fixture(scope="module")
 def server():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the server shares this process with Playwright; restored below
     enc = tiktoken.get_encoding("gpt2")
     models = {}
     for name, seed in (("base", 1), ("fine-tuned", 0)):
         torch.manual_seed(seed)
         models[name] = (SlowGPT(GPTConfig.from_preset("tiny", vocab_size=enc.n_vocab, block_size=256)).eval(), enc)
-    with ServerThread(create_app(models, max_queue=16)) as s:
-        yield s
+    try:
+        with ServerThread(create_app(models, max_queue=16)) as s:
+            yield s
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

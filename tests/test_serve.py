@@ -21,6 +21,15 @@ class SlowGPT(GPT):
             yield tok
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    "The servers here share this process with their clients: one torch thread avoids oversubscribing a small CPU."
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def enc():
     return tiktoken.get_encoding("gpt2")
