@@ -378,3 +378,18 @@ def test_serve_cli_missing_checkpoint(tmp_path):
                         f"sys.exit(cli(['--checkpoint', {str(tmp_path / 'nope.pt')!r}, '--port', '0']))"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "could not load" in r.stderr and "nope.pt" in r.stderr
+
+
+def test_load_models_from_checkpoint_and_hf_directory(tmp_path, enc):
+    from nanogpt_course.serve import load_models
+    sft, hf = tiny_model(enc, seed=0, block_size=64), tiny_model(enc, seed=1, block_size=64)
+    save_course_checkpoint(tmp_path / "sft.pt", sft, enc, "sft")
+    hf.save_pretrained(tmp_path / "hf-tiny")  # a Hugging Face directory (config.json + model.safetensors)
+    models = load_models(str(tmp_path / "sft.pt"), base=str(tmp_path / "hf-tiny"))
+    assert list(models) == ["hf-tiny", "sft"]  # base first (left on the page), the served model last
+    ids = torch.tensor([enc.encode("Hello there")])
+    for name, ref in (("sft", sft), ("hf-tiny", hf)):
+        got = models[name][0].generate(ids, 8, temperature=0)
+        assert torch.equal(got, ref.generate(ids, 8, temperature=0)), name
+    same = load_models(str(tmp_path / "sft.pt"), base=str(tmp_path / "sft.pt"))
+    assert list(same) == ["sft-base", "sft"]  # names never collide
