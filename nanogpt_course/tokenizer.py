@@ -179,7 +179,7 @@ def _load_json(path) -> dict:
         raise ValueError(f"{str(p)!r} is not a tokenizer file (not valid JSON: {e}); it may be truncated or another kind "
                          "of file: re-create it with `nanogpt-course tokenizer train` or BPETokenizer.save") from None
 
-# %% ../nbs/00_tokenizer.ipynb #fd6ff99c
+# %% ../nbs/00_tokenizer.ipynb #2653a072
 class BPETokenizer:
     "Byte-level BPE tokenizer: GPT-2's pre-tokenization, merges by rank, special tokens after the merges."
     def __init__(self,
@@ -340,18 +340,26 @@ class BPETokenizer:
              vocab_bpe: str | os.PathLike | None = None, # GPT-2's vocab.bpe (default: tiktoken's cache)
             ) -> "BPETokenizer":
         "GPT-2's tokenizer, built from its published files with this module's code."
-        encoder = json.loads(_read_gpt2_file(encoder_json, "encoder_json"))
+        def bad(why): return ValueError(f"{why}; pass GPT-2's own encoder.json and vocab.bpe (or none, to use tiktoken's cache)")
+        try: encoder = json.loads(_read_gpt2_file(encoder_json, "encoder_json"))
+        except json.JSONDecodeError as e: raise bad(f"encoder.json is not valid JSON ({e})") from None
+        if not isinstance(encoder, dict): raise bad("encoder.json should map token strings to ids")
         lines = _read_gpt2_file(vocab_bpe, "vocab_bpe").split("\n")
         specials = {s: i for s, i in encoder.items() if s == EOT}
-        vocab = [b""] * (len(encoder) - len(specials))
-        for s, i in encoder.items():
-            if s not in specials: vocab[i] = _from_str(s)
-        merges = []
-        for line in lines[1:]:  # the first line is "#version: 0.2"
+        vocab = [None] * (len(encoder) - len(specials))
+        try:
+            for s, i in encoder.items():
+                if s not in specials: vocab[i] = _from_str(s)
+        except (IndexError, KeyError, TypeError): raise bad(f"encoder.json entry {s!r}: {i!r} is not a GPT-2 byte-level token with an id below {len(vocab)}") from None
+        merges, last = [], -1
+        for n, line in enumerate(lines[1:], 2):  # the first line is "#version: 0.2"
             if not line.strip(): continue
-            a, b = line.split(" ")
-            if a + b not in encoder: raise ValueError(f"vocab.bpe merge {line!r} makes a token that encoder.json lacks; are the two files from the same model?")
-            merges.append((encoder[a], encoder[b]))
+            parts = line.split(" ")
+            if len(parts) != 2 or any(p not in encoder for p in parts) or "".join(parts) not in encoder:
+                raise bad(f"vocab.bpe line {n} ({line!r}) is not a merge of two tokens of encoder.json into a third; are the files from the same model?")
+            if encoder["".join(parts)] <= last: raise bad(f"vocab.bpe line {n}: token ids do not grow with the merge order")
+            last = encoder["".join(parts)]
+            merges.append((encoder[parts[0]], encoder[parts[1]]))
         return cls(vocab, merges, specials, GPT2_SPLIT_PATTERN, "gpt2")
 
     def to_tiktoken(self) -> tiktoken.Encoding:
