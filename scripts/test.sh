@@ -14,6 +14,8 @@ if [ -n "$(git status --porcelain -- nbs nanogpt_course)" ]; then
   echo "FAIL: notebooks are not clean or the library is not in sync with them (run nbdev_clean && nbdev_export, commit both)"
   exit 1
 fi
+echo "== README.md is nbs/index.ipynb rendered"
+bash scripts/readme.sh --check
 echo "== nbdev_test"
 nbdev_test --n_workers 2 --timing
 echo "== pytest"
