@@ -7,13 +7,13 @@ __all__ = ['MAGIC', 'VERSION', 'HEADER_BYTES', 'FINEWEB_EDU', 'ShardError', 'dty
            'read_shard', 'stdlib_documents', 'iter_documents', 'prepare', 'shard_files', 'TokenLoader', 'data_source',
            'cli']
 
-# %% ../nbs/04a_data.ipynb #dc1458d1
+# %% ../nbs/04a_data.ipynb #1dcd6386
 import os, sys, io, json, glob, zlib, struct, time, itertools, argparse, ast, sysconfig, codecs
 from pathlib import Path
 from typing import Iterable, Iterator
 import numpy as np
 
-# %% ../nbs/04a_data.ipynb #32a55aba
+# %% ../nbs/04a_data.ipynb #df13bd1f
 MAGIC = b"NGCSHRD\x00"  # 8 bytes that no .npy, text or build-nanogpt shard starts with
 VERSION = 1
 HEADER_BYTES = 64  # fixed, so the tokens start at a known offset for np.memmap
@@ -81,7 +81,7 @@ def read_shard(path: str | Path, # shard file
         raise ShardError(f"{path} is corrupt: the checksum of its tokens does not match its header; re-run `nanogpt-course prepare`")
     return arr
 
-# %% ../nbs/04a_data.ipynb #3969e09e
+# %% ../nbs/04a_data.ipynb #c349b1a1
 FINEWEB_EDU = ("HuggingFaceFW/fineweb-edu", "sample-10BT")
 _EXTS = (".txt", ".jsonl", ".json", ".parquet")
 
@@ -171,7 +171,7 @@ def iter_documents(source,                    # "fineweb-edu", "hf:owner/name", 
                                 "'fineweb-edu', 'hf:owner/name' or 'stdlib'")
     for f in _local_files(p): yield from _file_documents(f, text_field, split_text)
 
-# %% ../nbs/04a_data.ipynb #f7dd1bf5
+# %% ../nbs/04a_data.ipynb #d6b7358f
 _WORKER_ENC = None
 
 def _init_worker(spec):
@@ -317,7 +317,7 @@ def prepare(source,                          # see `iter_documents`: "fineweb-ed
     _save_json(meta_path, meta)
     return meta
 
-# %% ../nbs/04a_data.ipynb #026042d2
+# %% ../nbs/04a_data.ipynb #ef4fea9f
 def shard_files(data: str | Path,   # a folder written by `prepare` (or any folder of shards)
                 split: str="train", # "train" or "val"
                ) -> list[Path]:
@@ -417,14 +417,14 @@ class TokenLoader:
         "Back to the first token of epoch 0 (the validation loss reads the same batches every time)."
         self.epoch, self.shard, self.pos = 0, 0, 0; self._load()
 
-# %% ../nbs/04a_data.ipynb #8d4d3f71
+# %% ../nbs/04a_data.ipynb #ddf7bbdb
 def data_source() -> str:
     "The default local corpus: `$NANOGPT_COURSE_DATA/tinyshakespeare.txt` if it exists, else 'stdlib'."
     d = os.environ.get("NANOGPT_COURSE_DATA")
     if d and (Path(d) / "tinyshakespeare.txt").exists(): return str(Path(d) / "tinyshakespeare.txt")
     return "stdlib"
 
-# %% ../nbs/04a_data.ipynb #e772fb07
+# %% ../nbs/04a_data.ipynb #af466dcf
 def cli(argv: list[str] | None = None # arguments, e.g. ["fineweb-edu", "--out", "data/edu"]; sys.argv[1:] when None
        ) -> int:
     "`nanogpt-course prepare`: tokenize a corpus into shards."
@@ -452,6 +452,6 @@ def cli(argv: list[str] | None = None # arguments, e.g. ["fineweb-edu", "--out",
     print(f"{a.out}: {meta['total_tokens']:,} tokens, {len(meta['shards'])} shards ({meta['dtype']})")
     return 0
 
-# %% ../nbs/04a_data.ipynb #91cb8597
+# %% ../nbs/04a_data.ipynb #69014512
 #| eval: false
 if __name__ == "__main__": sys.exit(cli())

@@ -8,7 +8,7 @@ __all__ = ['RESUME_KEYS', 'TRAIN_PRESETS', 'PEAK_FLOPS', 'TrainConfig', 'make_co
            'load_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'load_model', 'estimate_val_loss', 'train',
            'sample_text', 'read_log', 'plot_log', 'pretrain', 'cli']
 
-# %% ../nbs/04b_pretrain.ipynb #7c873d7d
+# %% ../nbs/04b_pretrain.ipynb #939dc665
 import os, sys, json, math, time, random, argparse, contextlib, dataclasses, re
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
@@ -18,7 +18,7 @@ import torch.distributed as dist
 from .model import GPT, GPTConfig
 from .data import TokenLoader, shard_files, read_header, data_source
 
-# %% ../nbs/04b_pretrain.ipynb #57f29a61
+# %% ../nbs/04b_pretrain.ipynb #6d6c3791
 @dataclass
 class TrainConfig:
     "Everything that defines a pretraining run (saved in each checkpoint)."
@@ -96,7 +96,7 @@ def config_diff(saved: dict,     # train_config stored in a checkpoint
     return [f"{k}: checkpoint has {saved.get(k)!r}, this run asks for {requested.get(k)!r}"
             for k in RESUME_KEYS if saved.get(k) != requested.get(k)]
 
-# %% ../nbs/04b_pretrain.ipynb #06f5a68e
+# %% ../nbs/04b_pretrain.ipynb #0e72fbad
 def configure_optimizer(model: torch.nn.Module, # the (uncompiled, unwrapped) model
                         cfg: TrainConfig,       # lr, weight_decay, betas
                         device_type: str="cpu", # "cuda" uses the fused AdamW kernel
@@ -117,7 +117,7 @@ def get_lr(step: int,        # 0-based optimizer step
     ratio = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - min_lr)
 
-# %% ../nbs/04b_pretrain.ipynb #94c40082
+# %% ../nbs/04b_pretrain.ipynb #a4f4b7c3
 # dense bf16 tensor-core peak FLOP/s from the vendors' datasheets, matched against torch.cuda.get_device_name(); first match wins
 PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12),
               ("L40S", 362e12), ("L4", 121e12), ("A10G", 70e12)]
@@ -150,7 +150,7 @@ def setup_distributed(device: str="auto" # "auto", "cpu", "cuda", "mps"
     if not dist.is_initialized(): dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return rank, local_rank, world, dev
 
-# %% ../nbs/04b_pretrain.ipynb #ef3cf82c
+# %% ../nbs/04b_pretrain.ipynb #5d73ea36
 class CheckpointError(ValueError):
     "A checkpoint file that cannot be used; the message names it and the way out."
 
@@ -228,7 +228,7 @@ def latest_checkpoint(run_dir: str | Path, # a run's out_dir
         except CheckpointError as e: print(f"warning: skipping {e}", file=sys.stderr)
     return None, None
 
-# %% ../nbs/04b_pretrain.ipynb #54bd3682
+# %% ../nbs/04b_pretrain.ipynb #c8795507
 def load_model(path_or_name: str | Path, # checkpoint file, run folder, Hugging Face folder, or Hugging Face id ("gpt2")
                device: str="cpu",         # where the model goes
               ):
@@ -251,7 +251,7 @@ def load_model(path_or_name: str | Path, # checkpoint file, run folder, Hugging 
         model = GPT.from_pretrained(str(path_or_name)); enc = get_tokenizer("gpt2")
     return model.to(device).eval(), enc
 
-# %% ../nbs/04b_pretrain.ipynb #fb8d31f0
+# %% ../nbs/04b_pretrain.ipynb #c34fe247
 def _rng_state() -> dict:
     "This process's RNG states (torch CPU and CUDA, numpy, python) as tensors and plain values (weights_only-safe)."
     npst = np.random.get_state()
@@ -291,7 +291,7 @@ def estimate_val_loss(model, loader: TokenLoader, n_batches: int, device, autoca
     model.train()
     return (total / (n_batches * loader.world_size)).item()
 
-# %% ../nbs/04b_pretrain.ipynb #7c587c88
+# %% ../nbs/04b_pretrain.ipynb #3d0bfbcd
 def train(cfg: TrainConfig,        # the run
           resume: bool | str=False, # True: continue from out_dir's newest checkpoint (error if none); "auto": if there is one
          ) -> dict:
@@ -338,7 +338,10 @@ def train(cfg: TrainConfig,        # the run
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     raw = GPT(mcfg).to(device)
     optimizer = configure_optimizer(raw, cfg, device.type)
-    step0, tokens_seen, log_path = 0, 0, out / "log.jsonl"
+    step0, tokens_seen, log_path, cp = 0, 0, out / "log.jsonl", None
+    if not resume and list_checkpoints(out):
+        raise ValueError(f"{out} already holds checkpoints ({list_checkpoints(out)[0].name} is the newest); "
+                         "pass --resume (resume=True) to continue that run, or choose another --out")
     if resume:
         cp, ckpt = latest_checkpoint(out, map_location=device)
         if ckpt is None and resume is True: raise FileNotFoundError(f"--resume: {out} holds no checkpoint to resume from")
@@ -371,7 +374,7 @@ def train(cfg: TrainConfig,        # the run
         print(f"{raw.num_params():,} parameters | {world} process(es) on {device} | {B}x{T} tokens x {accum} accumulation "
               f"x {world} = {total:,} tokens/step | steps {step0}->{cfg.max_steps}")
     bar = tqdm(total=cfg.max_steps, initial=step0, disable=not (master and cfg.progress), desc="pretrain", dynamic_ncols=True)
-    t_start, loss_item, val_loss, last_ckpt, stopped = time.time(), float("nan"), None, None, False
+    t_start, loss_item, val_loss, last_ckpt, stopped = time.time(), float("nan"), None, cp, False
     step = step0
     for step in range(step0, cfg.max_steps):
         last = step == cfg.max_steps - 1
@@ -420,6 +423,9 @@ def train(cfg: TrainConfig,        # the run
             last_ckpt = _save_run_checkpoint(out, raw, optimizer, mcfg, cfg, enc, step + 1, tokens_seen, train_loader, val_loss, master, world)
         if stop: stopped = True; break
     bar.close()
+    if stopped and master and cfg.sample_every:  # an early stop still ends with a sample of what the model learned
+        text = sample_text(raw, enc, cfg.sample_prompt, cfg.sample_tokens, device, seed=cfg.seed)
+        _append_log(log_path, dict(step=step + 1, sample=text))
     steps_done = step + 1 if cfg.max_steps > step0 else step0
     summary = dict(steps=steps_done, tokens=tokens_seen, train_loss=loss_item, val_loss=val_loss, checkpoint=str(last_ckpt) if last_ckpt else None,
                    out_dir=str(out), log=str(log_path), seconds=round(time.time() - t_start, 2), params=raw.num_params(),
@@ -445,7 +451,7 @@ def _save_run_checkpoint(out, raw, optimizer, mcfg, cfg, enc, step, tokens, load
     if world > 1: dist.barrier()
     return path
 
-# %% ../nbs/04b_pretrain.ipynb #363c73a0
+# %% ../nbs/04b_pretrain.ipynb #62e3feeb
 @torch.no_grad()
 def sample_text(model: GPT, enc, prompt: str="\n", max_new_tokens: int=48, device="cpu", seed: int=0, temperature: float=1.0, top_k: int|None=50) -> str:
     "A sample from `model` (uncompiled), with its own generator so training's RNG is untouched."
@@ -471,7 +477,7 @@ def _hellaswag_hook(cfg: TrainConfig, master: bool):
         return hellaswag.evaluate(model, enc, examples, device=str(device), rank=rank, world_size=world)
     return run
 
-# %% ../nbs/04b_pretrain.ipynb #5d33ed34
+# %% ../nbs/04b_pretrain.ipynb #69e3363b
 def read_log(path: str | Path # log.jsonl or the run folder
             ) -> list[dict]:
     "The records of a run's log.jsonl."
@@ -506,12 +512,12 @@ def plot_log(path: str | Path,      # log.jsonl or the run folder
     plt.close(fig)
     return fig
 
-# %% ../nbs/04b_pretrain.ipynb #20d14f61
+# %% ../nbs/04b_pretrain.ipynb #f8a0dba6
 def pretrain(data=None,                  # shards folder from `prepare`, or a source to prepare first (text/jsonl/parquet path, "stdlib"); default: `data_source()`
              preset: str | None="tiny",  # TRAIN_PRESETS key ("tiny", "small", "mini", "gpt2")
              out_dir: str="runs/pretrain", # checkpoints, log.jsonl, loss.png, summary.json
              resume: bool | str=False,   # True: continue from out_dir's newest checkpoint; "auto": if one exists
-             **overrides,                # any TrainConfig field: max_steps, lr, batch_size, max_time, compile, ...
+             **overrides,                # any TrainConfig field (max_steps, lr, batch_size, max_time, compile, ...); and, when `data` is prepared here: tokenizer ("gpt2" or a notebook-00 tokenizer file), shard_tokens, num_proc
             ) -> dict:
     "Pretrain a GPT and return a summary: steps, tokens, train_loss, val_loss, checkpoint, out_dir, log, plot, seconds, params."
     from nanogpt_course.data import prepare
@@ -546,11 +552,20 @@ _GROUPS = {"model": ["model", "n_layer", "n_head", "n_embd", "block_size", "drop
            "checkpoints": ["save_every", "keep_last", "max_time", "stop_after"],
            "system": ["device", "dtype", "compile", "seed", "progress"]}
 
+_EPILOG = "presets: " + ", ".join(f"{k} ({v['model']}, {v['max_steps']} steps)" for k, v in TRAIN_PRESETS.items()) + """
+
+launch:
+  one process:      nanogpt-course pretrain --preset small --data data/shakespeare --out runs/shakespeare
+  8 GPUs, 1 node:   torchrun --standalone --nproc_per_node 8 -m nanogpt_course.train --preset gpt2 --data data/edu_fineweb10B --out runs/gpt2
+  2 nodes x 8 GPUs: torchrun --nnodes 2 --nproc_per_node 8 --node_rank 0|1 --master_addr HOST0 --master_port 29500 \\
+                        -m nanogpt_course.train --preset gpt2 --data data/edu_fineweb10B --out runs/gpt2
+  continue a run:   add --resume (the same settings; a different one is refused with the list of differences)"""
+
 def cli(argv: list[str] | None = None # e.g. ["--preset", "tiny", "--data", "data/shakespeare"]; sys.argv[1:] when None
        ) -> int:
     "`nanogpt-course pretrain` / `python -m nanogpt_course.train` (also under torchrun)."
     p = argparse.ArgumentParser(prog="nanogpt-course pretrain", description="Pretrain a GPT on token shards; under torchrun, with DDP.",
-                                epilog="presets: " + ", ".join(f"{k} ({v['model']}, {v['max_steps']} steps)" for k, v in TRAIN_PRESETS.items()))
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG)
     p.add_argument("--preset", default="tiny", choices=sorted(TRAIN_PRESETS), help="training preset; the flags below override it")
     p.add_argument("--data", required=True, help=_HELP["data"] + " (or a text/jsonl/parquet source, prepared into OUT/data first)")
     p.add_argument("--out", dest="out_dir", default="runs/pretrain", help=_HELP["out_dir"])
@@ -577,6 +592,6 @@ def cli(argv: list[str] | None = None # e.g. ["--preset", "tiny", "--data", "dat
         print(json.dumps({k: s[k] for k in ("steps", "tokens", "train_loss", "val_loss", "checkpoint", "seconds")}))
     return 0
 
-# %% ../nbs/04b_pretrain.ipynb #e2b871ee
+# %% ../nbs/04b_pretrain.ipynb #f7ba5026
 #| eval: false
 if __name__ == "__main__": sys.exit(cli())

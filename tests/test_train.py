@@ -143,3 +143,25 @@ def test_cli(data, capsys):
                  *_flags({**RUN, "max_steps": 2})]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
     with pytest.raises(SystemExit): main(["pretrain", "--preset", "nope", "--data", "x"])
+
+
+def test_hellaswag_hook(data, tmp_path, capsys):
+    "--hellaswag-every N evaluates a HellaSwag-schema file during training and logs it; skipped with a message if the module is absent."
+    rows = [dict(ind=i, activity_label="x", ctx_a="the cat", ctx_b="sat on", ctx="the cat sat on", split="val", split_type="indomain",
+                 source_id=str(i), endings=["a mat.", "the dog ran.", "its home.", "every bird."], label=i % 4) for i in range(8)]
+    (tmp_path / "hs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = pretrain(data / "data", out_dir=tmp_path / "run", hellaswag_every=2, hellaswag=str(tmp_path / "hs.jsonl"), **{**RUN, "max_steps": 3})
+    assert s["steps"] == 3
+    hs = [r for r in read_log(tmp_path / "run") if "hellaswag_acc_norm" in r]
+    try:
+        import nanogpt_course.hellaswag  # noqa: F401
+    except ImportError:
+        assert not hs and "nanogpt_course.hellaswag is not available" in capsys.readouterr().err
+        return
+    assert [r["step"] for r in hs] == [0, 2] and all(r["hellaswag_n"] == 8 and 0 <= r["hellaswag_acc_norm"] <= 1 for r in hs)
+
+
+def test_fresh_run_refuses_a_folder_with_checkpoints(data, reference):
+    "Starting a new run over an old one would mix their checkpoints: refused, with the way out."
+    with pytest.raises(ValueError, match="already holds checkpoints .*pass --resume"):
+        pretrain(data / "data", out_dir=data / "ref", **RUN)
