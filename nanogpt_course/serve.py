@@ -7,13 +7,13 @@ __all__ = ['APIError', 'SamplingParams', 'parse_sampling', 'render_chat', 'encod
            'Generation', 'Job', 'QueueFull', 'Engine', 'sse', 'create_app', 'ServerThread', 'load_models', 'cli',
            'chat_loop', 'chat_cli']
 
-# %% ../nbs/07_serve.ipynb #ebf763e5
+# %% ../nbs/07_serve.ipynb #c62cfd30
 import argparse, asyncio, codecs, json, math, os, queue, socket, sys, threading, time, uuid
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import torch
 
-# %% ../nbs/07_serve.ipynb #4328452f
+# %% ../nbs/07_serve.ipynb #a25e5b3d
 class APIError(Exception):
     "An error the client can act on, sent as OpenAI's JSON error body."
     def __init__(self,
@@ -31,7 +31,7 @@ class APIError(Exception):
         "The JSON body, in OpenAI's format."
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-# %% ../nbs/07_serve.ipynb #dd46048a
+# %% ../nbs/07_serve.ipynb #79b1453e
 @dataclass
 class SamplingParams:
     "How to pick tokens: the sampling part of a request."
@@ -95,7 +95,7 @@ def parse_sampling(body: dict,  # the request's JSON object
         stop=stop, seed=seed)
     return params, mt is not None
 
-# %% ../nbs/07_serve.ipynb #315b3f95
+# %% ../nbs/07_serve.ipynb #e026685d
 def _prompt_text(body: dict) -> str | list[int]:
     "The completions prompt: a string, a list of token ids, or a list holding one of those."
     if "prompt" not in body or body["prompt"] is None:
@@ -172,7 +172,7 @@ def fit_context(n_prompt: int,  # prompt tokens
         params = SamplingParams(**{**asdict(params), "max_tokens": room})
     return params
 
-# %% ../nbs/07_serve.ipynb #ca56637e
+# %% ../nbs/07_serve.ipynb #c538023e
 class TextStream:
     "Turn token ids into text deltas that are safe to send: whole characters, nothing past a stop string."
     def __init__(self,
@@ -207,7 +207,7 @@ class TextStream:
         out, self.sent = self.text[self.sent:end], max(self.sent, end)
         return out
 
-# %% ../nbs/07_serve.ipynb #8658cea4
+# %% ../nbs/07_serve.ipynb #5ccd052a
 class Generation:
     "Iterate to get the text deltas of one answer; afterwards `finish_reason` and `completion_tokens` say how it ended."
     def __init__(self,
@@ -242,7 +242,7 @@ class Generation:
         tail = ts.flush()
         if tail and self.finish_reason != "cancelled": yield tail
 
-# %% ../nbs/07_serve.ipynb #0782073a
+# %% ../nbs/07_serve.ipynb #85f65da3
 class Job:
     "One request's generation, passed from the event loop to the worker thread."
     def __init__(self, model_name, model, enc, prompt_ids, params, loop=None):
@@ -339,7 +339,7 @@ class Engine:
             except queue.Empty: break
             if job is not None: job.cancel.set(); job.generation.finish_reason = "cancelled"; self._finish(job, "done")
 
-# %% ../nbs/07_serve.ipynb #59fc9b61
+# %% ../nbs/07_serve.ipynb #666f520d
 def sse(data) -> str:
     "One server-sent event: `data: <json>` and a blank line (`data: [DONE]` for the end)."
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
@@ -349,7 +349,7 @@ def _usage(n_prompt, n_completion):
 
 def _finish_reason(r): return "stop" if r in ("stop", "cancelled") else r
 
-# %% ../nbs/07_serve.ipynb #af9ecc1b
+# %% ../nbs/07_serve.ipynb #c06fa9f4
 def _static_dir() -> Path:
     "Where the web page lives (nanogpt_course/static), inside the installed package."
     import nanogpt_course
@@ -538,7 +538,7 @@ def create_app(models: dict,  # name -> (GPT, tiktoken.Encoding); the first is t
 
     return app
 
-# %% ../nbs/07_serve.ipynb #32cef813
+# %% ../nbs/07_serve.ipynb #9df91976
 class ServerThread:
     "A uvicorn server for `app` in a background thread: `with ServerThread(app) as s: ... s.url`."
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
@@ -569,7 +569,7 @@ class ServerThread:
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.stop()
 
-# %% ../nbs/07_serve.ipynb #a3d57aa9
+# %% ../nbs/07_serve.ipynb #313053bc
 def _model_name(spec: str) -> str:
     p = Path(spec)
     return p.stem if p.is_file() else (p.name if p.is_dir() else spec)
@@ -626,7 +626,7 @@ def cli(argv: list[str] | None = None) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
-# %% ../nbs/07_serve.ipynb #05c2fbb5
+# %% ../nbs/07_serve.ipynb #39f52f1c
 def chat_loop(model, enc,
               params: SamplingParams,  # max_tokens is the most per answer
               system: str | None = None,  # an optional system turn kept at the start

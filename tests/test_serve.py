@@ -393,3 +393,26 @@ def test_load_models_from_checkpoint_and_hf_directory(tmp_path, enc):
         assert torch.equal(got, ref.generate(ids, 8, temperature=0)), name
     same = load_models(str(tmp_path / "sft.pt"), base=str(tmp_path / "sft.pt"))
     assert list(same) == ["sft-base", "sft"]  # names never collide
+
+
+class BrokenGPT(GPT):
+    "Fails after two tokens, like a model that runs out of memory mid-answer."
+    def stream(self, *args, **kwargs):
+        for i, tok in enumerate(super().stream(*args, **kwargs)):
+            if i == 2: raise RuntimeError("simulated failure")
+            yield tok
+
+
+def test_generation_failure_is_reported_and_released(enc):
+    with ServerThread(create_app({"broken": (tiny_model(enc, BrokenGPT), enc), "ok": (tiny_model(enc), enc)}, max_queue=2)) as s:
+        with httpx.Client(base_url=s.url, timeout=30) as http:
+            r = http.post("/v1/completions", json={"model": "broken", "prompt": "Hi", "max_tokens": 10})
+            assert r.status_code == 500 and "simulated failure" in r.json()["error"]["message"]
+            assert r.json()["error"]["type"] == "server_error"
+            with http.stream("POST", "/v1/completions", json={"model": "broken", "prompt": "Hi", "max_tokens": 10, "stream": True}) as r:
+                events = [json.loads(l[6:]) for l in r.iter_lines() if l.startswith("data: ") and l != "data: [DONE]"]
+            assert "simulated failure" in events[-1]["error"]["message"]
+            for _ in range(3):  # more requests than max_queue: the failed jobs gave their slots back
+                assert http.post("/v1/completions", json={"model": "ok", "prompt": "Hi", "max_tokens": 3}).status_code == 200
+        h = wait_idle(s.url)
+        assert h["failed"] == 2 and h["in_flight"] == 0
