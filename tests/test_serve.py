@@ -288,7 +288,6 @@ def test_disconnect_stops_generation(enc, stream):
     slow = tiny_model(enc, SlowGPT)  # 20 ms a token: 200 tokens would take 4 s
     with ServerThread(create_app({"slow": (slow, enc)}, max_queue=4)) as s:
         body = {"prompt": "A long story:", "max_tokens": 200, "stream": stream}
-        t0 = time.monotonic()
         if stream:
             with httpx.Client(base_url=s.url, timeout=30) as http:
                 with http.stream("POST", "/v1/completions", json=body) as r:
@@ -299,11 +298,9 @@ def test_disconnect_stops_generation(enc, stream):
             with pytest.raises(httpx.ReadTimeout):
                 httpx.post(s.url + "/v1/completions", json=body, timeout=0.5)
         # the client is gone: the generation must stop well before its 200 tokens
-        h = wait_idle(s.url, timeout=3)
-        elapsed = time.monotonic() - t0
+        h = wait_idle(s.url, timeout=10)
         assert h["cancelled"] == 1 and h["completed"] == 0, h
-        assert h["completion_tokens"] < 100, h
-        assert elapsed < 3.5
+        assert h["completion_tokens"] < 100, h  # stopped, not run to its 200 tokens
         # and the server still serves
         assert httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=30).status_code == 200
 
