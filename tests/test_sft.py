@@ -17,6 +17,7 @@ from nanogpt_course.sft import (IGNORE_INDEX, SFTDataset, apply_lora, builtin_in
                                 stratified_split, tokenize_example, finetune, response_loss, load_sft_model)
 
 ROOT = Path(__file__).resolve().parents[1]
+torch.set_num_threads(1)  # the suite shares a small CPU with other processes; more threads only contend
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +245,7 @@ def test_finetune_with_lora_saves_merged_weights(enc, tmp_path):
 
 
 def run_cli(args, cwd):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     code = "import sys; from nanogpt_course.cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, "sft", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=170)
