@@ -1,0 +1,181 @@
+"""HellaSwag evaluation (nanogpt_course.hellaswag): DDP split + all-reduce under `torchrun` (gloo) against one process,
+batched == one example at a time, the CLI (in process, under torchrun, errors), and the loaders (local HTTP download and
+cache, Hugging Face `datasets` with string labels, malformed lines). Self-contained: a small BPE tokenizer, a tiny GPT
+and HellaSwag-schema files written here."""
+import dataclasses, functools, http.server, json, os, socket, subprocess, sys, threading
+from pathlib import Path
+import pytest
+import torch
+
+from nanogpt_course import hellaswag as H
+from nanogpt_course.model import GPT, GPTConfig
+from nanogpt_course.tokenizer import BPETokenizer, stdlib_corpus, tokenizer_state
+from nanogpt_course.train import load_model, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    "A 320-token BPE, a tiny GPT trained for a few steps (so its choices are not all ties), its checkpoint, data files."
+    d = tmp_path_factory.mktemp("hellaswag")
+    text = stdlib_corpus(max_bytes=150_000)
+    enc = BPETokenizer.train(text[:60_000], 320).to_tiktoken()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("tiny", vocab_size=enc.n_vocab, n_embd=32))
+    ids = torch.tensor(enc.encode_ordinary(text[:120_000]))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(15):
+        ix = torch.randint(len(ids) - 65, (8,))
+        _, loss = model(torch.stack([ids[i:i + 64] for i in ix]), torch.stack([ids[i + 1:i + 65] for i in ix]))
+        opt.zero_grad(); loss.backward(); opt.step()
+    model.eval()
+    ckpt = d / "tiny.pt"
+    save_checkpoint(ckpt, {"model": model.state_dict(), "config": dataclasses.asdict(model.config),
+                           "tokenizer": tokenizer_state(enc), "kind": "pretrain", "step": 15})
+    (d / "corpus.txt").write_text(text, encoding="utf-8")
+    # 37 examples: an odd number that 2 ranks cannot split evenly, and contexts long enough to need cropping
+    examples = H.make_mc_examples(text[120_000:], enc, n=37, seed=3, ctx_words=40, end_words=5)
+    for e in examples[:3]: e["label"] = str(e["label"])  # Hugging Face style string labels must work too
+    data = d / "val.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    return dict(dir=d, enc=enc, model=model, ckpt=ckpt, data=data, examples=H.load_hellaswag(path=data))
+
+
+def _torchrun(args, tmp, nproc=2):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(_free_port())] + args
+    r = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+
+def test_block_size_cropping_is_exercised(setup):
+    rows = [H.make_rows(*H.render_example(e, setup["enc"]), None) for e in setup["examples"]]
+    assert max(len(t) for r in rows for t, _ in r) > setup["model"].config.block_size
+
+
+def test_batched_equals_one_at_a_time(setup):
+    m, enc, ex = setup["model"], setup["enc"], setup["examples"]
+    one = H.evaluate(m, enc, ex, batch_size=1)
+    many = H.evaluate(m, enc, ex, batch_size=16)
+    for k in ("pred", "pred_norm", "pred_norm_bytes", "n_tokens"):
+        assert [p[k] for p in one["predictions"]] == [p[k] for p in many["predictions"]], k
+    assert torch.allclose(torch.tensor([p["logprobs"] for p in one["predictions"]]),
+                          torch.tensor([p["logprobs"] for p in many["predictions"]]), atol=1e-4)
+    assert one["n"] == many["n"] == 37 and one["acc"] == many["acc"] and one["acc_norm"] == many["acc_norm"]
+    assert 0 < len({p["pred_norm"] for p in many["predictions"]})  # predictions are real choices 0..3
+    assert all(0 <= p["pred"] <= 3 for p in many["predictions"])
+
+
+DDP_SCRIPT = r'''
+import json, sys, torch, torch.distributed as dist
+from nanogpt_course import hellaswag as H
+from nanogpt_course.train import load_model
+dist.init_process_group("gloo")
+model, enc = load_model(sys.argv[1])
+res = H.evaluate(model, enc, H.load_hellaswag(path=sys.argv[2]), batch_size=4)   # rank/world_size from the process group
+res["mine"] = list(range(dist.get_rank(), 37, dist.get_world_size()))
+json.dump(res, open(f"{sys.argv[3]}.{dist.get_rank()}.json", "w"))
+dist.destroy_process_group()
+'''
+
+
+def test_ddp_split_and_reduce_match_one_process(setup, tmp_path):
+    "2 gloo ranks: each scores its half, the all-reduce gives both ranks every prediction, equal to one process."
+    (tmp_path / "ddp_eval.py").write_text(DDP_SCRIPT)
+    _torchrun([str(tmp_path / "ddp_eval.py"), str(setup["ckpt"]), str(setup["data"]), str(tmp_path / "res")], tmp_path)
+    single = H.evaluate(*load_model(setup["ckpt"]), setup["examples"], batch_size=4)
+    ranks = [json.loads((tmp_path / f"res.{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["mine"] != ranks[1]["mine"] and sorted(ranks[0]["mine"] + ranks[1]["mine"]) == list(range(37))
+    for res in ranks:
+        assert res["n"] == single["n"] == 37
+        assert res["n_correct"] == single["n_correct"] and res["n_correct_norm"] == single["n_correct_norm"]
+        assert [p["pred_norm"] for p in res["predictions"]] == [p["pred_norm"] for p in single["predictions"]]
+        assert [p["index"] for p in res["predictions"]] == list(range(37))
+        assert torch.allclose(torch.tensor([p["logprobs"] for p in res["predictions"]]),
+                              torch.tensor([p["logprobs"] for p in single["predictions"]]), atol=1e-4)
+    # each rank really did only its half: it scored ~half the examples per second of work
+    assert abs(ranks[0]["examples_per_s"] * ranks[0]["seconds"] - 19) < 0.5
+
+
+def test_cli_under_torchrun(setup, tmp_path):
+    out = tmp_path / "r.json"
+    r = _torchrun(["-m", "nanogpt_course.hellaswag", "hellaswag", "--model", str(setup["ckpt"]), "--data", str(setup["data"]),
+                   "--batch-size", "3", "--no-progress", "--json", str(out)], tmp_path)
+    single = H.evaluate(setup["model"], setup["enc"], setup["examples"])
+    res = json.loads(out.read_text())
+    assert res["world_size"] == 2 and res["n"] == 37
+    assert res["acc"] == single["acc"] and res["acc_norm"] == single["acc_norm"]
+    assert r.stdout.count("hellaswag on ") == 1, r.stdout  # printed on rank 0 only
+    assert f"acc_norm {single['acc_norm']:.4f}" in r.stdout
+
+
+def test_cli_in_process(setup, tmp_path, capsys):
+    from nanogpt_course.cli import main
+    out = tmp_path / "sub" / "r.json"
+    assert main(["eval", "hellaswag", "--model", str(setup["ckpt"]), "--data", str(setup["data"]), "--limit", "10",
+                 "--no-progress", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["n"] == 10 and len(res["predictions"]) == 10 and res["task"] == "hellaswag"
+    assert f"acc {res['acc']:.4f}" in capsys.readouterr().out
+    # the held-out multiple-choice set of a text file
+    assert main(["eval", "mc", "--model", str(setup["ckpt"]), "--text", str(setup["dir"] / "corpus.txt"), "--n", "20",
+                 "--no-progress", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["n"] == 20
+
+
+def test_cli_errors_are_clear(setup, tmp_path, capsys):
+    from nanogpt_course.cli import main
+    bad = tmp_path / "bad.jsonl"
+    lines = setup["data"].read_text().splitlines()
+    bad.write_text("\n".join(lines[:4] + ['{"ctx": "x", "endings": ["a", "b"], "label": 0}'] + lines[4:6]) + "\n")
+    assert main(["eval", "hellaswag", "--model", str(setup["ckpt"]), "--data", str(bad), "--no-progress"]) == 1
+    assert "bad.jsonl:5: endings must be a list of 4" in capsys.readouterr().err
+    assert main(["eval", "hellaswag", "--model", str(setup["ckpt"]), "--data", str(tmp_path / "none.jsonl")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["eval", "hellaswag", "--model", str(tmp_path / "nope.pt"), "--data", str(setup["data"])]) == 1
+    assert "nope.pt" in capsys.readouterr().err
+    assert main(["eval", "mc", "--model", str(setup["ckpt"])]) == 1
+    assert "--text" in capsys.readouterr().err
+
+
+def test_download_and_cache_over_http(setup, tmp_path):
+    "The urllib download, from a local HTTP server: cached atomically, then read without the network."
+    srv_dir = tmp_path / "srv"; srv_dir.mkdir()
+    (srv_dir / "hellaswag_val.jsonl").write_bytes(setup["data"].read_bytes())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(srv_dir))
+    handler.log_message = lambda *a: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/hellaswag_val.jsonl"
+    try: p = H.download_hellaswag("val", cache_dir=tmp_path / "cache", url=url)
+    finally: srv.shutdown(); srv.server_close()
+    assert p == tmp_path / "cache" / "hellaswag_val.jsonl" and p.read_bytes() == setup["data"].read_bytes()
+    assert H.download_hellaswag("val", cache_dir=tmp_path / "cache", url=url) == p  # server is gone: the cache answers
+    assert len(H.load_hellaswag("validation", cache_dir=tmp_path / "cache", source="url")) == 37
+
+
+def test_no_network_error_says_how_to_get_the_data(tmp_path, monkeypatch):
+    monkeypatch.setitem(H.HELLASWAG_URLS, "validation", f"http://127.0.0.1:{_free_port()}/hellaswag_val.jsonl")
+    with pytest.raises(RuntimeError, match="could not download HellaSwag validation") as e:
+        H.load_hellaswag(cache_dir=tmp_path, source="url")
+    assert "--data PATH" in str(e.value) and "source='hf'" in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # no half-written file
+
+
+def test_hugging_face_loader_string_labels(setup, tmp_path, monkeypatch):
+    "The `datasets` path, on a local folder in Rowan/hellaswag's layout (labels are strings there)."
+    pytest.importorskip("datasets")
+    hf = tmp_path / "hf"; hf.mkdir()
+    recs = [{**e, "label": str(e["label"])} for e in setup["examples"][:5]]
+    (hf / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    monkeypatch.setattr(H, "HF_DATASET", str(hf))
+    got = H.load_hellaswag("val", source="hf", cache_dir=tmp_path / "hf_cache")
+    assert [g["label"] for g in got] == [e["label"] for e in setup["examples"][:5]] and all(isinstance(g["label"], int) for g in got)
+    assert [g["endings"] for g in got] == [e["endings"] for e in setup["examples"][:5]]
