@@ -1,0 +1,100 @@
+"""HellaSwag evaluation speed: examples/s of `evaluate` batched against one example at a time, on the same model and
+data, with identical predictions (asserted), and the peak memory of each run.
+
+    python benchmarks/bench_hellaswag.py                 # default: ~1-2 minutes on a 2-core CPU
+    python benchmarks/bench_hellaswag.py --n 500 --batch-size 32
+
+Also measured, as a reference: build-nanogpt's way (one example per forward pass, full (4, T, V) logits, a
+cross-entropy over every position, then the mask). Data: a HellaSwag-format set built from held-out text
+(`make_mc_examples`, contexts of ~30 words, endings of ~12, about HellaSwag's lengths); this machine has no HellaSwag.
+Each mode runs in its own process so that its peak memory (ru_maxrss) is its own."""
+import argparse, dataclasses, json, os, resource, subprocess, sys, tempfile, time
+from pathlib import Path
+import torch
+import torch.nn.functional as F
+
+
+def build(work: Path, args):
+    from nanogpt_course import hellaswag as H
+    from nanogpt_course.model import GPT, GPTConfig
+    from nanogpt_course.tokenizer import BPETokenizer, get_tokenizer, stdlib_corpus, tokenizer_state
+    from nanogpt_course.train import save_checkpoint
+    data = os.environ.get("NANOGPT_COURSE_DATA")
+    f = Path(data) / "tinyshakespeare.txt" if data else None
+    text = f.read_text(encoding="utf-8") if f and f.exists() else stdlib_corpus()
+    if args.tokenizer == "gpt2": enc = get_tokenizer("gpt2")
+    else: enc = BPETokenizer.train(text[:200_000], int(args.tokenizer)).to_tiktoken()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset(args.preset, vocab_size=enc.n_vocab))
+    save_checkpoint(work / "model.pt", {"model": model.state_dict(), "config": dataclasses.asdict(model.config),
+                                        "tokenizer": tokenizer_state(enc), "kind": "pretrain", "step": 0})
+    ex = H.make_mc_examples(text[int(len(text) * 0.9):], enc, n=args.n, seed=0, ctx_words=30, end_words=12)
+    (work / "examples.jsonl").write_text("".join(json.dumps(e) + "\n" for e in ex))
+    return model, enc
+
+
+def reference_eval(model, enc, examples):
+    "build-nanogpt's loop: one example (4 rows) per forward, full logits, loss at every position, then the mask."
+    from nanogpt_course.hellaswag import make_rows, render_example
+    preds = []
+    for ex in examples:
+        rows = make_rows(*render_example(ex, enc), model.config.block_size)  # (ctx + ending cropped from the left, n to score)
+        T = max(len(r) for r, _ in rows)
+        tokens = torch.zeros((4, T), dtype=torch.long); mask = torch.zeros((4, T))
+        for i, (r, n) in enumerate(rows):
+            tokens[i, :len(r)] = torch.tensor(r); mask[i, len(r) - n:len(r)] = 1
+        logits = model(tokens)[0]
+        losses = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1), reduction="none").view(4, -1)
+        m = mask[:, 1:]
+        avg = (losses * m).sum(1) / m.sum(1)
+        preds.append(int(avg.argmin()))
+    return preds
+
+
+def child(work: Path, mode: str, batch_size: int):
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+    from nanogpt_course import hellaswag as H
+    from nanogpt_course.train import load_model
+    model, enc = load_model(work / "model.pt")
+    ex = H.load_hellaswag(path=work / "examples.jsonl")
+    with torch.no_grad():
+        run = (lambda e: reference_eval(model, enc, e)) if mode == "reference" else \
+              (lambda e: [p["pred_norm"] for p in H.evaluate(model, enc, e, batch_size=1 if mode == "one" else batch_size)["predictions"]])
+        run(ex[:8])  # warm-up
+        t = time.perf_counter(); preds = run(ex); secs = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    (work / f"{mode}.json").write_text(json.dumps(dict(preds=preds, secs=secs, n=len(ex), peak_mib=rss)))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=120, help="examples (default 120)")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass when batched (default 16)")
+    p.add_argument("--preset", default="small", help="model preset (default small: 4 layers, 128 wide)")
+    p.add_argument("--tokenizer", default="1024", help="a BPE vocabulary size trained here (default 1024), or gpt2 (50,257)")
+    p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child: return child(Path(args.child[0]), args.child[1], args.batch_size)
+    with tempfile.TemporaryDirectory() as d:
+        work = Path(d)
+        model, enc = build(work, args)
+        print(f"model: preset {args.preset}, {model.num_params():,} parameters, vocab {enc.n_vocab:,}; {args.n} examples; "
+              f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+        res = {}
+        for mode in ("reference", "one", "batched"):
+            subprocess.run([sys.executable, __file__, "--child", str(work), mode, "--batch-size", str(args.batch_size)], check=True)
+            res[mode] = json.loads((work / f"{mode}.json").read_text())
+    assert res["one"]["preds"] == res["batched"]["preds"], "batched and one-at-a-time predictions differ"
+    same_ref = sum(a == b for a, b in zip(res["reference"]["preds"], res["batched"]["preds"]))
+    base = res["one"]["n"] / res["one"]["secs"]
+    names = {"reference": "build-nanogpt style (1 example/forward, full logits)", "one": "evaluate(batch_size=1)",
+             "batched": f"evaluate(batch_size={args.batch_size})"}
+    print(f"{'mode':<55} {'examples/s':>10} {'vs one':>7} {'peak MiB':>9}")
+    for k, r in res.items():
+        eps = r["n"] / r["secs"]
+        print(f"{names[k]:<55} {eps:>10.1f} {eps / base:>6.2f}x {r['peak_mib']:>9.0f}")
+    print(f"predictions: batched == one-at-a-time on all {args.n}; build-nanogpt style agrees on {same_ref}/{args.n}")
+
+
+if __name__ == "__main__":
+    main()
