@@ -271,3 +271,29 @@ def test_cli_end_to_end_and_errors(enc, tmp_path):
     r = run_cli(["--init", "base.pt", "--data", "builtin", "--out", "out3", "--lora-r", "2", "--lora-targets", "q_proj",
                  "--steps", "1"], tmp_path)
     assert r.returncode == 2 and "no linear layer matches" in r.stderr
+
+
+def test_finetune_from_a_hugging_face_gpt2_directory(tmp_path):
+    """GPT-2 weights in transformers' format (here a tiny random GPT2LMHeadModel) are a valid starting point."""
+    transformers = pytest.importorskip("transformers")
+    import tiktoken
+    try:
+        gpt2 = tiktoken.get_encoding("gpt2")
+    except Exception:
+        pytest.skip("the GPT-2 encoding is not available offline (set TIKTOKEN_CACHE_DIR)")
+    cfg = transformers.GPT2Config(vocab_size=gpt2.n_vocab, n_positions=64, n_embd=16, n_layer=1, n_head=2)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "hf")
+    s = finetune(str(tmp_path / "hf"), "builtin", tmp_path / "run", steps=3, batch_size=2, lr=1e-3, eval_batches=1,
+                 progress=False)
+    ck = torch.load(s["checkpoint"], weights_only=False)
+    assert ck["kind"] == "sft" and ck["tokenizer"] == "gpt2" and ck["config"]["block_size"] == 64
+    assert s["counts"]["train"]["examples"] > 0
+
+
+def test_generate_response_refuses_a_prompt_that_fills_the_context(enc):
+    model = tiny_model(enc, block_size=32)
+    with pytest.raises(ValueError, match="block_size is 32"):
+        sft.generate_response(model, enc, "word " * 40)
+    out = sft.generate_response(model, enc, "Q?", max_new_tokens=3)
+    assert isinstance(out, str)
