@@ -35,7 +35,7 @@ def run(preset, vocab_size, args):
 
     def hf_generate():
         with torch.inference_mode():
-            return hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, min_new_tokens=n,
+            return hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
                                do_sample=False, num_beams=1, use_cache=True, pad_token_id=0, eos_token_id=None)
     variants = {
         "GPT.generate, KV cache": lambda: ours.generate(prompt, n, temperature=0, use_cache=True),
