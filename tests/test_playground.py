@@ -1,0 +1,87 @@
+"""The playground's command line, a real course checkpoint through `train.load_model`, and the notebook served by Voilà."""
+import os, shutil, socket, subprocess, sys, time, urllib.request
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest, torch
+
+ROOT = Path(__file__).resolve().parent.parent
+NB = ROOT / "nbs" / "08_playground.ipynb"
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "nanogpt_course.playground", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **(env or {})})
+
+def test_cli_prints_how_to_open():
+    r = run_cli()
+    assert r.returncode == 0, r.stderr
+    assert f"jupyter lab {NB}" in r.stdout and "voila" in r.stdout
+    assert "from nanogpt_course.playground import playground" in r.stdout
+
+def test_cli_dispatcher_and_help():
+    r = subprocess.run([sys.executable, "-c", "import sys; from nanogpt_course.cli import main; sys.exit(main(sys.argv[1:]))",
+                        "playground", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "--checkpoint" in r.stdout and "--voila" in r.stdout
+
+def test_cli_missing_checkpoint_is_a_clear_error(tmp_path):
+    r = run_cli("--checkpoint", str(tmp_path / "nope.pt"))
+    assert r.returncode == 2 and "checkpoint not found" in r.stderr and "Traceback" not in r.stderr
+
+def _course_checkpoint(tmp_path):
+    from nanogpt_course.model import GPT, GPTConfig
+    from nanogpt_course.train import save_checkpoint
+    from nanogpt_course.tokenizer import tokenizer_state
+    from nanogpt_course.playground import gpt2_encoding
+    enc = gpt2_encoding()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("tiny", vocab_size=enc.n_vocab))
+    run = tmp_path / "runs" / "demo" / "pretrain"
+    save_checkpoint(run / "ckpt_000010.pt", dict(model=model.state_dict(), config=asdict(model.config),
+                                                  tokenizer=tokenizer_state(enc), kind="pretrain", step=10))
+    return model, run / "ckpt_000010.pt"
+
+def test_cli_names_checkpoints_and_passes_them_on(tmp_path):
+    _, ck = _course_checkpoint(tmp_path)
+    r = run_cli("--checkpoint", str(tmp_path / "runs"))
+    assert r.returncode == 0, r.stderr
+    assert "ckpt_000010.pt" in r.stdout and "NANOGPT_COURSE_PLAYGROUND_CHECKPOINTS=" in r.stdout
+
+def test_app_on_a_real_checkpoint_found_by_env(tmp_path, monkeypatch):
+    "The app finds a checkpoint through the env var the CLI sets, loads it with train.load_model, and generates greedily."
+    from nanogpt_course.playground import playground, CHECKPOINTS_ENV
+    model, ck = _course_checkpoint(tmp_path)
+    monkeypatch.setenv(CHECKPOINTS_ENV, str(tmp_path / "runs"))
+    app = playground(gpt2=False, max_tokens=6, temperature=0.0, prompt="Hello there").app
+    assert any("ckpt_000010.pt" in k for k in app.choices)
+    app.generate_button.click()
+    assert app.wait(60)
+    assert app.last_error is None, app.status.value
+    enc = app.get_model(app.model_a.value)[1]
+    ids = enc.encode("Hello there")
+    want = model.generate(torch.tensor([ids]), 6, temperature=0, eos_token_id=enc.eot_token)[0, len(ids):].tolist()
+    assert [s.id for s in app.steps[0]] == want
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+@pytest.mark.skipif(shutil.which("voila") is None, reason="Voilà is not installed (pip install voila)")
+def test_voila_serves_the_notebook():
+    port = _free_port()
+    p = subprocess.Popen([shutil.which("voila"), str(NB), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline, page = time.time() + 150, None
+        while time.time() < deadline and page is None:
+            try: page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=150).read().decode()
+            except OSError: time.sleep(1)
+        assert page is not None, "Voilà did not answer"
+        # the executed notebook: a widget view (the app) and the outputs of its cells, no traceback
+        assert "application/vnd.jupyter.widget-view+json" in page
+        assert "GPTConfig(" in page
+        assert "Traceback" not in page
+    finally:
+        p.terminate()
+        try: p.wait(20)
+        except subprocess.TimeoutExpired: p.kill()
