@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['network_available', 'choose_corpus', 'seconds_per_step', 'plan_steps', 'run', 'report', 'serve_run', 'cli']
 
-# %% ../nbs/09_pipeline.ipynb #7e7a69ec
+# %% ../nbs/09_pipeline.ipynb #9bb923ad
 import os, sys, json, time, math, socket, argparse, contextlib
 from pathlib import Path
 import torch
@@ -13,7 +13,7 @@ from .tokenizer import BPETokenizer, get_tokenizer
 from .model import GPT, GPTConfig
 from . import data as D, train as T
 
-# %% ../nbs/09_pipeline.ipynb #79a0aae4
+# %% ../nbs/09_pipeline.ipynb #1e30e2d8
 def network_available(host: str = "huggingface.co", # the host the real datasets come from
                       port: int = 443, timeout: float = 2.0) -> bool:
     "Can we reach the Hugging Face hub? (False when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set.)"
@@ -34,7 +34,7 @@ def choose_corpus(corpus: str = "auto" # "auto", "fineweb-edu", "stdlib", or a t
     return "stdlib", ("the Python standard library's documentation (built in: no NANOGPT_COURSE_DATA and no network; "
                       "set NANOGPT_COURSE_DATA to a folder with tinyshakespeare.txt, or run with network access for FineWeb-Edu)")
 
-# %% ../nbs/09_pipeline.ipynb #e032dfbf
+# %% ../nbs/09_pipeline.ipynb #f78fc5ba
 def seconds_per_step(cfg: GPTConfig,          # the model to time
                      batch_size: int,          # sequences per micro-batch
                      seq_len: int,             # tokens per sequence
@@ -60,7 +60,7 @@ def plan_steps(seconds: float, per_step: float, lo: int = 10, hi: int = 100_000)
     "How many steps fit in `seconds` (10% kept back for evaluation and checkpoints)."
     return int(min(hi, max(lo, 0.9 * seconds / per_step)))
 
-# %% ../nbs/09_pipeline.ipynb #704a4a75
+# %% ../nbs/09_pipeline.ipynb #4da6a787
 def _stage(summary, name, out, fn):
     "Run one stage, timing it and recording its result (and saving the summary so far)."
     print(f"\n== {name}", flush=True)
@@ -98,7 +98,7 @@ def _plot_sft(log: Path, save: Path):
     ax.set_xlabel("step"); ax.set_ylabel("loss"); ax.set_title("instruction tuning"); ax.legend()
     fig.tight_layout(); fig.savefig(save, dpi=110); plt.close(fig)
 
-# %% ../nbs/09_pipeline.ipynb #12dbe963
+# %% ../nbs/09_pipeline.ipynb #a0ec2a62
 def run(out_dir: str = "runs/main",      # everything the run writes goes here
         minutes: float = 15.0,            # the time budget for all stages (serving excluded)
         corpus: str = "auto",             # "auto", "fineweb-edu", "stdlib" or a local text/jsonl/parquet file
@@ -106,7 +106,7 @@ def run(out_dir: str = "runs/main",      # everything the run writes goes here
         vocab_size: int = 4096,           # the BPE tokenizer's vocabulary
         preset: str = "small",            # pretraining preset (notebook 04); its block_size must hold an instruction and its answer
         block_size: int | None = 256,     # context length override (instruction-tuning examples are longer than most sentences)
-        max_corpus_tokens: int = 20_000_000, # cap on tokens prepared (FineWeb-Edu is 10B)
+        max_corpus_tokens: int = 20_000_000, # cap on tokens prepared from a streamed corpus (FineWeb-Edu is 10B)
         mc_examples: int = 200,           # HellaSwag-format questions built from held-out text
         device: str = "auto",             # "auto", "cpu", "cuda"
         serve: bool = True,               # serve the result at the end (blocks until Ctrl-C)
@@ -139,7 +139,8 @@ def run(out_dir: str = "runs/main",      # everything the run writes goes here
 
     # 04 · token shards
     def shards():
-        meta = D.prepare(source, out / "data", tokenizer=tok_res["path"], max_tokens=max_corpus_tokens,
+        streamed = source == "fineweb-edu" or str(source).startswith("hf:")  # local files are used whole
+        meta = D.prepare(source, out / "data", tokenizer=tok_res["path"], max_tokens=max_corpus_tokens if streamed else None,
                          shard_tokens=5_000_000, num_proc=min(2, os.cpu_count() or 1), progress=progress)
         per = {sp: sum(x["tokens"] for x in meta.get("shards", []) if x["split"] == sp) for sp in ("train", "val")}
         return {"path": str(out / "data"), "train_tokens": per["train"], "val_tokens": per["val"], "shards": len(meta.get("shards", []))}
@@ -190,7 +191,7 @@ def run(out_dir: str = "runs/main",      # everything the run writes goes here
     if serve: serve_run(out, host=host, port=port, seconds=serve_seconds, device=device)
     return summary
 
-# %% ../nbs/09_pipeline.ipynb #ad10d379
+# %% ../nbs/09_pipeline.ipynb #b53df961
 def report(summary: dict) -> str:
     "A short human-readable account of a run's summary."
     st = summary["stages"]; L = [f"\n== results ({summary.get('seconds', 0):.0f} s in all; written to {summary['out_dir']}/summary.json)"]
@@ -206,7 +207,7 @@ def report(summary: dict) -> str:
             L.append(f"multiple choice:    {k:<18} acc {v['acc']:.3f}  acc_norm {v['acc_norm']:.3f}  (n={v['n']}, chance 0.25)")
     return "\n".join(L)
 
-# %% ../nbs/09_pipeline.ipynb #c67c14fe
+# %% ../nbs/09_pipeline.ipynb #e41e3790
 def serve_run(out: str | Path,            # a run directory written by `run`
               host: str = "127.0.0.1", port: int = 8000,
               seconds: float | None = None, # serve this long, then return (None: until Ctrl-C)
@@ -226,7 +227,7 @@ def serve_run(out: str | Path,            # a run directory written by `run`
         except KeyboardInterrupt: print("stopped")
     return srv.url
 
-# %% ../nbs/09_pipeline.ipynb #7d95ed80
+# %% ../nbs/09_pipeline.ipynb #b3486ec3
 def cli(argv: list[str] | None = None # e.g. ["--minutes", "5", "--no-serve"]; sys.argv[1:] when None
        ) -> int:
     "`nanogpt-course run`: the main job, end to end."
