@@ -155,3 +155,23 @@ def test_gradients_match_transformers(tmp_path):
         g = hf_grads[name].grad
         g = g.t() if name.endswith(conv1d) else g
         assert torch.allclose(p.grad, g, atol=1e-5, rtol=1e-4), name
+
+def test_generate_edge_cases():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("tiny", vocab_size=50)).eval()
+    prompt = torch.randint(0, 50, (2, 5))
+    assert torch.equal(model.generate(prompt, 0), prompt)  # nothing to add
+    g = lambda: torch.Generator().manual_seed(3)
+    # top_k beyond the vocabulary and top_p=1 filter nothing: the same draws as plain sampling
+    plain = model.generate(prompt, 8, generator=g())
+    assert torch.equal(model.generate(prompt, 8, top_k=500, top_p=1.0, generator=g()), plain)
+    assert torch.equal(model.generate(prompt, 8, top_k=1, generator=g()), model.generate(prompt, 8, temperature=0))
+    assert list(model.stream(prompt[:1], 0)) == []
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.generate(prompt, -1)
+    with pytest.raises(ValueError, match="top_k"):
+        model.generate(prompt, 3, top_k=0)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model.generate(torch.tensor([[1, 2, 50]]), 3)
+    with pytest.raises(ValueError, match="empty"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), 3)
