@@ -7,7 +7,7 @@
     python benchmarks/bench_pretrain.py              # both (a few minutes: compiling on CPU is slow)
     python benchmarks/bench_pretrain.py --no-compile # eager only
 """
-import argparse, json, os, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 CHILD = r"""
@@ -31,7 +31,7 @@ def child(cfg: dict) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=12, help="optimizer steps per training configuration")
+    ap.add_argument("--steps", type=int, default=9, help="optimizer steps per training configuration")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile run")
     a = ap.parse_args()
     import torch
@@ -41,12 +41,15 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         print("\n== shard preparation (GPT-2 tokenizer)")
-        res = {}
+        res = {1: 0.0, 2: 0.0}
+        for rep in range(3):  # alternate and keep the best of 3: the machine is shared, its load varies
+            for n in (1, 2):
+                shutil.rmtree(tmp / f"prep{n}", ignore_errors=True)
+                t = time.time()
+                meta = prepare(src, tmp / f"prep{n}", shard_tokens=1_000_000, num_proc=n, progress=False)
+                res[n] = max(res[n], meta["total_tokens"] / (time.time() - t))
         for n in (1, 2):
-            t = time.time()
-            meta = prepare(src, tmp / f"prep{n}", shard_tokens=1_000_000, num_proc=n, progress=False)
-            res[n] = meta["total_tokens"] / (time.time() - t)
-            print(f"  {n} process{'es' if n > 1 else ''}: {meta['total_tokens']:,} tokens, {res[n]:,.0f} tokens/s")
+            print(f"  {n} process{'es' if n > 1 else ''}: {meta['total_tokens']:,} tokens, {res[n]:,.0f} tokens/s (best of 3)")
         same = [(tmp / "prep1" / s["file"]).read_bytes() for s in meta["shards"]] == [(tmp / "prep2" / s["file"]).read_bytes() for s in meta["shards"]]
         print(f"  2 processes / 1 process: {res[2] / res[1]:.2f}x  (identical shards: {same})")
 

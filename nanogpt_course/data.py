@@ -7,13 +7,13 @@ __all__ = ['MAGIC', 'VERSION', 'HEADER_BYTES', 'FINEWEB_EDU', 'ShardError', 'dty
            'read_shard', 'stdlib_documents', 'iter_documents', 'prepare', 'shard_files', 'TokenLoader', 'data_source',
            'cli']
 
-# %% ../nbs/04a_data.ipynb #1dcd6386
-import os, sys, io, json, glob, zlib, struct, time, itertools, argparse, ast, sysconfig, codecs
+# %% ../nbs/04a_data.ipynb #07547f5a
+import os, sys, io, json, glob, zlib, struct, time, itertools, argparse, ast, sysconfig, codecs, contextlib
 from pathlib import Path
 from typing import Iterable, Iterator
 import numpy as np
 
-# %% ../nbs/04a_data.ipynb #df13bd1f
+# %% ../nbs/04a_data.ipynb #a0f495ce
 MAGIC = b"NGCSHRD\x00"  # 8 bytes that no .npy, text or build-nanogpt shard starts with
 VERSION = 1
 HEADER_BYTES = 64  # fixed, so the tokens start at a known offset for np.memmap
@@ -81,14 +81,14 @@ def read_shard(path: str | Path, # shard file
         raise ShardError(f"{path} is corrupt: the checksum of its tokens does not match its header; re-run `nanogpt-course prepare`")
     return arr
 
-# %% ../nbs/04a_data.ipynb #c349b1a1
+# %% ../nbs/04a_data.ipynb #50ab7590
 FINEWEB_EDU = ("HuggingFaceFW/fineweb-edu", "sample-10BT")
 _EXTS = (".txt", ".jsonl", ".json", ".parquet")
 
 def stdlib_documents(max_chars: int=2_000_000 # stop after this many characters
                     ) -> Iterator[str]:
     "Docstrings of the Python standard library (and the Zen of Python): English prose that ships with every Python."
-    import this  # noqa: the Zen of Python, stored rot13-encoded
+    with contextlib.redirect_stdout(io.StringIO()): import this  # the Zen of Python (rot13-encoded); importing it prints it
     yield codecs.decode(this.s, "rot13")
     root, total = Path(sysconfig.get_paths()["stdlib"]), 0
     for p in sorted(root.rglob("*.py")):
@@ -171,7 +171,7 @@ def iter_documents(source,                    # "fineweb-edu", "hf:owner/name", 
                                 "'fineweb-edu', 'hf:owner/name' or 'stdlib'")
     for f in _local_files(p): yield from _file_documents(f, text_field, split_text)
 
-# %% ../nbs/04a_data.ipynb #d6b7358f
+# %% ../nbs/04a_data.ipynb #17eaf1c2
 _WORKER_ENC = None
 
 def _init_worker(spec):
@@ -317,7 +317,7 @@ def prepare(source,                          # see `iter_documents`: "fineweb-ed
     _save_json(meta_path, meta)
     return meta
 
-# %% ../nbs/04a_data.ipynb #ef4fea9f
+# %% ../nbs/04a_data.ipynb #ca8e11ed
 def shard_files(data: str | Path,   # a folder written by `prepare` (or any folder of shards)
                 split: str="train", # "train" or "val"
                ) -> list[Path]:
@@ -417,14 +417,14 @@ class TokenLoader:
         "Back to the first token of epoch 0 (the validation loss reads the same batches every time)."
         self.epoch, self.shard, self.pos = 0, 0, 0; self._load()
 
-# %% ../nbs/04a_data.ipynb #ddf7bbdb
+# %% ../nbs/04a_data.ipynb #69f4fd97
 def data_source() -> str:
     "The default local corpus: `$NANOGPT_COURSE_DATA/tinyshakespeare.txt` if it exists, else 'stdlib'."
     d = os.environ.get("NANOGPT_COURSE_DATA")
     if d and (Path(d) / "tinyshakespeare.txt").exists(): return str(Path(d) / "tinyshakespeare.txt")
     return "stdlib"
 
-# %% ../nbs/04a_data.ipynb #af466dcf
+# %% ../nbs/04a_data.ipynb #1e4e1335
 def cli(argv: list[str] | None = None # arguments, e.g. ["fineweb-edu", "--out", "data/edu"]; sys.argv[1:] when None
        ) -> int:
     "`nanogpt-course prepare`: tokenize a corpus into shards."
@@ -452,6 +452,6 @@ def cli(argv: list[str] | None = None # arguments, e.g. ["fineweb-edu", "--out",
     print(f"{a.out}: {meta['total_tokens']:,} tokens, {len(meta['shards'])} shards ({meta['dtype']})")
     return 0
 
-# %% ../nbs/04a_data.ipynb #69014512
+# %% ../nbs/04a_data.ipynb #7a482ff4
 #| eval: false
 if __name__ == "__main__": sys.exit(cli())

@@ -8,7 +8,7 @@ __all__ = ['RESUME_KEYS', 'TRAIN_PRESETS', 'PEAK_FLOPS', 'TrainConfig', 'make_co
            'load_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'load_model', 'estimate_val_loss', 'train',
            'sample_text', 'read_log', 'plot_log', 'pretrain', 'cli']
 
-# %% ../nbs/04b_pretrain.ipynb #939dc665
+# %% ../nbs/04b_pretrain.ipynb #959bcdc6
 import os, sys, json, math, time, random, argparse, contextlib, dataclasses, re
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
@@ -18,7 +18,7 @@ import torch.distributed as dist
 from .model import GPT, GPTConfig
 from .data import TokenLoader, shard_files, read_header, data_source
 
-# %% ../nbs/04b_pretrain.ipynb #6d6c3791
+# %% ../nbs/04b_pretrain.ipynb #0d262493
 @dataclass
 class TrainConfig:
     "Everything that defines a pretraining run (saved in each checkpoint)."
@@ -96,7 +96,7 @@ def config_diff(saved: dict,     # train_config stored in a checkpoint
     return [f"{k}: checkpoint has {saved.get(k)!r}, this run asks for {requested.get(k)!r}"
             for k in RESUME_KEYS if saved.get(k) != requested.get(k)]
 
-# %% ../nbs/04b_pretrain.ipynb #0e72fbad
+# %% ../nbs/04b_pretrain.ipynb #11d88acb
 def configure_optimizer(model: torch.nn.Module, # the (uncompiled, unwrapped) model
                         cfg: TrainConfig,       # lr, weight_decay, betas
                         device_type: str="cpu", # "cuda" uses the fused AdamW kernel
@@ -117,7 +117,7 @@ def get_lr(step: int,        # 0-based optimizer step
     ratio = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - min_lr)
 
-# %% ../nbs/04b_pretrain.ipynb #a4f4b7c3
+# %% ../nbs/04b_pretrain.ipynb #9d763ef6
 # dense bf16 tensor-core peak FLOP/s from the vendors' datasheets, matched against torch.cuda.get_device_name(); first match wins
 PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12),
               ("L40S", 362e12), ("L4", 121e12), ("A10G", 70e12)]
@@ -150,7 +150,7 @@ def setup_distributed(device: str="auto" # "auto", "cpu", "cuda", "mps"
     if not dist.is_initialized(): dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return rank, local_rank, world, dev
 
-# %% ../nbs/04b_pretrain.ipynb #5d73ea36
+# %% ../nbs/04b_pretrain.ipynb #fa8aaa97
 class CheckpointError(ValueError):
     "A checkpoint file that cannot be used; the message names it and the way out."
 
@@ -228,7 +228,7 @@ def latest_checkpoint(run_dir: str | Path, # a run's out_dir
         except CheckpointError as e: print(f"warning: skipping {e}", file=sys.stderr)
     return None, None
 
-# %% ../nbs/04b_pretrain.ipynb #c8795507
+# %% ../nbs/04b_pretrain.ipynb #7479694e
 def load_model(path_or_name: str | Path, # checkpoint file, run folder, Hugging Face folder, or Hugging Face id ("gpt2")
                device: str="cpu",         # where the model goes
               ):
@@ -251,7 +251,7 @@ def load_model(path_or_name: str | Path, # checkpoint file, run folder, Hugging 
         model = GPT.from_pretrained(str(path_or_name)); enc = get_tokenizer("gpt2")
     return model.to(device).eval(), enc
 
-# %% ../nbs/04b_pretrain.ipynb #c34fe247
+# %% ../nbs/04b_pretrain.ipynb #ada0a882
 def _rng_state() -> dict:
     "This process's RNG states (torch CPU and CUDA, numpy, python) as tensors and plain values (weights_only-safe)."
     npst = np.random.get_state()
@@ -291,7 +291,7 @@ def estimate_val_loss(model, loader: TokenLoader, n_batches: int, device, autoca
     model.train()
     return (total / (n_batches * loader.world_size)).item()
 
-# %% ../nbs/04b_pretrain.ipynb #3d0bfbcd
+# %% ../nbs/04b_pretrain.ipynb #07954de7
 def train(cfg: TrainConfig,        # the run
           resume: bool | str=False, # True: continue from out_dir's newest checkpoint (error if none); "auto": if there is one
          ) -> dict:
@@ -385,7 +385,7 @@ def train(cfg: TrainConfig,        # the run
         if hs is not None and (step % cfg.hellaswag_every == 0 or last):
             r = hs(raw, enc, device, rank, world)
             if master: _append_log(log_path, dict(step=step, hellaswag_acc=r["acc"], hellaswag_acc_norm=r["acc_norm"], hellaswag_n=r["n"]))
-        if master and cfg.sample_every and step > 0 and (step % cfg.sample_every == 0 or last):
+        if master and cfg.sample_every and (step % cfg.sample_every == 0 or last):
             text = sample_text(raw, enc, cfg.sample_prompt, cfg.sample_tokens, device, seed=cfg.seed)
             _append_log(log_path, dict(step=step, sample=text))
             if cfg.progress: bar.write(f"--- sample at step {step} ---\n{text}\n---")
@@ -451,7 +451,7 @@ def _save_run_checkpoint(out, raw, optimizer, mcfg, cfg, enc, step, tokens, load
     if world > 1: dist.barrier()
     return path
 
-# %% ../nbs/04b_pretrain.ipynb #62e3feeb
+# %% ../nbs/04b_pretrain.ipynb #b4ec7a89
 @torch.no_grad()
 def sample_text(model: GPT, enc, prompt: str="\n", max_new_tokens: int=48, device="cpu", seed: int=0, temperature: float=1.0, top_k: int|None=50) -> str:
     "A sample from `model` (uncompiled), with its own generator so training's RNG is untouched."
@@ -477,7 +477,7 @@ def _hellaswag_hook(cfg: TrainConfig, master: bool):
         return hellaswag.evaluate(model, enc, examples, device=str(device), rank=rank, world_size=world)
     return run
 
-# %% ../nbs/04b_pretrain.ipynb #69e3363b
+# %% ../nbs/04b_pretrain.ipynb #1689f842
 def read_log(path: str | Path # log.jsonl or the run folder
             ) -> list[dict]:
     "The records of a run's log.jsonl."
@@ -512,7 +512,7 @@ def plot_log(path: str | Path,      # log.jsonl or the run folder
     plt.close(fig)
     return fig
 
-# %% ../nbs/04b_pretrain.ipynb #f8a0dba6
+# %% ../nbs/04b_pretrain.ipynb #ab2450ef
 def pretrain(data=None,                  # shards folder from `prepare`, or a source to prepare first (text/jsonl/parquet path, "stdlib"); default: `data_source()`
              preset: str | None="tiny",  # TRAIN_PRESETS key ("tiny", "small", "mini", "gpt2")
              out_dir: str="runs/pretrain", # checkpoints, log.jsonl, loss.png, summary.json
@@ -592,6 +592,6 @@ def cli(argv: list[str] | None = None # e.g. ["--preset", "tiny", "--data", "dat
         print(json.dumps({k: s[k] for k in ("steps", "tokens", "train_loss", "val_loss", "checkpoint", "seconds")}))
     return 0
 
-# %% ../nbs/04b_pretrain.ipynb #f7ba5026
+# %% ../nbs/04b_pretrain.ipynb #b2ec730a
 #| eval: false
 if __name__ == "__main__": sys.exit(cli())
