@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 bash scripts/setup.sh
+# Two notebooks (and pytest's subprocesses) run side by side on a small machine: one thread each
+# avoids oversubscribing the cores, which slows PyTorch on CPU by an order of magnitude.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 echo "== nbdev_clean + nbdev_export leave git clean"
 nbdev_clean
 nbdev_export
