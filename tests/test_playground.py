@@ -66,22 +66,48 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name): return shutil.which(name)
+    return None
+
 @pytest.mark.skipif(shutil.which("voila") is None, reason="Voilà is not installed (pip install voila)")
 def test_voila_serves_the_notebook():
+    "Voilà runs the notebook as a page; with Chromium, a headless browser presses Generate and sees tokens arrive."
     port = _free_port()
     p = subprocess.Popen([shutil.which("voila"), str(NB), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1"],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
     try:
         deadline, page = time.time() + 150, None
         while time.time() < deadline and page is None:
-            try: page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=150).read().decode()
+            try: page = urllib.request.urlopen(url, timeout=150).read().decode()
             except OSError: time.sleep(1)
         assert page is not None, "Voilà did not answer"
         # the executed notebook: a widget view (the app) and the outputs of its cells, no traceback
         assert "application/vnd.jupyter.widget-view+json" in page
         assert "GPTConfig(" in page
         assert "Traceback" not in page
+        chromium = _chromium()
+        try: from playwright.sync_api import sync_playwright
+        except ImportError: sync_playwright = None
+        if chromium is None or sync_playwright is None: return  # the page check above is what we can do
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            try:
+                tab = browser.new_page(viewport={"width": 1300, "height": 1600})
+                tab.goto(url, timeout=150_000)
+                app = tab.locator(".widget-vbox").filter(has_text="nanogpt-course playground").last
+                app.wait_for(timeout=150_000)
+                app.scroll_into_view_if_needed()
+                app.get_by_role("button", name="Generate").click()
+                t0 = time.time()
+                while time.time() - t0 < 60 and "Done:" not in app.inner_text(): time.sleep(0.3)
+                assert "Done:" in app.inner_text(), app.inner_text()[-500:]
+                assert app.locator("span.tok").count() > 0
+                assert "top alternatives" in app.locator("span.tok").first.get_attribute("title")
+            finally: browser.close()
     finally:
-        p.terminate()
+        os.killpg(p.pid, 15)
         try: p.wait(20)
-        except subprocess.TimeoutExpired: p.kill()
+        except subprocess.TimeoutExpired: os.killpg(p.pid, 9)
