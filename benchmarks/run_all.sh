@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs every benchmark, one after the other (each prints ratios measured in its own run), and keeps
+# their output in benchmarks/results/ (git-ignored). The README quotes these outputs.
+# Run it on an otherwise idle machine: the ratios hold under load, the absolute numbers do not.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+mkdir -p benchmarks/results
+for b in tokenizer generate train_step pretrain hellaswag serve; do
+  echo "== benchmarks/bench_$b.py"
+  python benchmarks/bench_$b.py "$@" 2>&1 | tee "benchmarks/results/bench_$b.txt"
+done
