@@ -8,5 +8,5 @@ source scripts/env.sh
 mkdir -p benchmarks/results
 for b in tokenizer generate train_step pretrain hellaswag serve; do
   echo "== benchmarks/bench_$b.py"
-  python benchmarks/bench_$b.py "$@" 2>&1 | tee "benchmarks/results/bench_$b.txt"
+  python benchmarks/bench_$b.py 2>&1 | tee "benchmarks/results/bench_$b.txt"
 done
