@@ -1,13 +1,15 @@
 """HellaSwag evaluation speed: examples/s of `evaluate` batched against one example at a time, on the same model and
 data, with identical predictions (asserted), and the peak memory of each run.
 
-    python benchmarks/bench_hellaswag.py                 # default: ~1-2 minutes on a 2-core CPU
+    python benchmarks/bench_hellaswag.py                 # default: ~2 minutes on a 2-core CPU
     python benchmarks/bench_hellaswag.py --n 500 --batch-size 32
 
 Also measured, as a reference: build-nanogpt's way (one example per forward pass, full (4, T, V) logits, a
 cross-entropy over every position, then the mask). Data: a HellaSwag-format set built from held-out text
 (`make_mc_examples`, contexts of ~30 words, endings of ~12, about HellaSwag's lengths); this machine has no HellaSwag.
-Each mode runs in its own process so that its peak memory (ru_maxrss) is its own."""
+Each mode runs in its own process so that its peak memory (ru_maxrss) is its own. Wall-clock examples/s is what a
+user sees; examples per CPU-second is printed too because on a shared machine it is the steadier of the two.
+Set BENCH_THREADS=1 for one torch thread per run."""
 import argparse, dataclasses, json, os, resource, subprocess, sys, tempfile, time
 from pathlib import Path
 import torch
@@ -61,17 +63,19 @@ def child(work: Path, mode: str, batch_size: int):
         run = (lambda e: reference_eval(model, enc, e)) if mode == "reference" else \
               (lambda e: [p["pred_norm"] for p in H.evaluate(model, enc, e, batch_size=1 if mode == "one" else batch_size)["predictions"]])
         run(ex[:8])  # warm-up
-        t = time.perf_counter(); preds = run(ex); secs = time.perf_counter() - t
+        t, c = time.perf_counter(), time.process_time(); preds = run(ex)
+        secs, cpu = time.perf_counter() - t, time.process_time() - c
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    (work / f"{mode}.json").write_text(json.dumps(dict(preds=preds, secs=secs, n=len(ex), peak_mib=rss)))
+    (work / f"{mode}.json").write_text(json.dumps(dict(preds=preds, secs=secs, cpu=cpu, n=len(ex), peak_mib=rss)))
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=120, help="examples (default 120)")
+    p.add_argument("--n", type=int, default=100, help="examples (default 100)")
     p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass when batched (default 16)")
     p.add_argument("--preset", default="small", help="model preset (default small: 4 layers, 128 wide)")
     p.add_argument("--tokenizer", default="1024", help="a BPE vocabulary size trained here (default 1024), or gpt2 (50,257)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each mode, best kept (default 3)")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child: return child(Path(args.child[0]), args.child[1], args.batch_size)
@@ -81,18 +85,26 @@ def main():
         print(f"model: preset {args.preset}, {model.num_params():,} parameters, vocab {enc.n_vocab:,}; {args.n} examples; "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
         res = {}
-        for mode in ("reference", "one", "batched"):
-            subprocess.run([sys.executable, __file__, "--child", str(work), mode, "--batch-size", str(args.batch_size)], check=True)
-            res[mode] = json.loads((work / f"{mode}.json").read_text())
+        for _ in range(args.repeats):  # round robin, best of N: the CPU is shared, so take each mode's least-disturbed run
+            for mode in ("reference", "one", "batched"):
+                subprocess.run([sys.executable, __file__, "--child", str(work), mode, "--batch-size", str(args.batch_size)], check=True)
+                r = json.loads((work / f"{mode}.json").read_text())
+                if mode not in res or r["secs"] < res[mode]["secs"]: res[mode] = r
     assert res["one"]["preds"] == res["batched"]["preds"], "batched and one-at-a-time predictions differ"
     same_ref = sum(a == b for a, b in zip(res["reference"]["preds"], res["batched"]["preds"]))
     base = res["one"]["n"] / res["one"]["secs"]
     names = {"reference": "build-nanogpt style (1 example/forward, full logits)", "one": "evaluate(batch_size=1)",
              "batched": f"evaluate(batch_size={args.batch_size})"}
-    print(f"{'mode':<55} {'examples/s':>10} {'vs one':>7} {'peak MiB':>9}")
+    base_cpu = res["one"]["n"] / res["one"]["cpu"]
+    print(f"{'mode':<55} {'examples/s':>10} {'vs one':>7} {'ex/CPU-s':>9} {'vs one':>7} {'peak MiB':>9}")
     for k, r in res.items():
-        eps = r["n"] / r["secs"]
-        print(f"{names[k]:<55} {eps:>10.1f} {eps / base:>6.2f}x {r['peak_mib']:>9.0f}")
+        eps, epc = r["n"] / r["secs"], r["n"] / r["cpu"]
+        print(f"{names[k]:<55} {eps:>10.1f} {eps / base:>6.2f}x {epc:>9.1f} {epc / base_cpu:>6.2f}x {r['peak_mib']:>9.0f}")
+    print(f"(best of {args.repeats} runs per mode, each in its own process)")
+    eps = {k: r["n"] / r["secs"] for k, r in res.items()}
+    ratio = eps["batched"] / eps["one"]
+    print(f"batched vs one-at-a-time: {ratio:.2f}x (goal >= 3x: {'met' if ratio >= 3 else 'NOT met'}); "
+          f"batched vs build-nanogpt style: {eps['batched'] / eps['reference']:.2f}x")
     print(f"predictions: batched == one-at-a-time on all {args.n}; build-nanogpt style agrees on {same_ref}/{args.n}")
 
 
