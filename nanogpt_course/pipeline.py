@@ -6,7 +6,7 @@
 __all__ = ['SHOWCASE', 'network_available', 'choose_corpus', 'seconds_per_step', 'plan_steps', 'default_out_dir', 'run', 'report',
            'serve_run', 'cli']
 
-# %% ../nbs/09_pipeline.ipynb #c39e461c
+# %% ../nbs/09_pipeline.ipynb #77060c8f
 import os, sys, json, time, math, socket, argparse, contextlib
 from pathlib import Path
 import torch
@@ -14,7 +14,7 @@ from .tokenizer import BPETokenizer, get_tokenizer
 from .model import GPT, GPTConfig
 from . import data as D, train as T
 
-# %% ../nbs/09_pipeline.ipynb #a18501cd
+# %% ../nbs/09_pipeline.ipynb #06901f7f
 def network_available(host: str = "huggingface.co", # the host the real datasets come from
                       port: int = 443, timeout: float = 2.0) -> bool:
     "Can we reach the Hugging Face hub? (False when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set.)"
@@ -35,13 +35,13 @@ def choose_corpus(corpus: str = "auto" # "auto", "fineweb-edu", "stdlib", or a t
     return "stdlib", ("the Python standard library's documentation (built in: no NANOGPT_COURSE_DATA and no network; "
                       "set NANOGPT_COURSE_DATA to a folder with tinyshakespeare.txt, or run with network access for FineWeb-Edu)")
 
-# %% ../nbs/09_pipeline.ipynb #7e81b557
+# %% ../nbs/09_pipeline.ipynb #6c02d09d
 def seconds_per_step(cfg: GPTConfig,          # the model to time
                      batch_size: int,          # sequences per micro-batch
                      seq_len: int,             # tokens per sequence
                      accum: int = 1,           # micro-batches per optimizer step
                      device: str = "cpu", n: int = 5) -> float:
-    "Median wall time of one optimizer step (forward, backward, AdamW) over `n` steps, after one warm-up step."
+    "Fastest wall time of one optimizer step (forward, backward, AdamW) in `n` steps, after one warm-up step."
     torch.manual_seed(0)
     m = GPT(cfg).to(device)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
@@ -52,18 +52,18 @@ def seconds_per_step(cfg: GPTConfig,          # the model to time
         opt.step(); opt.zero_grad(set_to_none=True)
     step()
     times = []
-    for _ in range(n):  # the median shrugs off a step slowed by another process
+    for _ in range(n):  # the fastest step is what the machine can do; a slow one was disturbed by another process
         if device.startswith("cuda"): torch.cuda.synchronize()
         t0 = time.perf_counter(); step()
         if device.startswith("cuda"): torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return sorted(times)[n // 2]
+    return min(times)
 
 def plan_steps(seconds: float, per_step: float, lo: int = 10, hi: int = 100_000) -> int:
     "How many steps fit in `seconds` (10% kept back for evaluation and checkpoints)."
     return int(min(hi, max(lo, 0.9 * seconds / per_step)))
 
-# %% ../nbs/09_pipeline.ipynb #c61350ff
+# %% ../nbs/09_pipeline.ipynb #1d7a6dea
 SHOWCASE = ["What is the capital of France?", "Give three tips for staying healthy.", "Write a short poem about the sea."]
 
 def _stage(summary, name, out, fn):
@@ -103,7 +103,7 @@ def _plot_sft(log: Path, save: Path):
     ax.set_xlabel("step"); ax.set_ylabel("loss"); ax.set_title("instruction tuning"); ax.legend()
     fig.tight_layout(); fig.savefig(save, dpi=110); plt.close(fig)
 
-# %% ../nbs/09_pipeline.ipynb #f23e1c11
+# %% ../nbs/09_pipeline.ipynb #5ac6c30a
 def default_out_dir() -> str:
     "A new run directory, `runs/main-YYYYmmdd-HHMMSS`."
     return time.strftime("runs/main-%Y%m%d-%H%M%S")
@@ -113,9 +113,10 @@ def run(out_dir: str | None = None,     # everything the run writes goes here; m
         corpus: str = "auto",             # "auto", "fineweb-edu", "stdlib" or a local text/jsonl/parquet file
         instructions: str = "auto",       # "auto" (Dolly online, else NANOGPT_COURSE_DATA's Alpaca file, else built in), or a file
         vocab_size: int = 4096,           # the BPE tokenizer's vocabulary
-        preset: str = "small",            # pretraining preset (notebook 04); its block_size must hold an instruction and its answer
+        preset: str = "mini",             # pretraining preset (notebook 04); its block_size must hold an instruction and its answer
         block_size: int | None = 256,     # context length override (instruction-tuning examples are longer than most sentences)
         max_corpus_tokens: int = 20_000_000, # cap on tokens prepared from a streamed corpus (FineWeb-Edu is 10B)
+        sft_epochs: float = 3.0,          # at most this many passes over the instruction set
         mc_examples: int = 200,           # HellaSwag-format questions built from held-out text
         device: str = "auto",             # "auto", "cpu", "cuda"
         serve: bool = True,               # serve the result at the end (blocks until Ctrl-C)
@@ -169,7 +170,7 @@ def run(out_dir: str | None = None,     # everything the run writes goes here; m
     mcfg = GPTConfig.from_preset(tcfg.model, vocab_size=enc.n_vocab, **({"block_size": block_size} if block_size else {}))
     seq = tcfg.seq_len or mcfg.block_size
     accum = max(1, (tcfg.total_batch_tokens or tcfg.batch_size * seq) // (tcfg.batch_size * seq))
-    pre_budget = 0.5 * budget
+    pre_budget = 0.65 * budget
     steps = plan_steps(pre_budget, seconds_per_step(mcfg, tcfg.batch_size, seq, accum, device))
     def pretraining():
         return T.pretrain(str(out / "data"), preset=preset, out_dir=str(out / "pretrain"), block_size=block_size, seq_len=block_size,
@@ -184,7 +185,11 @@ def run(out_dir: str | None = None,     # everything the run writes goes here; m
     sft_budget = max(30.0, 0.6 * left)
     def tuning():
         s = seconds_per_step(mcfg, 8, mcfg.block_size // 2, 1, device)  # instruction examples are padded to the batch's longest
-        res = S.finetune(str(out / "pretrain"), data=instructions, out_dir=out / "sft", steps=plan_steps(sft_budget, s),
+        records = S.instruction_data(instructions)  # Dolly online, else the Alpaca file, else the built-in set (or the file given)
+        n_train = len(records)
+        # a few epochs at most: a small model memorises a thousand answers long before the time runs out
+        steps_ = min(plan_steps(sft_budget, s), max(10, int(sft_epochs * 0.9 * n_train / 8)))
+        res = S.finetune(str(out / "pretrain"), data=records, out_dir=out / "sft", steps=steps_,
                          batch_size=8, lr=1e-3, max_seconds=sft_budget, device=device, seed=seed, progress=progress)
         with contextlib.suppress(Exception): _plot_sft(out / "sft" / "sft_log.jsonl", out / "sft" / "loss.png")
         return {k: res[k] for k in ("checkpoint", "val_loss_before", "val_loss_after", "steps", "tokens", "data", "counts")}
@@ -211,7 +216,7 @@ def run(out_dir: str | None = None,     # everything the run writes goes here; m
     if serve: serve_run(out, host=host, port=port, seconds=serve_seconds, device=device)
     return summary
 
-# %% ../nbs/09_pipeline.ipynb #f499af04
+# %% ../nbs/09_pipeline.ipynb #e1b1d77f
 def report(summary: dict) -> str:
     "A short human-readable account of a run's summary."
     st = summary["stages"]; L = [f"\n== results ({summary.get('seconds', 0):.0f} s in all; written to {summary['out_dir']}/summary.json)"]
@@ -233,7 +238,7 @@ def report(summary: dict) -> str:
             for k in ("pretrained", "instruction-tuned"): L.append(f"  {k + ':':<19} {a[k]!r}")
     return "\n".join(L)
 
-# %% ../nbs/09_pipeline.ipynb #a4bc3bc9
+# %% ../nbs/09_pipeline.ipynb #4ee41676
 def serve_run(out: str | Path,            # a run directory written by `run`
               host: str = "127.0.0.1", port: int = 8000,
               seconds: float | None = None, # serve this long, then return (None: until Ctrl-C)
@@ -253,7 +258,7 @@ def serve_run(out: str | Path,            # a run directory written by `run`
         except KeyboardInterrupt: print("stopped")
     return srv.url
 
-# %% ../nbs/09_pipeline.ipynb #bd58223a
+# %% ../nbs/09_pipeline.ipynb #05609b30
 def cli(argv: list[str] | None = None # e.g. ["--minutes", "5", "--no-serve"]; sys.argv[1:] when None
        ) -> int:
     "`nanogpt-course run`: the main job, end to end."
@@ -266,7 +271,7 @@ def cli(argv: list[str] | None = None # e.g. ["--minutes", "5", "--no-serve"]; s
     g.add_argument("--max-corpus-tokens", type=int, default=20_000_000, help="cap on tokens prepared")
     g = p.add_argument_group("model")
     g.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
-    g.add_argument("--preset", default="small", choices=sorted(T.TRAIN_PRESETS), help="pretraining preset (notebook 04)")
+    g.add_argument("--preset", default="mini", choices=sorted(T.TRAIN_PRESETS), help="pretraining preset (notebook 04)")
     g.add_argument("--block-size", type=int, default=256, help="context length")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
     g = p.add_argument_group("serving")
