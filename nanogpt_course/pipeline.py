@@ -6,7 +6,7 @@
 __all__ = ['SHOWCASE', 'network_available', 'choose_corpus', 'seconds_per_step', 'plan_steps', 'default_out_dir', 'run', 'report',
            'serve_run', 'cli']
 
-# %% ../nbs/09_pipeline.ipynb #77060c8f
+# %% ../nbs/09_pipeline.ipynb #6c6f6c49
 import os, sys, json, time, math, socket, argparse, contextlib
 from pathlib import Path
 import torch
@@ -14,7 +14,7 @@ from .tokenizer import BPETokenizer, get_tokenizer
 from .model import GPT, GPTConfig
 from . import data as D, train as T
 
-# %% ../nbs/09_pipeline.ipynb #06901f7f
+# %% ../nbs/09_pipeline.ipynb #0cfd110c
 def network_available(host: str = "huggingface.co", # the host the real datasets come from
                       port: int = 443, timeout: float = 2.0) -> bool:
     "Can we reach the Hugging Face hub? (False when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set.)"
@@ -35,7 +35,7 @@ def choose_corpus(corpus: str = "auto" # "auto", "fineweb-edu", "stdlib", or a t
     return "stdlib", ("the Python standard library's documentation (built in: no NANOGPT_COURSE_DATA and no network; "
                       "set NANOGPT_COURSE_DATA to a folder with tinyshakespeare.txt, or run with network access for FineWeb-Edu)")
 
-# %% ../nbs/09_pipeline.ipynb #6c02d09d
+# %% ../nbs/09_pipeline.ipynb #a9c847a9
 def seconds_per_step(cfg: GPTConfig,          # the model to time
                      batch_size: int,          # sequences per micro-batch
                      seq_len: int,             # tokens per sequence
@@ -63,7 +63,7 @@ def plan_steps(seconds: float, per_step: float, lo: int = 10, hi: int = 100_000)
     "How many steps fit in `seconds` (10% kept back for evaluation and checkpoints)."
     return int(min(hi, max(lo, 0.9 * seconds / per_step)))
 
-# %% ../nbs/09_pipeline.ipynb #1d7a6dea
+# %% ../nbs/09_pipeline.ipynb #b444738f
 SHOWCASE = ["What is the capital of France?", "Give three tips for staying healthy.", "Write a short poem about the sea."]
 
 def _stage(summary, name, out, fn):
@@ -103,7 +103,7 @@ def _plot_sft(log: Path, save: Path):
     ax.set_xlabel("step"); ax.set_ylabel("loss"); ax.set_title("instruction tuning"); ax.legend()
     fig.tight_layout(); fig.savefig(save, dpi=110); plt.close(fig)
 
-# %% ../nbs/09_pipeline.ipynb #5ac6c30a
+# %% ../nbs/09_pipeline.ipynb #cea4b67e
 def default_out_dir() -> str:
     "A new run directory, `runs/main-YYYYmmdd-HHMMSS`."
     return time.strftime("runs/main-%Y%m%d-%H%M%S")
@@ -200,7 +200,7 @@ def run(out_dir: str | None = None,     # everything the run writes goes here; m
         base, _ = T.load_model(str(out / "pretrain"), device=device)
         tuned_m, _ = T.load_model(tuned["checkpoint"], device=device)
         torch.manual_seed(seed); untrained = GPT(base.config).to(device).eval()
-        res = {name: H.evaluate(m, enc, examples, device=device) for name, m in
+        res = {name: H.evaluate(m, enc, examples, device=device, progress=progress) for name, m in
                [("untrained", untrained), ("pretrained", base), ("instruction-tuned", tuned_m)]}
         res = {k: {m: v[m] for m in ("acc", "acc_norm", "n")} for k, v in res.items()}
         answers = [{"instruction": q, **{name: S.generate_response(m, enc, q, max_new_tokens=40) for name, m in
@@ -216,11 +216,13 @@ def run(out_dir: str | None = None,     # everything the run writes goes here; m
     if serve: serve_run(out, host=host, port=port, seconds=serve_seconds, device=device)
     return summary
 
-# %% ../nbs/09_pipeline.ipynb #e1b1d77f
+# %% ../nbs/09_pipeline.ipynb #bce79d34
 def report(summary: dict) -> str:
     "A short human-readable account of a run's summary."
     st = summary["stages"]; L = [f"\n== results ({summary.get('seconds', 0):.0f} s in all; written to {summary['out_dir']}/summary.json)"]
     L.append(f"pretraining text:   {summary['corpus']['why']}")
+    if summary["corpus"]["source"] != "fineweb-edu":
+        L.append("                    (FineWeb-Edu needs the network: `nanogpt-course prepare fineweb-edu --out data/edu_fineweb10B`, notebook 04a)")
     if "tokenizer" in st: L.append(f"tokenizer:          {st['tokenizer']['vocab_size']} tokens, {st['tokenizer']['chars_per_token']} characters per token")
     if "pretraining" in st:
         p = st["pretraining"]; L.append(f"pretraining:        {p.get('steps')} steps, {p.get('tokens', 0):,} tokens, val loss {p.get('val_loss', float('nan')):.3f} ({p['seconds']:.0f} s)")
@@ -230,7 +232,11 @@ def report(summary: dict) -> str:
                          for d in s["data"])
         L.append(f"instruction tuning: {s['steps']} steps on {srcs}; response val loss "
                  f"{s['val_loss_before']:.3f} -> {s['val_loss_after']:.3f} ({s['seconds']:.0f} s)")
+        if not any("dolly" in str(d.get("source", d) if isinstance(d, dict) else d).lower() for d in s["data"]):
+            L.append("                    (Dolly-15k needs the network: `nanogpt-course sft --data dolly`, notebook 05)")
     if "evaluation" in st:
+        L.append("evaluation:         HellaSwag-format questions built from held-out text (the real HellaSwag needs the network: "
+                 "`nanogpt-course eval hellaswag --model RUN/sft`, notebook 06)")
         for k, v in st["evaluation"]["multiple_choice_from_heldout_text"].items():
             L.append(f"multiple choice:    {k:<18} acc {v['acc']:.3f}  acc_norm {v['acc_norm']:.3f}  (n={v['n']}, chance 0.25)")
         for a in st["evaluation"].get("answers", []):
@@ -238,7 +244,7 @@ def report(summary: dict) -> str:
             for k in ("pretrained", "instruction-tuned"): L.append(f"  {k + ':':<19} {a[k]!r}")
     return "\n".join(L)
 
-# %% ../nbs/09_pipeline.ipynb #4ee41676
+# %% ../nbs/09_pipeline.ipynb #6aa6d2b0
 def serve_run(out: str | Path,            # a run directory written by `run`
               host: str = "127.0.0.1", port: int = 8000,
               seconds: float | None = None, # serve this long, then return (None: until Ctrl-C)
@@ -258,7 +264,7 @@ def serve_run(out: str | Path,            # a run directory written by `run`
         except KeyboardInterrupt: print("stopped")
     return srv.url
 
-# %% ../nbs/09_pipeline.ipynb #05609b30
+# %% ../nbs/09_pipeline.ipynb #a2c2171f
 def cli(argv: list[str] | None = None # e.g. ["--minutes", "5", "--no-serve"]; sys.argv[1:] when None
        ) -> int:
     "`nanogpt-course run`: the main job, end to end."
