@@ -12,23 +12,8 @@ from nanogpt_course.tokenizer import BPETokenizer, split_text, stdlib_corpus, tr
 from collections import Counter
 
 
-def _status(field):
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith(field + ":"): return int(line.split()[1]) * 1024
-    except OSError: pass
-    return None
-
-def reset_peak():
-    "Reset the peak RSS (Linux); returns the current RSS in bytes."
-    gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w") as f: f.write("5")
-    except OSError: pass
-    return _status("VmRSS") or 0
-
-def peak():
-    return _status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+sys.path.insert(0, os.path.dirname(__file__))
+from _mem import reset_peak, peak_rss as peak  # peak RSS helpers shared by the benchmarks
 
 CPU = {}  # label -> best CPU seconds (this process), printed next to wall-clock times
 
