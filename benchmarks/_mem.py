@@ -21,3 +21,16 @@ def peak_rss():
     return _status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 def mib(n): return f"{n / 2**20:,.0f} MiB"
+
+def add_threads_arg(ap):
+    "The `--threads` flag every torch benchmark takes."
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads; 1 by default: on a small shared machine two OpenMP threads stall each other")
+
+def torch_vs_transformers_banner(threads: int):
+    "Set torch's threads, quiet transformers, and print the versions and machine line that heads a comparison."
+    import torch, transformers, warnings
+    torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error(); warnings.filterwarnings("ignore")
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} thread(s), "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")

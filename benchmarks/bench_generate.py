@@ -16,7 +16,7 @@ By default it runs the `mini` preset twice: with GPT-2's 50,257-token vocabulary
 import argparse, os, sys, tempfile, time, warnings
 import torch
 sys.path.insert(0, os.path.dirname(__file__))
-from _mem import reset_peak, peak_rss, mib
+from _mem import reset_peak, peak_rss, mib, add_threads_arg, torch_vs_transformers_banner
 from nanogpt_course.model import GPT, GPTConfig
 
 def run(preset, vocab_size, args):
@@ -69,14 +69,9 @@ def main(argv=None):
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per variant; the best is reported")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads; 1 by default: on a small shared machine two OpenMP threads stall each other")
+    add_threads_arg(ap)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    import transformers
-    transformers.logging.set_verbosity_error(); warnings.filterwarnings("ignore")
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} thread(s), "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    torch_vs_transformers_banner(args.threads)
     for v in args.vocab_sizes.split(","):
         run(args.preset, int(v), args)
     return 0

@@ -16,7 +16,7 @@ it are most of the work) and with a 4,096-token vocabulary (notebook 00's tokeni
 import argparse, os, sys, tempfile, time, warnings
 import torch
 sys.path.insert(0, os.path.dirname(__file__))
-from _mem import reset_peak, peak_rss, mib
+from _mem import reset_peak, peak_rss, mib, add_threads_arg, torch_vs_transformers_banner
 from nanogpt_course.model import GPT, GPTConfig
 
 def run(preset, vocab_size, args):
@@ -73,14 +73,9 @@ def main(argv=None):
     ap.add_argument("--seq-len", type=int, default=None, help="tokens per row (default: the preset's block_size)")
     ap.add_argument("--steps", type=int, default=6, help="timed steps per model (after 1 warm-up step); the median is reported")
     ap.add_argument("--no-fused", dest="fused", action="store_false", help="AdamW's for-loop implementation")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads; 1 by default: on a small shared machine two OpenMP threads stall each other")
+    add_threads_arg(ap)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    import transformers
-    transformers.logging.set_verbosity_error(); warnings.filterwarnings("ignore")
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} thread(s), "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    torch_vs_transformers_banner(args.threads)
     for v in args.vocab_sizes.split(","):
         run(args.preset, int(v), args)
     return 0
