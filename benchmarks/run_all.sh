@@ -10,3 +10,6 @@ for b in tokenizer generate train_step pretrain hellaswag serve; do
   echo "== benchmarks/bench_$b.py"
   python benchmarks/bench_$b.py 2>&1 | tee "benchmarks/results/bench_$b.txt"
 done
+# HellaSwag's own setting as well: GPT-2 124M's shape and GPT-2's tokenizer (random weights: speed only)
+echo "== benchmarks/bench_hellaswag.py --preset gpt2 --tokenizer gpt2 --n 40 --repeats 2"
+python benchmarks/bench_hellaswag.py --preset gpt2 --tokenizer gpt2 --n 40 --repeats 2 2>&1 | tee benchmarks/results/bench_hellaswag_gpt2.txt

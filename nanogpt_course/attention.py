@@ -97,10 +97,15 @@ class CausalSelfAttention(nn.Module):
                 x: torch.Tensor,  # (B, T, C) input
                 cache: KVCache | None = None,  # keys/values of earlier positions, updated in place
                 layer: int = 0,  # this layer's slot in the cache
+                attn_mask: torch.Tensor | None = None,  # (T, T) or (B, 1, T, T): bool (True = may attend) or added to the scores; replaces causal
                ) -> torch.Tensor:
         q, k, v = self.qkv(x)
         mask, causal = None, True
-        if cache is not None:
+        if attn_mask is not None:
+            # the caller's own mask, e.g. several continuations of one context packed in a row (notebook 06)
+            if cache is not None: raise ValueError("attn_mask cannot be combined with a KV cache")
+            mask, causal = attn_mask, False
+        elif cache is not None:
             offset, T = cache.pos, x.size(1)
             k, v = cache.update(layer, k, v)  # (B, nh, offset+T, hs)
             if T == 1: causal = False  # a single newest query may see every cached key: no mask at all

@@ -59,7 +59,8 @@ class Block(nn.Module):
                 x: torch.Tensor,  # (B, T, C) residual stream
                 cache: KVCache | None = None,  # KV cache shared by all layers, or None
                 layer: int = 0,  # this block's index (its slot in the cache)
+                attn_mask: torch.Tensor | None = None,  # who may attend to whom, instead of causal (see CausalSelfAttention)
                ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache=cache, layer=layer)
+        x = x + self.attn(self.ln_1(x), cache=cache, layer=layer, attn_mask=attn_mask)
         x = x + self.mlp(self.ln_2(x))
         return x

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_hellaswag.ipynb #3e273049
 from __future__ import annotations
-import os, re, sys, json, math, time, random, shutil, argparse, urllib.request, urllib.error
+import os, re, sys, json, math, inspect, time, random, shutil, argparse, urllib.request, urllib.error
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,8 @@ import torch.nn.functional as F
 # %% auto #0
 __all__ = ['HELLASWAG_URLS', 'HF_DATASET', 'default_cache_dir', 'parse_example', 'read_jsonl', 'download_hellaswag',
            'load_hf_hellaswag', 'load_hellaswag', 'preprocess', 'example_text', 'render_example', 'model_block_size',
-           'model_logits', 'make_rows', 'score_rows', 'evaluate', 'make_mc_examples', 'cli']
+           'model_logits', 'make_rows', 'token_logprobs', 'score_rows', 'pack_example', 'fits_packed', 'score_packed',
+           'can_pack', 'evaluate', 'make_mc_examples', 'cli']
 
 # %% ../nbs/06_hellaswag.ipynb #84c10fa7
 HELLASWAG_URLS = {  # the files of the paper's repository, rowanz/hellaswag; everyone reports `validation`
@@ -185,6 +186,19 @@ def make_rows(ctx: list[int], endings: list[list[int]], block_size: int | None) 
     return rows
 
 # %% ../nbs/06_hellaswag.ipynb #e17a8685
+def token_logprobs(head,              # the output layer: (N, C) hidden states -> (N, V) logits
+                   h: torch.Tensor,   # (N, C) hidden states at the positions to score
+                   tgt: torch.Tensor  # (N,) the token each position should predict
+                  ) -> torch.Tensor:
+    "log p(tgt | h) for each row, (N,) float32: logits a chunk of rows at a time, never all (N, V) at once."
+    # on a CPU, 128 rows of GPT-2's 50,257 logits (26 MB) is about the best trade between re-reading the head's weights
+    # for every chunk and writing logits that no longer fit in the caches (about 2x faster than one big chunk here);
+    # on a GPU the chunk is only there to bound memory (~1 GB of logits)
+    V = head.weight.size(0)
+    step = 128 if h.device.type == "cpu" else max(128, 2**28 // V)
+    return torch.cat([-F.cross_entropy(head(h[i:i + step]).float(), tgt[i:i + step], reduction="none")
+                      for i in range(0, len(h), step)]) if len(h) else h.new_zeros(0)
+
 @torch.no_grad()
 def score_rows(model,          # a GPT (or anything `model_logits` understands)
                rows: list[tuple[list[int], int]], # (token ids, number of trailing tokens to score) per row
@@ -204,14 +218,62 @@ def score_rows(model,          # a GPT (or anything `model_logits` understands)
     inner = _unwrap(model)
     if hasattr(inner, "hidden_states") and hasattr(inner, "lm_head"):  # the course's GPT: lm_head only where we score
         h = inner.hidden_states(idx)                  # (R, T, C); causal, so padding on the right changes no real position
-        lg = inner.lm_head(h[:, :-1][sel]).float()    # (N, V): a fraction of the (R, T, V) logits, in compute and memory
+        # (N,) log p(token | everything before it), lm_head only where we score: a fraction of the (R, T, V) logits
+        lp = token_logprobs(inner.lm_head, h[:, :-1][sel], idx[:, 1:][sel])
     else:
         logits = model_logits(model, idx)             # (R, T, V) from any other causal LM
-        lg = logits[:, :-1][sel].float()              # (N, V) only the positions we score
-    lp = -F.cross_entropy(lg, idx[:, 1:][sel], reduction="none")  # (N,) log p(token | everything before it)
+        lp = -F.cross_entropy(logits[:, :-1][sel].float(), idx[:, 1:][sel], reduction="none")  # only the positions we score
     row = torch.arange(R, device=device)[:, None].expand(R, T - 1)[sel]
     sums = torch.zeros(R, dtype=torch.float64, device=device).index_add_(0, row, lp.double())
     return sums.cpu(), sel.sum(1).cpu()
+
+# %% ../nbs/06_hellaswag.ipynb #004f592a
+def pack_example(ctx: list[int],            # context token ids (at least one)
+                 endings: list[list[int]]   # token ids of each ending
+                ) -> tuple[list[int], list[int], list[int], list[tuple[int, int, int]]]:
+    "One row for a whole example: tokens, positions, branch (0 = context, k = ending k) and (where, target, ending) to score."
+    if not ctx: raise ValueError("pack_example needs a non-empty context: its last token predicts each ending's first")
+    toks, pos, seg, score = list(ctx), list(range(len(ctx))), [0] * len(ctx), []
+    for k, end in enumerate(endings):
+        start = len(toks)
+        # ending token j is predicted by the output at the previous token of its branch: the last context token for j = 0
+        score += [(len(ctx) - 1 if j == 0 else start + j - 1, t, k) for j, t in enumerate(end)]
+        toks += end; pos += range(len(ctx), len(ctx) + len(end)); seg += [k + 1] * len(end)
+    return toks, pos, seg, score
+
+def fits_packed(ctx: list[int], endings: list[list[int]], block_size: int | None) -> bool:
+    "Can this example be scored packed: a context, and no ending that pushes it past block_size (no cropping)?"
+    return len(ctx) > 0 and (block_size is None or len(ctx) + max(len(e) for e in endings) <= block_size)
+
+@torch.no_grad()
+def score_packed(model,       # the course's GPT (needs `hidden_states(idx, pos=, attn_mask=)` and `lm_head`)
+                 items: list[tuple[list[int], list[list[int]]]], # (context ids, ending ids) per example, all `fits_packed`
+                 device=None, # where the batch goes; the model's device when None
+                 pad_id: int = 0 # any valid token id: pads are never scored and never seen by real tokens
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    "Per example and ending, the summed log-probability of the ending and its token count: (E, n_endings) each, ONE forward."
+    device = device or next(model.parameters()).device
+    inner, n_end = _unwrap(model), len(items[0][1])
+    packed = [pack_example(c, e) for c, e in items]
+    R, T = len(packed), max(len(p[0]) for p in packed)
+    pad = lambda xs, v: xs + [v] * (T - len(xs))  # right padding, built in Python: one tensor copy, not one per row
+    idx = torch.tensor([pad(p[0], pad_id) for p in packed], device=device)  # (R, T)
+    pos = torch.tensor([pad(p[1], 0) for p in packed], device=device)       # (R, T)
+    seg = torch.tensor([pad(p[2], -1) for p in packed], device=device)      # (R, T), -1 = pad
+    # query q may see key k when k <= q and k is context or on q's own branch; a pad sees pads and context, never a real
+    # token sees a pad (pads are -1, neither context nor a branch)
+    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    see = causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))  # (R, T, T)
+    # as an additive float mask (0 or -inf), made once: a bool mask would be converted again in every layer
+    mask = torch.zeros(see.shape, device=device).masked_fill_(~see, float("-inf"))[:, None]  # (R, 1, T, T)
+    h = inner.hidden_states(idx, pos=pos, attn_mask=mask)  # (R, T, C); the head dimension broadcasts
+    r = torch.tensor([i for i, p in enumerate(packed) for _ in p[3]], device=device)           # (N,) which row
+    where, tgt, k = torch.tensor([s for p in packed for s in p[3]], device=device).unbind(1)  # (N,) each
+    lp = token_logprobs(inner.lm_head, h[r, where], tgt)  # (N,) log p(token | its branch)
+    slot = r * n_end + k
+    sums = torch.zeros(R * n_end, dtype=torch.float64, device=device).index_add_(0, slot, lp.double())
+    counts = torch.bincount(slot, minlength=R * n_end)
+    return sums.view(R, n_end).cpu(), counts.view(R, n_end).cpu()
 
 # %% ../nbs/06_hellaswag.ipynb #a8c8c965
 def _dist():
@@ -219,15 +281,22 @@ def _dist():
     d = torch.distributed
     return d if d.is_available() and d.is_initialized() else None
 
+def can_pack(model) -> bool:
+    "Does `model` take positions and a mask (the course's GPT, notebook 03)? Other models are scored four rows an example."
+    inner = _unwrap(model)
+    f = getattr(inner, "hidden_states", None)
+    return f is not None and hasattr(inner, "lm_head") and "attn_mask" in inspect.signature(f).parameters
+
 def evaluate(model,              # a GPT (or a Hugging Face causal LM); put in eval mode for the call, then restored
              enc,                # the model's tokenizer (tiktoken.Encoding)
              examples: list[dict], # HellaSwag-schema records (`load_hellaswag`, `make_mc_examples`)
-             batch_size: int = 8,  # examples per forward pass (each brings its 4 endings: 4*batch_size rows)
+             batch_size: int = 8,  # examples per forward pass (a packed row each, or their 4 rows each)
              device=None,        # device for the batches; the model's own device when None
              rank: int | None = None,       # this process's share of the examples; torch.distributed's rank when None
              world_size: int | None = None, # number of shares; torch.distributed's world size when None (1 without it)
              progress: bool = False, # a tqdm bar (on rank 0 only)
-             style: str = "nanogpt"  # how the text is shown to the model, see `example_text`
+             style: str = "nanogpt", # how the text is shown to the model, see `example_text`
+             pack: bool = True       # one packed row per example (`score_packed`) where the model and lengths allow
             ) -> dict:
     "Score every ending by its log-likelihood; return acc, acc_norm, acc_norm_bytes, n and per-example predictions."
     if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -240,20 +309,26 @@ def evaluate(model,              # a GPT (or a Hugging Face causal LM); put in e
     block_size = model_block_size(model)
     N = len(examples)
     mine = list(range(rank, N, world_size))  # strided shares: every rank gets the same mix of short and long examples
-    rows = {i: make_rows(*render_example(examples[i], enc, style), block_size) for i in mine}
-    mine.sort(key=lambda i: max(len(t) for t, _ in rows[i]))  # similar lengths together: little padding
+    toks = {i: render_example(examples[i], enc, style) for i in mine}  # (context ids, [ending ids] * 4)
+    pack = pack and can_pack(model)
+    packed = [i for i in mine if pack and fits_packed(*toks[i], block_size)]
+    rows = {i: make_rows(*toks[i], block_size) for i in sorted(set(mine) - set(packed))}  # cropped, or not our GPT
+    packed.sort(key=lambda i: len(toks[i][0]) + sum(map(len, toks[i][1])))  # similar lengths together: little padding
+    unpacked = sorted(rows, key=lambda i: max(len(t) for t, _ in rows[i]))
     sums = torch.zeros(N, 4, dtype=torch.float64)           # log p(ending | context), summed over its tokens
     counts = torch.zeros(N, 4, dtype=torch.float64)         # how many tokens were scored (0 = not this rank's)
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
     try:
-        batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+        batches = [(g, g_ids[i:i + batch_size]) for g, g_ids in ((True, packed), (False, unpacked))
+                   for i in range(0, len(g_ids), batch_size)]
         if progress and rank == 0:
             from tqdm.auto import tqdm
             batches = tqdm(batches, desc="hellaswag", unit="batch")
-        for b in batches:
-            s, c = score_rows(model, [r for i in b for r in rows[i]], device)
+        for is_packed, b in batches:
+            if is_packed: s, c = score_packed(model, [toks[i] for i in b], device)
+            else: s, c = score_rows(model, [r for i in b for r in rows[i]], device)
             sums[b], counts[b] = s.view(-1, 4), c.view(-1, 4).double()
     finally: model.train(was_training)
     if dist is not None and world_size > 1:  # every rank ends with every example's scores; the counts follow from them

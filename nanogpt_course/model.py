@@ -141,7 +141,7 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())  # parameters() yields the shared tensor once
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def _check_idx(self, idx: torch.Tensor, offset: int = 0):
+    def _check_idx(self, idx: torch.Tensor, offset: int = 0, pos: torch.Tensor | None = None):
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
             raise ValueError(f"idx must be a (batch, time) tensor of token ids, got "
                              f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
@@ -150,7 +150,13 @@ class GPT(nn.Module):
         T = idx.size(1)
         if T == 0:
             raise ValueError("idx is empty: give at least one token")
-        if offset + T > self.config.block_size:
+        if pos is not None:  # a packed row may be longer than block_size; its positions may not
+            if pos.shape not in (idx.shape, idx.shape[1:]):
+                raise ValueError(f"pos shape {tuple(pos.shape)} must be idx's {tuple(idx.shape)} or ({T},)")
+            if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= self.config.block_size):
+                raise ValueError(f"positions must lie in [0, {self.config.block_size}), got "
+                                 f"{int(pos.min())}..{int(pos.max())}; crop the sequence")
+        elif offset + T > self.config.block_size:
             raise ValueError(f"sequence is {offset + T} tokens but block_size is {self.config.block_size}; "
                              f"crop it to the last {self.config.block_size} tokens (generate() does this for you)")
         if not torch.compiler.is_compiling():  # one host sync for both ends (the range check is worth it on GPUs too)
@@ -163,17 +169,21 @@ class GPT(nn.Module):
                       idx: torch.Tensor,  # (B, T) token ids
                       cache: KVCache | None = None,  # KV cache to read and extend (generation), or None
                       check: bool = True,  # validate idx (generation skips it for the ids it sampled itself)
+                      pos: torch.Tensor | None = None,  # (B, T) or (T,) position of each token when not 0..T-1 (packed rows)
+                      attn_mask: torch.Tensor | None = None,  # (B, 1, T, T) or (T, T), as SDPA takes it (bool or additive); causal when None
                      ) -> torch.Tensor:
         "The final residual stream after ln_f, (B, T, n_embd)."
         offset, T = (cache.pos if cache is not None else 0), idx.size(-1)
+        if pos is not None and cache is not None: raise ValueError("pos cannot be combined with a KV cache")
         if check:
-            self._check_idx(idx, offset)
+            self._check_idx(idx, offset, pos)
             if idx.dtype not in (torch.long, torch.int32): idx = idx.long()  # e.g. uint16 straight from a token shard
-        # positions offset..offset+T-1: a slice of the table is the same lookup as wpe(arange), with fewer ops
-        pos_emb = self.transformer.wpe.weight[offset:offset + T]  # (T, C), broadcast over the batch
+        if pos is None:  # positions offset..offset+T-1: a slice of the table is the same lookup as wpe(arange), fewer ops
+            pos_emb = self.transformer.wpe.weight[offset:offset + T]  # (T, C), broadcast over the batch
+        else: pos_emb = self.transformer.wpe(pos)  # (B, T, C) or (T, C)
         x = self.transformer.drop(self.transformer.wte(idx) + pos_emb)  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache=cache, layer=i)
+            x = block(x, cache=cache, layer=i, attn_mask=attn_mask)
         if cache is not None: cache.advance(T)
         return self.transformer.ln_f(x)
 

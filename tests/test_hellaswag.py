@@ -34,8 +34,10 @@ def setup(tmp_path_factory):
     save_checkpoint(ckpt, {"model": model.state_dict(), "config": dataclasses.asdict(model.config),
                            "tokenizer": tokenizer_state(enc), "kind": "pretrain", "step": 15})
     (d / "corpus.txt").write_text(text, encoding="utf-8")
-    # 37 examples: an odd number that 2 ranks cannot split evenly, and contexts long enough to need cropping
-    examples = H.make_mc_examples(text[120_000:], enc, n=37, seed=3, ctx_words=40, end_words=5)
+    # 37 examples: an odd number that 2 ranks cannot split evenly; 17 with contexts long enough to need cropping
+    # (scored as four rows), 20 short enough to be scored packed (one row an example)
+    examples = (H.make_mc_examples(text[120_000:], enc, n=17, seed=3, ctx_words=40, end_words=5)
+                + H.make_mc_examples(text[120_000:], enc, n=20, seed=4, ctx_words=10, end_words=5))
     for e in examples[:3]: e["label"] = str(e["label"])  # Hugging Face style string labels must work too
     data = d / "val.jsonl"
     data.write_text("".join(json.dumps(e) + "\n" for e in examples))
@@ -72,6 +74,26 @@ def test_batched_equals_one_at_a_time(setup):
     assert 0 < len({p["pred_norm"] for p in many["predictions"]})  # predictions are real choices 0..3
     assert all(0 <= p["pred"] <= 3 for p in many["predictions"])
 
+
+
+def test_packed_equals_four_rows(setup):
+    "One packed row per example (context once) gives the four-row scores; cropped examples fall back to four rows."
+    m, enc, ex = setup["model"], setup["enc"], setup["examples"]
+    fits = [H.fits_packed(*H.render_example(e, enc), m.config.block_size) for e in ex]
+    assert any(fits) and not all(fits)  # both paths run inside one evaluate call
+    packed, rows = H.evaluate(m, enc, ex, batch_size=8), H.evaluate(m, enc, ex, batch_size=8, pack=False)
+    for k in ("pred", "pred_norm", "pred_norm_bytes", "n_tokens"):
+        assert [p[k] for p in packed["predictions"]] == [p[k] for p in rows["predictions"]], k
+    assert torch.allclose(torch.tensor([p["logprobs"] for p in packed["predictions"]]),
+                          torch.tensor([p["logprobs"] for p in rows["predictions"]]), atol=1e-4)
+    # a model without positions and masks (here: logits only, as a Hugging Face model gives) is scored four rows an example
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self, g): super().__init__(); self.g = g
+        def forward(self, idx): return self.g(idx)[0]
+    assert not H.can_pack(LogitsOnly(m)) and H.can_pack(m)
+    short = [e for e, f in zip(ex, fits) if f]  # the wrapper hides block_size, so nothing may need cropping
+    other, ours = H.evaluate(LogitsOnly(m), enc, short, batch_size=4), H.evaluate(m, enc, short, batch_size=4)
+    assert [p["pred_norm"] for p in other["predictions"]] == [p["pred_norm"] for p in ours["predictions"]]
 
 DDP_SCRIPT = r'''
 import json, sys, torch, torch.distributed as dist
