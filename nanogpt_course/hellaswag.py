@@ -252,7 +252,7 @@ def score_packed(model,       # the course's GPT (needs `hidden_states(idx, pos=
                  pad_id: int = 0 # any valid token id: pads are never scored and never seen by real tokens
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     "Per example and ending, the summed log-probability of the ending and its token count: (E, n_endings) each, ONE forward."
-    device = device or next(model.parameters()).device
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     inner, n_end = _unwrap(model), len(items[0][1])
     packed = [pack_example(c, e) for c, e in items]
     R, T = len(packed), max(len(p[0]) for p in packed)
@@ -264,8 +264,10 @@ def score_packed(model,       # the course's GPT (needs `hidden_states(idx, pos=
     # token sees a pad (pads are -1, neither context nor a branch)
     causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
     see = causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))  # (R, T, T)
-    # as an additive float mask (0 or -inf), made once: a bool mask would be converted again in every layer
-    mask = torch.zeros(see.shape, device=device).masked_fill_(~see, float("-inf"))[:, None]  # (R, 1, T, T)
+    mask = see[:, None]  # (R, 1, T, T) bool: what every SDPA backend takes, in any compute dtype (bf16 autocast on a GPU)
+    if device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
+        # on a CPU, an additive mask (0 or -inf) in the model's dtype, made once: SDPA would convert a bool mask in every layer
+        mask = torch.zeros(mask.shape, dtype=next(inner.parameters()).dtype).masked_fill_(~mask, float("-inf"))
     h = inner.hidden_states(idx, pos=pos, attn_mask=mask)  # (R, T, C); the head dimension broadcasts
     r = torch.tensor([i for i, p in enumerate(packed) for _ in p[3]], device=device)           # (N,) which row
     where, tgt, k = torch.tensor([s for p in packed for s in p[3]], device=device).unbind(1)  # (N,) each
