@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['MAGIC', 'VERSION', 'HEADER_BYTES', 'FINEWEB_EDU', 'ShardError', 'dtype_for_vocab', 'write_shard', 'read_header',
-           'read_shard', 'stdlib_documents', 'iter_documents', 'prepare', 'shard_files', 'TokenLoader', 'data_source',
-           'cli']
+           'read_shard', 'hub_reachable', 'stdlib_documents', 'iter_documents', 'prepare', 'shard_files', 'TokenLoader',
+           'data_source', 'cli']
 
 # %% ../nbs/04a_data.ipynb #07547f5a
-import os, sys, io, json, glob, zlib, struct, time, itertools, argparse, ast, sysconfig, codecs, contextlib
+import os, sys, io, json, glob, zlib, struct, time, socket, itertools, argparse, ast, sysconfig, codecs, contextlib
 from pathlib import Path
 from typing import Iterable, Iterator
 import numpy as np
@@ -84,6 +84,15 @@ def read_shard(path: str | Path, # shard file
 # %% ../nbs/04a_data.ipynb #50ab7590
 FINEWEB_EDU = ("HuggingFaceFW/fineweb-edu", "sample-10BT")
 _EXTS = (".txt", ".jsonl", ".json", ".parquet")
+
+def hub_reachable(host: str = "huggingface.co", # the host the real datasets (FineWeb-Edu, Dolly-15k) come from
+                  port: int = 443, timeout: float = 2.0) -> bool:
+    "Can we reach the Hugging Face hub? False when HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set (as `datasets` reads them)."
+    if any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout): return True
+    except OSError: return False
 
 def stdlib_documents(max_chars: int=2_000_000 # stop after this many characters
                     ) -> Iterator[str]:

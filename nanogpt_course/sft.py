@@ -221,19 +221,12 @@ def builtin_instructions() -> InstructionSet:
     return InstructionSet(recs, {"source": "builtin", "schema": "dolly", "kept": len(recs), "skipped": {},
                                  "n_skipped": 0, "malformed": []})
 
-def _hub_reachable(host="huggingface.co", port=443, timeout=2.0) -> bool:
-    import socket
-    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") or os.environ.get("HF_DATASETS_OFFLINE") in ("1", "true"):
-        return False
-    try:
-        with socket.create_connection((host, port), timeout=timeout): return True
-    except OSError: return False
-
 def instruction_data(source: str = "auto",  # "auto", "dolly", "alpaca" (the NANOGPT_COURSE_DATA file), "builtin", or a file path
                     ) -> InstructionSet:
     "The best instruction set available: Dolly-15k online, else the offline Alpaca file, else the built-in one."
     if source not in ("auto", "dolly", "alpaca", "builtin"): return load_instructions(source)
-    if source == "dolly" or (source == "auto" and _hub_reachable()):
+    from nanogpt_course.data import hub_reachable  # notebook 04a
+    if source == "dolly" or (source == "auto" and hub_reachable()):
         try: return load_dolly()
         except RuntimeError as e:
             if source == "dolly": raise

@@ -163,3 +163,21 @@ def test_loader_ddp_determinism_resume_and_epochs(tmp_path):
     assert "<|endoftext|>Document" in text
     with pytest.raises(ValueError, match="seed"):
         TokenLoader(tmp_path / "d", B=4, T=16, seed=9).load_state_dict(one.state_dict())
+
+
+def test_hub_reachable_honours_offline_flags_and_connects(monkeypatch):
+    "One check, used by FineWeb-Edu (pipeline) and Dolly (sft): a listening port is reachable, a closed one and the offline flags are not."
+    import socket
+    from nanogpt_course.data import hub_reachable
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0)); srv.listen(1)
+        port = srv.getsockname()[1]
+        for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"): monkeypatch.delenv(k, raising=False)
+        assert hub_reachable("127.0.0.1", port, timeout=1)
+        for k, v in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "TRUE")):
+            monkeypatch.setenv(k, v)
+            assert not hub_reachable("127.0.0.1", port, timeout=1)
+            monkeypatch.delenv(k)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); closed = s.getsockname()[1]  # bound, not listening: connections are refused
+        assert not hub_reachable("127.0.0.1", closed, timeout=1)
