@@ -9,9 +9,11 @@ Five ways to score the same examples, so that each saving shows on its own:
     python benchmarks/bench_hellaswag.py                 # default: ~2 minutes on a 2-core CPU
     python benchmarks/bench_hellaswag.py --n 500 --batch-size 32
     python benchmarks/bench_hellaswag.py --preset gpt2 --tokenizer gpt2 --n 40 --repeats 2   # GPT-2 124M's shape: ~5 min
+    python benchmarks/bench_hellaswag.py --preset mini --tokenizer 4096 --n 200 --ctx-words 16 --end-words 3
+                                                        # the main job's own evaluation (model, vocabulary, question set)
 
-Data: a HellaSwag-format set built from held-out text
-(`make_mc_examples`, contexts of ~30 words, endings of ~12, about HellaSwag's lengths); this machine has no HellaSwag.
+Data: a HellaSwag-format set built from held-out text of tinyshakespeare (`make_mc_examples`; by default contexts of
+30 words and endings of 12, about HellaSwag's lengths); this machine has no HellaSwag.
 Each mode runs in its own process so that its peak memory (ru_maxrss) is its own. Wall-clock examples/s is what a
 user sees; examples per CPU-second is printed too because on a shared machine it is the steadier of the two.
 Set BENCH_THREADS=1 for one torch thread per run."""
@@ -35,7 +37,7 @@ def build(work: Path, args):
     model = GPT(GPTConfig.from_preset(args.preset, vocab_size=enc.n_vocab))
     save_checkpoint(work / "model.pt", {"model": model.state_dict(), "config": dataclasses.asdict(model.config),
                                         "tokenizer": tokenizer_state(enc), "kind": "pretrain", "step": 0})
-    ex = H.make_mc_examples(text[int(len(text) * 0.9):], enc, n=args.n, seed=0, ctx_words=30, end_words=12)
+    ex = H.make_mc_examples(text[int(len(text) * 0.9):], enc, n=args.n, seed=0, ctx_words=args.ctx_words, end_words=args.end_words)
     (work / "examples.jsonl").write_text("".join(json.dumps(e) + "\n" for e in ex))
     return model, enc
 
@@ -85,6 +87,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass when batched (default 16)")
     p.add_argument("--preset", default="small", help="model preset (default small: 4 layers, 128 wide)")
     p.add_argument("--tokenizer", default="1024", help="a BPE vocabulary size trained here (default 1024), or gpt2 (50,257)")
+    p.add_argument("--ctx-words", type=int, default=30, help="words of context per example (default 30, about HellaSwag's)")
+    p.add_argument("--end-words", type=int, default=12, help="words per ending (default 12, about HellaSwag's)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each mode, best kept (default 3)")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -92,7 +96,8 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         model, enc = build(work, args)
-        print(f"model: preset {args.preset}, {model.num_params():,} parameters, vocab {enc.n_vocab:,}; {args.n} examples; "
+        print(f"model: preset {args.preset}, {model.num_params():,} parameters, vocab {enc.n_vocab:,}; {args.n} examples "
+              f"({args.ctx_words}-word contexts, {args.end_words}-word endings); "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
         res = {}
         for _ in range(args.repeats):  # round robin, best of N: the CPU is shared, so take each mode's least-disturbed run

@@ -13,3 +13,6 @@ done
 # HellaSwag's own setting as well: GPT-2 124M's shape and GPT-2's tokenizer (random weights: speed only)
 echo "== benchmarks/bench_hellaswag.py --preset gpt2 --tokenizer gpt2 --n 40 --repeats 2"
 python benchmarks/bench_hellaswag.py --preset gpt2 --tokenizer gpt2 --n 40 --repeats 2 2>&1 | tee benchmarks/results/bench_hellaswag_gpt2.txt
+# and the main job's own evaluation: its model size, its 4,096-token vocabulary, its short held-out questions
+echo "== benchmarks/bench_hellaswag.py --preset mini --tokenizer 4096 --n 200 --ctx-words 16 --end-words 3"
+python benchmarks/bench_hellaswag.py --preset mini --tokenizer 4096 --n 200 --ctx-words 16 --end-words 3 2>&1 | tee benchmarks/results/bench_hellaswag_mini.txt
