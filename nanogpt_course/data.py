@@ -4,14 +4,15 @@
 
 # %% auto #0
 __all__ = ['MAGIC', 'VERSION', 'HEADER_BYTES', 'FINEWEB_EDU', 'ShardError', 'dtype_for_vocab', 'write_shard', 'read_header',
-           'read_shard', 'hub_reachable', 'stdlib_documents', 'iter_documents', 'prepare', 'shard_files', 'TokenLoader',
-           'data_source', 'cli']
+           'read_shard', 'hub_reachable', 'iter_documents', 'prepare', 'shard_files', 'TokenLoader', 'data_source',
+           'cli']
 
 # %% ../nbs/04a_data.ipynb #07547f5a
-import os, sys, io, json, glob, zlib, struct, time, socket, itertools, argparse, ast, sysconfig, codecs, contextlib
+import os, sys, json, glob, zlib, struct, time, socket, itertools, argparse
 from pathlib import Path
 from typing import Iterable, Iterator
 import numpy as np
+from .tokenizer import stdlib_documents  # notebook 00: the prose that ships with Python, one document at a time
 
 # %% ../nbs/04a_data.ipynb #a0f495ce
 MAGIC = b"NGCSHRD\x00"  # 8 bytes that no .npy, text or build-nanogpt shard starts with
@@ -93,23 +94,6 @@ def hub_reachable(host: str = "huggingface.co", # the host the real datasets (Fi
     try:
         with socket.create_connection((host, port), timeout=timeout): return True
     except OSError: return False
-
-def stdlib_documents(max_chars: int=2_000_000 # stop after this many characters
-                    ) -> Iterator[str]:
-    "Docstrings of the Python standard library (and the Zen of Python): English prose that ships with every Python."
-    with contextlib.redirect_stdout(io.StringIO()): import this  # the Zen of Python (rot13-encoded); importing it prints it
-    yield codecs.decode(this.s, "rot13")
-    root, total = Path(sysconfig.get_paths()["stdlib"]), 0
-    for p in sorted(root.rglob("*.py")):
-        if any(part in ("test", "tests", "idle_test", "site-packages", "lib2to3") for part in p.relative_to(root).parts): continue
-        try: tree = ast.parse(p.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, OSError): continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc and len(doc) >= 200:  # skip one-liners: too little prose to learn from
-                    yield doc; total += len(doc)
-                    if total >= max_chars: return
 
 def _local_files(path: Path) -> list[Path]:
     if path.is_dir():
