@@ -1,4 +1,4 @@
-"""Peak-memory helpers shared by the benchmarks (Linux: resettable VmHWM; elsewhere ru_maxrss)."""
+"""Helpers shared by the benchmarks: peak memory (Linux: resettable VmHWM; elsewhere ru_maxrss), and the flags, banner and loop over vocabulary sizes of the comparisons with transformers."""
 import gc, os, resource
 
 def _status(field):
@@ -22,10 +22,16 @@ def peak_rss():
 
 def mib(n): return f"{n / 2**20:,.0f} MiB"
 
-def add_threads_arg(ap):
-    "The `--threads` flag every torch benchmark takes."
+def run_per_vocab(ap, run, argv=None):
+    "Add --vocab-sizes and --threads to `ap`, parse `argv`, print the banner, then run(preset, vocab_size, args) for each size."
+    ap.add_argument("--vocab-sizes", default="50257,4096", help="comma-separated vocabulary sizes, one run each")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 by default: on a small shared machine two OpenMP threads stall each other")
+    args = ap.parse_args(argv)
+    torch_vs_transformers_banner(args.threads)
+    for v in args.vocab_sizes.split(","):
+        run(args.preset, int(v), args)
+    return 0
 
 def torch_vs_transformers_banner(threads: int):
     "Set torch's threads, quiet transformers, and print the versions and machine line that heads a comparison."

@@ -16,7 +16,7 @@ By default it runs the `mini` preset twice: with GPT-2's 50,257-token vocabulary
 import argparse, os, sys, tempfile, time, warnings
 import torch
 sys.path.insert(0, os.path.dirname(__file__))
-from _mem import reset_peak, peak_rss, mib, add_threads_arg, torch_vs_transformers_banner
+from _mem import reset_peak, peak_rss, mib, run_per_vocab
 from nanogpt_course.model import GPT, GPTConfig
 
 def run(preset, vocab_size, args):
@@ -65,16 +65,10 @@ def run(preset, vocab_size, args):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="mini", help="GPTConfig preset (its block_size must hold prompt + new tokens)")
-    ap.add_argument("--vocab-sizes", default="50257,4096", help="comma-separated vocabulary sizes, one run each")
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per variant; the best is reported")
-    add_threads_arg(ap)
-    args = ap.parse_args(argv)
-    torch_vs_transformers_banner(args.threads)
-    for v in args.vocab_sizes.split(","):
-        run(args.preset, int(v), args)
-    return 0
+    return run_per_vocab(ap, run, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

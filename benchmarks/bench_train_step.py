@@ -16,7 +16,7 @@ it are most of the work) and with a 4,096-token vocabulary (notebook 00's tokeni
 import argparse, os, sys, tempfile, time, warnings
 import torch
 sys.path.insert(0, os.path.dirname(__file__))
-from _mem import reset_peak, peak_rss, mib, add_threads_arg, torch_vs_transformers_banner
+from _mem import reset_peak, peak_rss, mib, run_per_vocab
 from nanogpt_course.model import GPT, GPTConfig
 
 def run(preset, vocab_size, args):
@@ -68,17 +68,11 @@ def run(preset, vocab_size, args):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="small", help="GPTConfig preset")
-    ap.add_argument("--vocab-sizes", default="50257,4096", help="comma-separated vocabulary sizes, one run each")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=None, help="tokens per row (default: the preset's block_size)")
     ap.add_argument("--steps", type=int, default=6, help="timed steps per model (after 1 warm-up step); the median is reported")
     ap.add_argument("--no-fused", dest="fused", action="store_false", help="AdamW's for-loop implementation")
-    add_threads_arg(ap)
-    args = ap.parse_args(argv)
-    torch_vs_transformers_banner(args.threads)
-    for v in args.vocab_sizes.split(","):
-        run(args.preset, int(v), args)
-    return 0
+    return run_per_vocab(ap, run, argv)
 
 if __name__ == "__main__":
     sys.exit(main())
