@@ -71,8 +71,9 @@ def test_batched_equals_one_at_a_time(setup):
     assert torch.allclose(torch.tensor([p["logprobs"] for p in one["predictions"]]),
                           torch.tensor([p["logprobs"] for p in many["predictions"]]), atol=1e-4)
     assert one["n"] == many["n"] == 37 and one["acc"] == many["acc"] and one["acc_norm"] == many["acc_norm"]
-    assert 0 < len({p["pred_norm"] for p in many["predictions"]})  # predictions are real choices 0..3
-    assert all(0 <= p["pred"] <= 3 for p in many["predictions"])
+    # real choices 0..3, and not one constant answer (the model was trained a little, so its scores are not all ties)
+    assert all(0 <= p[k] <= 3 for p in many["predictions"] for k in ("pred", "pred_norm", "pred_norm_bytes"))
+    assert len({p["pred_norm"] for p in many["predictions"]}) > 1
 
 
 
