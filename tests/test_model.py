@@ -130,7 +130,7 @@ def test_cache_equals_no_cache_past_block_size(preset):
         for p in model.parameters():
             if p.dim() == 2: p.normal_(0, 0.3)
     prompt = torch.randint(0, 200, (3, 7))
-    n = model.config.block_size + 10  # the window slides for the last 17 steps
+    n = model.config.block_size + 10  # the window slides for the last 16 steps (prompt 7: from step block_size - 6 on)
     a = model.generate(prompt, n, temperature=0, use_cache=True)
     b = model.generate(prompt, n, temperature=0, use_cache=False)
     assert a.shape == (3, 7 + n) and torch.equal(a, b)
