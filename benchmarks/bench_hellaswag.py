@@ -13,7 +13,7 @@ Five ways to score the same examples, so that each saving shows on its own:
                                                         # the main job's own evaluation (model, vocabulary, question set)
 
 Data: a HellaSwag-format set built from held-out text of tinyshakespeare (`make_mc_examples`; by default contexts of
-30 words and endings of 12, about HellaSwag's lengths); this machine has no HellaSwag.
+30 words and endings of 12); this machine has no HellaSwag to measure on.
 Each mode runs in its own process so that its peak memory (ru_maxrss) is its own. Wall-clock examples/s is what a
 user sees; examples per CPU-second is printed too because on a shared machine it is the steadier of the two.
 Set BENCH_THREADS=1 for one torch thread per run."""
@@ -87,8 +87,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass when batched (default 16)")
     p.add_argument("--preset", default="small", help="model preset (default small: 4 layers, 128 wide)")
     p.add_argument("--tokenizer", default="1024", help="a BPE vocabulary size trained here (default 1024), or gpt2 (50,257)")
-    p.add_argument("--ctx-words", type=int, default=30, help="words of context per example (default 30, about HellaSwag's)")
-    p.add_argument("--end-words", type=int, default=12, help="words per ending (default 12, about HellaSwag's)")
+    p.add_argument("--ctx-words", type=int, default=30, help="words of context per example (default 30)")
+    p.add_argument("--end-words", type=int, default=12, help="words per ending (default 12)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each mode, best kept (default 3)")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -192,7 +192,7 @@ def token_logprobs(head,              # the output layer: (N, C) hidden states -
                   ) -> torch.Tensor:
     "log p(tgt | h) for each row, (N,) float32: logits a chunk of rows at a time, never all (N, V) at once."
     # on a CPU, 128 rows of GPT-2's 50,257 logits (26 MB) is about the best trade between re-reading the head's weights
-    # for every chunk and writing logits that no longer fit in the caches (about 2x faster than one big chunk here);
+    # for every chunk and writing logits that no longer fit in the caches (measured faster than one big chunk on this project's 2-core CPU);
     # on a GPU the chunk is only there to bound memory (~1 GB of logits)
     V = head.weight.size(0)
     step = 128 if h.device.type == "cpu" else max(128, 2**28 // V)
@@ -352,7 +352,8 @@ def evaluate(model,              # a GPT (or a Hugging Face causal LM); put in e
     acc = [h / n if n else float("nan") for h in hits]
     secs = time.perf_counter() - t0
     return {"acc": acc[0], "acc_norm": acc[1], "acc_norm_bytes": acc[2], "n": n, "n_correct": hits[0],
-            "n_correct_norm": hits[1], "predictions": preds, "seconds": secs, "examples_per_s": len(mine) / max(secs, 1e-9)}
+            "n_correct_norm": hits[1], "predictions": preds, "seconds": secs, "n_scored": len(mine),  # this rank's share
+            "examples_per_s": len(mine) / max(secs, 1e-9)}
 
 # %% ../nbs/06_hellaswag.ipynb #f1ff1933
 def make_mc_examples(text: str,     # held-out text (not seen in training), e.g. the last 10% of the corpus

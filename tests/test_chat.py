@@ -59,7 +59,9 @@ def test_chat_cli_piped_conversation(checkpoint, enc):
     # the answers are the model's greedy continuations of the SFT template (after /reset: no history)
     first = greedy_answer(model, enc, [{"role": "user", "content": "What is the capital of France?"}], 12)
     second = greedy_answer(model, enc, [{"role": "user", "content": "Name a colour."}], 12)
-    assert answers[0].startswith(first) and answers[1].startswith(second)
+    # each answer is exactly the greedy continuation, on its own line (nothing missing, nothing extra)
+    assert first and second
+    assert answers[0].split("\n")[0] == first and answers[1].split("\n")[0] == second
     assert "this line is never read" not in r.stdout
 
 

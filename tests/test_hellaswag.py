@@ -103,7 +103,6 @@ from nanogpt_course.train import load_model
 dist.init_process_group("gloo")
 model, enc = load_model(sys.argv[1])
 res = H.evaluate(model, enc, H.load_hellaswag(path=sys.argv[2]), batch_size=4)   # rank/world_size from the process group
-res["mine"] = list(range(dist.get_rank(), 37, dist.get_world_size()))
 json.dump(res, open(f"{sys.argv[3]}.{dist.get_rank()}.json", "w"))
 dist.destroy_process_group()
 '''
@@ -115,7 +114,7 @@ def test_ddp_split_and_reduce_match_one_process(setup, tmp_path):
     _torchrun([str(tmp_path / "ddp_eval.py"), str(setup["ckpt"]), str(setup["data"]), str(tmp_path / "res")], tmp_path)
     single = H.evaluate(*load_model(setup["ckpt"]), setup["examples"], batch_size=4)
     ranks = [json.loads((tmp_path / f"res.{r}.json").read_text()) for r in (0, 1)]
-    assert ranks[0]["mine"] != ranks[1]["mine"] and sorted(ranks[0]["mine"] + ranks[1]["mine"]) == list(range(37))
+    assert [r["n_scored"] for r in ranks] == [19, 18]  # each rank scored only its strided share of the 37
     for res in ranks:
         assert res["n"] == single["n"] == 37
         assert res["n_correct"] == single["n_correct"] and res["n_correct_norm"] == single["n_correct_norm"]
@@ -123,8 +122,6 @@ def test_ddp_split_and_reduce_match_one_process(setup, tmp_path):
         assert [p["index"] for p in res["predictions"]] == list(range(37))
         assert torch.allclose(torch.tensor([p["logprobs"] for p in res["predictions"]]),
                               torch.tensor([p["logprobs"] for p in single["predictions"]]), atol=1e-4)
-    # each rank really did only its half: it scored ~half the examples per second of work
-    assert abs(ranks[0]["examples_per_s"] * ranks[0]["seconds"] - 19) < 0.5
 
 
 def test_cli_under_torchrun(setup, tmp_path):
