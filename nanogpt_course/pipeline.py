@@ -6,7 +6,7 @@
 __all__ = ['SHOWCASE', 'choose_corpus', 'seconds_per_step', 'plan_steps', 'default_out_dir', 'run', 'report', 'serve_run', 'cli']
 
 # %% ../nbs/09_pipeline.ipynb #6c6f6c49
-import os, sys, json, time, math, argparse, contextlib
+import os, sys, json, time, math, argparse
 from pathlib import Path
 import torch
 from .tokenizer import BPETokenizer, get_tokenizer
@@ -79,19 +79,6 @@ def _heldout_text(shards: Path, enc, max_tokens: int = 200_000) -> str:
     if not val: raise FileNotFoundError(f"no validation shard in {shards}")
     toks = D.read_shard(val[0])[:max_tokens].tolist()
     return "\n\n".join(d.strip() for d in enc.decode(toks).split("<|endoftext|>") if d.strip())
-
-def _plot_sft(log: Path, save: Path):
-    "Training and validation loss of instruction tuning, from its JSONL log."
-    import matplotlib; matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    rows = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]
-    tr = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    va = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if tr: ax.plot(*zip(*tr), alpha=0.5, label="train (response tokens)")
-    if va: ax.plot(*zip(*va), "o-", label="validation (response tokens)")
-    ax.set_xlabel("step"); ax.set_ylabel("loss"); ax.set_title("instruction tuning"); ax.legend()
-    fig.tight_layout(); fig.savefig(save, dpi=110); plt.close(fig)
 
 # %% ../nbs/09_pipeline.ipynb #cea4b67e
 def default_out_dir() -> str:
@@ -181,7 +168,8 @@ def run(out_dir: str | None = None,     # everything the run writes goes here; m
         steps_ = min(plan_steps(sft_budget, s), max(10, int(sft_epochs * 0.9 * n_train / 8)))
         res = S.finetune(str(out / "pretrain"), data=records, out_dir=out / "sft", steps=steps_,
                          batch_size=8, lr=1e-3, max_seconds=sft_budget, device=device, seed=seed, progress=progress)
-        with contextlib.suppress(Exception): _plot_sft(out / "sft" / "sft_log.jsonl", out / "sft" / "loss.png")
+        try: T.plot_log(out / "sft" / "sft_log.jsonl", save=out / "sft" / "loss.png", title="instruction tuning (response tokens)")
+        except Exception as e: print(f"warning: could not draw {out / 'sft' / 'loss.png'}: {e}", file=sys.stderr)  # the model is saved
         return {k: res[k] for k in ("checkpoint", "val_loss_before", "val_loss_after", "steps", "tokens", "data", "counts")}
     tuned = _stage(summary, "instruction tuning", out, tuning)
 
