@@ -372,11 +372,14 @@ class TokenLoader:
         i = order[self.shard]
         arr = read_shard(self.files[i], verify=i not in self._verified); self._verified.add(i)
         if self.shuffle:
-            # document boundaries: every <|endoftext|> starts a document; what precedes the first one is a document's tail
+            # document boundaries: every <|endoftext|> starts a document. What precedes the first one is the tail of a
+            # document that prepare cut at the shard's edge: it has no eot of its own, so it stays first (moved, it would
+            # be glued onto the end of another document)
             starts = np.flatnonzero(arr == self.eot)
-            bounds = np.unique(np.concatenate([[0], starts, [len(arr)]]))
-            perm = np.random.default_rng([self.seed, self.epoch, i]).permutation(len(bounds) - 1)
-            arr = np.concatenate([arr[bounds[j]:bounds[j + 1]] for j in perm])
+            if len(starts):
+                bounds = np.concatenate([starts, [len(arr)]])
+                perm = np.random.default_rng([self.seed, self.epoch, i]).permutation(len(bounds) - 1)
+                arr = np.concatenate([arr[:starts[0]]] + [arr[bounds[j]:bounds[j + 1]] for j in perm])
         self.tokens = arr
 
     def next_batch(self):

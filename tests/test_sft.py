@@ -64,8 +64,7 @@ def test_dolly_jsonl_skips_and_reports(tmp_path):
     assert recs[1] == {"instruction": "When was it built?", "context": "It was built in 1889.", "response": "1889.",
                        "category": "closed_qa"}
     assert recs.report["skipped"] == {"empty_instruction": 1, "missing_response": 1, "bad_type_response": 1}
-    assert recs.report["malformed"] == [f"{p.name}:3: malformed JSON (Expecting property name enclosed in double quotes)"] \
-        or recs.report["malformed"][0].startswith(f"{p.name}:3: malformed JSON")
+    assert len(recs.report["malformed"]) == 1 and recs.report["malformed"][0].startswith(f"{p.name}:3: malformed JSON (")
     assert any(":3:" in str(x.message) for x in w)
     with pytest.raises(ValueError, match=":3: malformed JSON"):
         load_dolly(p, strict=True)
@@ -221,10 +220,7 @@ def test_finetune_writes_a_course_checkpoint(enc, tmp_path):
     # the saved weights are the fine-tuned ones: their validation loss is the one finetune reported
     _, val = stratified_split(builtin_instructions(), 0.1, 0)
     assert abs(response_loss(model, SFTDataset(val, enc2, 64)) - s["val_loss_after"]) < 1e-4
-    try:
-        from nanogpt_course.train import load_model
-    except ImportError:
-        return
+    from nanogpt_course.train import load_model
     m2, _ = load_model(s["checkpoint"])  # what serving, the playground and evaluation call
     x = torch.tensor([enc.encode_ordinary(format_prompt("Hi"))])
     assert torch.allclose(m2(x)[0], model(x)[0])
@@ -296,4 +292,7 @@ def test_generate_response_refuses_a_prompt_that_fills_the_context(enc):
     with pytest.raises(ValueError, match="block_size is 32"):
         sft.generate_response(model, enc, "word " * 40)
     out = sft.generate_response(model, enc, "Q?", max_new_tokens=3)
-    assert isinstance(out, str)
+    ids = enc.encode_ordinary(sft.format_prompt("Q?"))
+    new = model.generate(torch.tensor([ids]), 3, temperature=0, eos_token_id=enc.eot_token)[0, len(ids):].tolist()
+    want = enc.decode(new[:new.index(enc.eot_token)] if enc.eot_token in new else new).strip()  # greedy, cut at eot, trimmed
+    assert out == want
