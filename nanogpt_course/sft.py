@@ -431,35 +431,18 @@ def _resolve_data(data, report_sources: list) -> list[dict]:
     if not out: raise ValueError(f"no usable instruction records in {data!r}")
     return out
 
+from .train import load_model, save_checkpoint  # notebook 04: the course's one loader and one atomic save
+
 def _load_init(init, device):
     if isinstance(init, tuple) and len(init) == 2: return init[0].to(device), init[1]
     if isinstance(init, nn.Module): raise ValueError("pass init=(model, enc) so the tokenizer travels with the model")
-    try: from nanogpt_course.train import load_model
-    except ImportError: return load_sft_model(init, device)  # notebook 04 not installed: course checkpoint files only
     return load_model(str(init), device=device)
-
-def _save_checkpoint(path, ckpt):
-    "`train.save_checkpoint` (atomic: temporary file + rename), or the same in two lines while notebook 04 is not installed."
-    try: from nanogpt_course.train import save_checkpoint
-    except ImportError:
-        tmp = f"{path}.tmp"; torch.save(ckpt, tmp); os.replace(tmp, path); return
-    save_checkpoint(path, ckpt)
 
 def load_sft_model(path: str | os.PathLike,  # a checkpoint written by `finetune` (or any course checkpoint)
                    device: str = "cpu",  # where to put the model
                   ):
-    "(GPT, Encoding) from a course checkpoint via `train.load_model` (a direct load when notebook 04 is not installed)."
-    try: from nanogpt_course.train import load_model
-    except ImportError:
-        from nanogpt_course.model import GPT, GPTConfig
-        from nanogpt_course.tokenizer import get_tokenizer
-        ck = torch.load(path, map_location=device, weights_only=False)
-        m = GPT(GPTConfig(**ck["config"])); m.load_state_dict(ck["model"])
-        return m.to(device).eval(), get_tokenizer(ck["tokenizer"])
+    "(GPT, Encoding) from a checkpoint `finetune` wrote: `train.load_model`, which reads every checkpoint the course writes."
     return load_model(str(path), device=device)
-
-def _clean_state_dict(sd):
-    return {k.replace("_orig_mod.", "").replace("module.", ""): v.detach().cpu().clone() for k, v in sd.items()}
 
 def finetune(init,  # base model: course checkpoint / run dir / HF dir / HF id ("gpt2"), or a (GPT, Encoding) pair (copied, not modified)
              data="auto",  # "auto", "dolly", "alpaca", "builtin", a Dolly/Alpaca file, a list of those, or a list of records
@@ -570,12 +553,12 @@ def finetune(init,  # base model: course checkpoint / run dir / HF dir / HF id (
               "val_categories": dict(Counter(r["category"] for r in val_recs))}
     ckpt_path = None
     if save:
-        ckpt = {"model": _clean_state_dict(model.state_dict()), "config": dataclasses.asdict(model.config),
+        ckpt = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "config": dataclasses.asdict(model.config),
                 "tokenizer": tokenizer_state(enc), "kind": "sft", "step": step, "val_loss": val_losses[-1][1],
                 "template": {"prompt": PROMPT_TEMPLATE, "context_block": CONTEXT_BLOCK, "eot": EOT},
                 "sft": {"args": args, "counts": counts}, "lora": lora_info}
         ckpt_path = str(out_dir / "sft.pt")
-        _save_checkpoint(ckpt_path, ckpt)
+        save_checkpoint(ckpt_path, ckpt)
     summary = {"checkpoint": ckpt_path, "val_loss_before": val_before, "val_loss_after": val_losses[-1][1],
                "train_losses": train_losses, "val_losses": val_losses, "data": sources, "counts": counts,
                "steps": step, "planned_steps": steps, "seconds": seconds, "tokens": tokens,

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from nanogpt_course.model import GPT, GPTConfig
 from nanogpt_course.tokenizer import BPETokenizer, tokenizer_state
 from nanogpt_course import sft
+from nanogpt_course.train import load_checkpoint
 from nanogpt_course.sft import (IGNORE_INDEX, SFTDataset, apply_lora, builtin_instructions, collate, count_parameters,
                                 format_chat, format_prompt, load_alpaca, load_dolly, load_instructions, merge_lora,
                                 stratified_split, tokenize_example, finetune, response_loss, load_sft_model)
@@ -211,7 +212,7 @@ def test_finetune_writes_a_course_checkpoint(enc, tmp_path):
     assert s["counts"]["train_records"] + s["counts"]["val_records"] == 32
     assert set(s["counts"]["val_categories"]) == set(s["counts"]["train_categories"])  # stratified: all 8 in both
     assert [v[0] for v in s["val_losses"]] == [0, 4, 8, 12] and len(s["train_losses"]) == 12
-    ck = torch.load(s["checkpoint"], weights_only=False)
+    ck = load_checkpoint(s["checkpoint"])
     assert ck["kind"] == "sft" and ck["step"] == 12 and set(ck) >= {"model", "config", "tokenizer", "kind", "step"}
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in ck["model"])
     json.loads((tmp_path / "run" / "summary.json").read_text())  # the summary is JSON
@@ -230,7 +231,7 @@ def test_finetune_with_lora_saves_merged_weights(enc, tmp_path):
     base = tiny_model(enc)
     s = finetune((base, enc), "builtin", tmp_path, steps=6, batch_size=4, lr=1e-2, lora_r=2,
                  lora_targets=("c_attn", "c_fc"), progress=False)
-    ck = torch.load(s["checkpoint"], weights_only=False)
+    ck = load_checkpoint(s["checkpoint"])
     assert not any("lora_" in k for k in ck["model"]) and ck["lora"]["r"] == 2
     assert s["trainable_params"] < s["total_params"] / 5
     assert any("lora_B" in k for k in ck["lora"]["adapters"])
@@ -261,7 +262,7 @@ def test_cli_end_to_end_and_errors(enc, tmp_path):
     assert "val loss on response tokens" in r.stdout and "dolly.jsonl:33: malformed JSON" in r.stderr
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert s["counts"]["records"] == 34 and s["steps"] == 4 and s["lora"]["targets"] == ["c_attn", "c_proj"]
-    assert torch.load(tmp_path / "out" / "sft.pt", weights_only=False)["kind"] == "sft"
+    assert load_checkpoint(tmp_path / "out" / "sft.pt")["kind"] == "sft"
     r = run_cli(["--init", "base.pt", "--data", "nothere.jsonl", "--out", "out2"], tmp_path)
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
     r = run_cli(["--init", "base.pt", "--data", "builtin", "--out", "out3", "--lora-r", "2", "--lora-targets", "q_proj",
@@ -282,7 +283,7 @@ def test_finetune_from_a_hugging_face_gpt2_directory(tmp_path):
     transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "hf")
     s = finetune(str(tmp_path / "hf"), "builtin", tmp_path / "run", steps=3, batch_size=2, lr=1e-3, eval_batches=1,
                  progress=False)
-    ck = torch.load(s["checkpoint"], weights_only=False)
+    ck = load_checkpoint(s["checkpoint"])
     assert ck["kind"] == "sft" and ck["tokenizer"] == "gpt2" and ck["config"]["block_size"] == 64
     assert s["counts"]["train"]["examples"] > 0
 
