@@ -156,9 +156,10 @@ def figure_png(fig, dpi:int=90) -> bytes:
 
 def prompt_attention(model, enc, ids:list, layer:int=0, head:int=0, max_tokens:int=48):
     "Attention matrix and heatmap for the last `max_tokens` prompt tokens: returns `(att, fig)`."
-    ids = list(ids)[-min(max_tokens, model.config.block_size):]
+    full = list(ids)
+    ids = full[-min(max_tokens, model.config.block_size):]
     att = attention_matrix(model, ids, layer, head)
-    cut = " (last tokens)" if len(ids) == max_tokens else ""
+    cut = " (last tokens)" if len(ids) < len(full) else ""  # said only when the prompt really was cropped
     return att, attention_figure(att, [token_text(enc, i) for i in ids], f"layer {layer}, head {head}{cut}")
 
 # %% ../nbs/08_playground.ipynb #cc9b5653
