@@ -11,16 +11,24 @@ Five ways to score the same examples, so that each saving shows on its own:
     python benchmarks/bench_hellaswag.py --preset gpt2 --tokenizer gpt2 --n 40 --repeats 2   # GPT-2 124M's shape: ~5 min
     python benchmarks/bench_hellaswag.py --preset mini --tokenizer 4096 --n 200 --ctx-words 16 --end-words 3
                                                         # the main job's own evaluation (model, vocabulary, question set)
+    python benchmarks/bench_hellaswag.py --dtype bfloat16   # every mode under bf16 autocast (pays on CPUs with AMX)
 
 Data: a HellaSwag-format set built from held-out text of tinyshakespeare (`make_mc_examples`; by default contexts of
 30 words and endings of 12); this machine has no HellaSwag to measure on.
 Each mode runs in its own process so that its peak memory (ru_maxrss) is its own. Wall-clock examples/s is what a
 user sees; examples per CPU-second is printed too because on a shared machine it is the steadier of the two.
-Set BENCH_THREADS=1 for one torch thread per run."""
+Set BENCH_THREADS=1 for one torch thread per run. With --dtype bfloat16 every mode, the reference loop included, runs under
+bf16 autocast (`hellaswag.eval_autocast`), so that each ratio compares like with like."""
 import argparse, dataclasses, json, os, resource, subprocess, sys, tempfile, time
 from pathlib import Path
 import torch
 import torch.nn.functional as F
+
+
+def cpu_has_amx() -> str:
+    "yes/no from the amx_bf16 flag of /proc/cpuinfo (Linux), else unknown."
+    try: return "yes" if " amx_bf16" in Path("/proc/cpuinfo").read_text() else "no"
+    except OSError: return "unknown"
 
 
 def build(work: Path, args):
@@ -52,7 +60,7 @@ def reference_eval(model, enc, examples):
         tokens = torch.zeros((4, T), dtype=torch.long); mask = torch.zeros((4, T))
         for i, (r, n) in enumerate(rows):
             tokens[i, :len(r)] = torch.tensor(r); mask[i, len(r) - n:len(r)] = 1
-        logits = model(tokens)[0]
+        logits = model(tokens)[0].float()  # (4, T, V); under bf16 autocast the forward is bf16, the loss float32
         losses = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1), reduction="none").view(4, -1)
         m = mask[:, 1:]
         avg = (losses * m).sum(1) / m.sum(1)
@@ -64,14 +72,15 @@ MODES = {"reference": None, "rows1": dict(pack=False, batch_size=1), "rowsB": di
          "one": dict(batch_size=1), "batched": {}}
 
 
-def child(work: Path, mode: str, batch_size: int):
+def child(work: Path, mode: str, batch_size: int, dtype: str):
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     from nanogpt_course import hellaswag as H
     from nanogpt_course.train import load_model
     model, enc = load_model(work / "model.pt")
     ex = H.load_hellaswag(path=work / "examples.jsonl")
-    with torch.no_grad():
-        kw = {"batch_size": batch_size, **(MODES[mode] or {})}
+    amp = H.eval_autocast("cpu", dtype)
+    with torch.no_grad(), amp:
+        kw = {"batch_size": batch_size, "dtype": dtype, **(MODES[mode] or {})}
         run = (lambda e: reference_eval(model, enc, e)) if mode == "reference" else \
               (lambda e: [p["pred_norm"] for p in H.evaluate(model, enc, e, **kw)["predictions"]])
         run(ex[:8])  # warm-up
@@ -89,20 +98,23 @@ def main():
     p.add_argument("--tokenizer", default="1024", help="a BPE vocabulary size trained here (default 1024), or gpt2 (50,257)")
     p.add_argument("--ctx-words", type=int, default=30, help="words of context per example (default 30)")
     p.add_argument("--end-words", type=int, default=12, help="words per ending (default 12)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="precision of every mode (default float32)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each mode, best kept (default 3)")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.child: return child(Path(args.child[0]), args.child[1], args.batch_size)
+    if args.child: return child(Path(args.child[0]), args.child[1], args.batch_size, args.dtype)
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         model, enc = build(work, args)
         print(f"model: preset {args.preset}, {model.num_params():,} parameters, vocab {enc.n_vocab:,}; {args.n} examples "
               f"({args.ctx_words}-word contexts, {args.end_words}-word endings); "
-              f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+              f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; {args.dtype}, "
+              f"CPU bf16 matrix units (AMX): {cpu_has_amx()}")
         res = {}
         for _ in range(args.repeats):  # round robin, best of N: the CPU is shared, so take each mode's least-disturbed run
             for mode in MODES:
-                subprocess.run([sys.executable, __file__, "--child", str(work), mode, "--batch-size", str(args.batch_size)], check=True)
+                subprocess.run([sys.executable, __file__, "--child", str(work), mode, "--batch-size", str(args.batch_size),
+                                "--dtype", args.dtype], check=True)
                 r = json.loads((work / f"{mode}.json").read_text())
                 if mode not in res or r["secs"] < res[mode]["secs"]: res[mode] = r
     for k in ("rows1", "rowsB", "one"):

@@ -16,3 +16,8 @@ python benchmarks/bench_hellaswag.py --preset gpt2 --tokenizer gpt2 --n 40 --rep
 # and the main job's own evaluation: its model size, its 4,096-token vocabulary, its short held-out questions
 echo "== benchmarks/bench_hellaswag.py --preset mini --tokenizer 4096 --n 200 --ctx-words 16 --end-words 3"
 python benchmarks/bench_hellaswag.py --preset mini --tokenizer 4096 --n 200 --ctx-words 16 --end-words 3 2>&1 | tee benchmarks/results/bench_hellaswag_mini.txt
+# the three again in bf16 (every mode under bf16 autocast): on a CPU with AMX, bf16 matrix units that batching can feed
+echo "== benchmarks/bench_hellaswag.py --dtype bfloat16 (three settings)"
+python benchmarks/bench_hellaswag.py --dtype bfloat16 2>&1 | tee benchmarks/results/bench_hellaswag_bf16.txt
+python benchmarks/bench_hellaswag.py --dtype bfloat16 --preset gpt2 --tokenizer gpt2 --n 40 --repeats 2 2>&1 | tee benchmarks/results/bench_hellaswag_gpt2_bf16.txt
+python benchmarks/bench_hellaswag.py --dtype bfloat16 --preset mini --tokenizer 4096 --n 200 --ctx-words 16 --end-words 3 2>&1 | tee benchmarks/results/bench_hellaswag_mini_bf16.txt

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_hellaswag.ipynb #3e273049
 from __future__ import annotations
-import os, re, sys, json, math, inspect, time, random, shutil, argparse, urllib.request, urllib.error
+import os, re, sys, json, math, inspect, contextlib, time, random, shutil, argparse, urllib.request, urllib.error
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 __all__ = ['HELLASWAG_URLS', 'HF_DATASET', 'default_cache_dir', 'parse_example', 'read_jsonl', 'download_hellaswag',
            'load_hf_hellaswag', 'load_hellaswag', 'preprocess', 'example_text', 'render_example', 'model_block_size',
            'model_logits', 'make_rows', 'token_logprobs', 'score_rows', 'pack_example', 'fits_packed', 'score_packed',
-           'can_pack', 'evaluate', 'make_mc_examples', 'cli']
+           'can_pack', 'eval_autocast', 'evaluate', 'make_mc_examples', 'cli']
 
 # %% ../nbs/06_hellaswag.ipynb #84c10fa7
 HELLASWAG_URLS = {  # the files of the paper's repository, rowanz/hellaswag; everyone reports `validation`
@@ -265,9 +265,11 @@ def score_packed(model,       # the course's GPT (needs `hidden_states(idx, pos=
     causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
     see = causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))  # (R, T, T)
     mask = see[:, None]  # (R, 1, T, T) bool: what every SDPA backend takes, in any compute dtype (bf16 autocast on a GPU)
-    if device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
-        # on a CPU, an additive mask (0 or -inf) in the model's dtype, made once: SDPA would convert a bool mask in every layer
-        mask = torch.zeros(mask.shape, dtype=next(inner.parameters()).dtype).masked_fill_(~mask, float("-inf"))
+    if device.type == "cpu":
+        # on a CPU, an additive mask (0 or -inf) made once in the dtype attention runs in (autocast's under autocast,
+        # else the model's): SDPA would convert a bool mask in every layer
+        dt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else next(inner.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dt).masked_fill_(~mask, float("-inf"))
     h = inner.hidden_states(idx, pos=pos, attn_mask=mask)  # (R, T, C); the head dimension broadcasts
     r = torch.tensor([i for i, p in enumerate(packed) for _ in p[3]], device=device)           # (N,) which row
     where, tgt, k = torch.tensor([s for p in packed for s in p[3]], device=device).unbind(1)  # (N,) each
@@ -289,6 +291,16 @@ def can_pack(model) -> bool:
     f = getattr(inner, "hidden_states", None)
     return f is not None and hasattr(inner, "lm_head") and "attn_mask" in inspect.signature(f).parameters
 
+def eval_autocast(device, # where the forward passes run
+                  dtype: str = "auto" # "auto" (bf16 on CUDA, as in training), "float32" or "bfloat16" (any device)
+                 ):
+    "The autocast context `evaluate` scores under: bf16 autocast, or none (float32, or whatever dtype the model is in)."
+    if dtype not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {dtype!r}")
+    device = torch.device(device)
+    bf16 = dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
 def evaluate(model,              # a GPT (or a Hugging Face causal LM); put in eval mode for the call, then restored
              enc,                # the model's tokenizer (tiktoken.Encoding)
              examples: list[dict], # HellaSwag-schema records (`load_hellaswag`, `make_mc_examples`)
@@ -298,16 +310,18 @@ def evaluate(model,              # a GPT (or a Hugging Face causal LM); put in e
              world_size: int | None = None, # number of shares; torch.distributed's world size when None (1 without it)
              progress: bool = False, # a tqdm bar (on rank 0 only)
              style: str = "nanogpt", # how the text is shown to the model, see `example_text`
-             pack: bool = True       # one packed row per example (`score_packed`) where the model and lengths allow
+             pack: bool = True,      # one packed row per example (`score_packed`) where the model and lengths allow
+             dtype: str = "auto"     # "auto": bf16 autocast on CUDA, float32 elsewhere; "bfloat16" anywhere (`eval_autocast`)
             ) -> dict:
     "Score every ending by its log-likelihood; return acc, acc_norm, acc_norm_bytes, n and per-example predictions."
     if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not examples: raise ValueError("no examples to evaluate")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    amp = eval_autocast(device, dtype)
     dist = _dist()
     rank = (dist.get_rank() if dist else 0) if rank is None else rank
     world_size = (dist.get_world_size() if dist else 1) if world_size is None else world_size
     if not 0 <= rank < world_size: raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
     block_size = model_block_size(model)
     N = len(examples)
     mine = list(range(rank, N, world_size))  # strided shares: every rank gets the same mix of short and long examples
@@ -329,8 +343,9 @@ def evaluate(model,              # a GPT (or a Hugging Face causal LM); put in e
             from tqdm.auto import tqdm
             batches = tqdm(batches, desc="hellaswag", unit="batch")
         for is_packed, b in batches:
-            if is_packed: s, c = score_packed(model, [toks[i] for i in b], device)
-            else: s, c = score_rows(model, [r for i in b for r in rows[i]], device)
+            with amp:
+                if is_packed: s, c = score_packed(model, [toks[i] for i in b], device)
+                else: s, c = score_rows(model, [r for i in b for r in rows[i]], device)
             sums[b], counts[b] = s.view(-1, 4), c.view(-1, 4).double()
     finally: model.train(was_training)
     if dist is not None and world_size > 1:  # every rank ends with every example's scores; the counts follow from them
@@ -414,6 +429,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
     g = p.add_argument_group("scoring")
     g.add_argument("--batch-size", type=int, default=8, help="examples per forward pass (default 8)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="auto: bf16 autocast on CUDA, float32 elsewhere; bfloat16 anywhere (fast on CPUs with AMX)")
     g.add_argument("--style", default="nanogpt", choices=["nanogpt", "harness"], help="text as given (nanogpt) or cleaned as lm-evaluation-harness does")
     g = p.add_argument_group("output")
     g.add_argument("--json", default=None, help="write the results (with per-example predictions) to this JSON file")
@@ -446,7 +463,8 @@ def cli(argv: list[str] | None = None # e.g. ["hellaswag", "--model", "gpt2"]; `
         model, enc = _load_model(args.model, device)
         if examples is None: examples = make_mc_examples(text[int(len(text) * (1 - args.heldout)):], enc, args.n, args.seed)
         if args.limit is not None: examples = examples[:args.limit]
-        res = evaluate(model, enc, examples, batch_size=args.batch_size, device=device, progress=not args.no_progress, style=args.style)
+        res = evaluate(model, enc, examples, batch_size=args.batch_size, device=device, progress=not args.no_progress, style=args.style,
+                       dtype=args.dtype)
     except (OSError, ValueError, RuntimeError) as e:  # missing files, bad data, no network: say so, no traceback
         print(f"nanogpt-course eval: error: {e}", file=sys.stderr)
         return 1
@@ -457,7 +475,7 @@ def cli(argv: list[str] | None = None # e.g. ["hellaswag", "--model", "gpt2"]; `
               f"(acc_norm_bytes {res['acc_norm_bytes']:.4f}) in {res['seconds']:.1f}s")
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps({"task": args.task, "model": args.model, "data": data, "style": args.style,
+            Path(args.json).write_text(json.dumps({"task": args.task, "model": args.model, "data": data, "style": args.style, "dtype": args.dtype,
                                                    "world_size": world,
                                                    **res}, indent=1))
     return 0

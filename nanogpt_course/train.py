@@ -474,7 +474,8 @@ def _hellaswag_hook(cfg: TrainConfig, master: bool):
         if master: print(f"warning: cannot load HellaSwag ({e}); skipping it", file=sys.stderr)
         return None
     def run(model, enc, device, rank, world):
-        return hellaswag.evaluate(model, enc, examples, device=str(device), rank=rank, world_size=world)
+        return hellaswag.evaluate(model, enc, examples, device=str(device), rank=rank, world_size=world,
+                                   dtype=cfg.dtype)  # evaluated in the precision it trains in
     return run
 
 # %% ../nbs/04b_pretrain.ipynb #1689f842

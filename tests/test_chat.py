@@ -1,12 +1,13 @@
 """`nanogpt-course chat` (serve.chat_cli): a conversation piped into stdin, streamed answers through the SFT template,
 /reset, /quit, end of input, a context that overflows, and a checkpoint that is not there."""
-import dataclasses, io, subprocess, sys
+import io, subprocess, sys
 
 import pytest, tiktoken, torch
 
 from nanogpt_course.model import GPT, GPTConfig
 from nanogpt_course.serve import SamplingParams, chat_loop
 from nanogpt_course.sft import format_chat
+from helpers import save_course_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +41,8 @@ def run_chat(checkpoint, stdin, *extra):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, enc):
-    from nanogpt_course.train import save_checkpoint
-    from nanogpt_course.tokenizer import tokenizer_state
     model = tiny(enc)
-    path = tmp_path_factory.mktemp("chat") / "sft.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "config": dataclasses.asdict(model.config),
-                           "tokenizer": tokenizer_state(enc), "kind": "sft", "step": 0})
+    path = save_course_checkpoint(tmp_path_factory.mktemp("chat") / "sft.pt", model, enc, "sft")
     return path, model
 
 

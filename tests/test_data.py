@@ -1,15 +1,14 @@
 """Token shards and the loader (nanogpt_course.data): formats, errors that name the file, resume of preparation, DDP slices.
 Self-contained: every test writes its own corpus under tmp_path. GPT-2's encoding comes from tiktoken
 (offline with TIKTOKEN_CACHE_DIR, as scripts/env.sh sets)."""
-import json, os, signal, subprocess, sys, time
+import json, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np
 import pytest
 import tiktoken
 import torch
 
-from nanogpt_course.data import (HEADER_BYTES, ShardError, TokenLoader, cli, iter_documents, prepare, read_header,
-                                 read_shard, shard_files, write_shard)
+from nanogpt_course.data import HEADER_BYTES, ShardError, TokenLoader, cli, prepare, read_header, read_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [f"Document {i}: the quick brown fox {'jumps ' * (i % 5)}over the lazy dog number {i * 7}." for i in range(400)]

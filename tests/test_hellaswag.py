@@ -2,15 +2,16 @@
 batched == one example at a time, the CLI (in process, under torchrun, errors), and the loaders (local HTTP download and
 cache, Hugging Face `datasets` with string labels, malformed lines). Self-contained: a small BPE tokenizer, a tiny GPT
 and HellaSwag-schema files written here."""
-import dataclasses, functools, http.server, json, os, socket, subprocess, sys, threading
+import functools, http.server, json, os, subprocess, sys, threading
 from pathlib import Path
 import pytest
 import torch
 
 from nanogpt_course import hellaswag as H
 from nanogpt_course.model import GPT, GPTConfig
-from nanogpt_course.tokenizer import BPETokenizer, stdlib_corpus, tokenizer_state
-from nanogpt_course.train import load_model, save_checkpoint
+from nanogpt_course.tokenizer import BPETokenizer, stdlib_corpus
+from nanogpt_course.train import load_model
+from helpers import free_port, save_course_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,8 +32,7 @@ def setup(tmp_path_factory):
         opt.zero_grad(); loss.backward(); opt.step()
     model.eval()
     ckpt = d / "tiny.pt"
-    save_checkpoint(ckpt, {"model": model.state_dict(), "config": dataclasses.asdict(model.config),
-                           "tokenizer": tokenizer_state(enc), "kind": "pretrain", "step": 15})
+    save_course_checkpoint(ckpt, model, enc, "pretrain", step=15)
     (d / "corpus.txt").write_text(text, encoding="utf-8")
     # 37 examples: an odd number that 2 ranks cannot split evenly; 17 with contexts long enough to need cropping
     # (scored as four rows), 20 short enough to be scored packed (one row an example)
@@ -46,15 +46,10 @@ def setup(tmp_path_factory):
 
 def _torchrun(args, tmp, nproc=2):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(_free_port())] + args
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port())] + args
     r = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
 
 def test_block_size_cropping_is_exercised(setup):
@@ -93,8 +88,29 @@ def test_packed_equals_four_rows(setup):
         def forward(self, idx): return self.g(idx)[0]
     assert not H.can_pack(LogitsOnly(m)) and H.can_pack(m)
     short = [e for e, f in zip(ex, fits) if f]  # the wrapper hides block_size, so nothing may need cropping
-    other, ours = H.evaluate(LogitsOnly(m), enc, short, batch_size=4), H.evaluate(m, enc, short, batch_size=4)
+    other, ours = H.evaluate(LogitsOnly(m).eval(), enc, short, batch_size=4), H.evaluate(m, enc, short, batch_size=4)
     assert [p["pred_norm"] for p in other["predictions"]] == [p["pred_norm"] for p in ours["predictions"]]
+
+def test_bf16_scores_match_float32(setup):
+    "dtype='bfloat16' (CPU autocast) moves the scores by bf16 rounding only, batched or not, packed or as four rows."
+    m, enc, ex = setup["model"], setup["enc"], setup["examples"]
+    lp = lambda r: torch.tensor([p["logprobs"] for p in r["predictions"]])
+    f32 = H.evaluate(m, enc, ex, batch_size=16)
+    one, many = (H.evaluate(m, enc, ex, batch_size=b, dtype="bfloat16") for b in (1, 16))
+    rows = H.evaluate(m, enc, ex, batch_size=16, dtype="bfloat16", pack=False)
+    for r in (one, many, rows):
+        assert not torch.equal(lp(r), lp(f32))  # autocast really ran
+        assert torch.allclose(lp(r), lp(f32), atol=0.15), (lp(r) - lp(f32)).abs().max()
+    # where float32's per-token averages separate the best ending clearly, bf16 picks the same one, batched or not
+    avg = lp(f32) / torch.tensor([p["n_tokens"] for p in f32["predictions"]])
+    top2 = avg.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1] > 0.05).tolist()
+    assert sum(clear) >= 10
+    for r in (one, many, rows):
+        assert all(p["pred_norm"] == q["pred_norm"] for p, q, c in zip(r["predictions"], f32["predictions"], clear) if c)
+    with pytest.raises(ValueError, match="dtype must be"): H.evaluate(m, enc, ex, dtype="float16")
+    assert next(m.parameters()).dtype == torch.float32  # autocast: the model's own weights stay as they were
+
 
 DDP_SCRIPT = r'''
 import json, sys, torch, torch.distributed as dist
@@ -142,8 +158,12 @@ def test_cli_in_process(setup, tmp_path, capsys):
     assert main(["eval", "hellaswag", "--model", str(setup["ckpt"]), "--data", str(setup["data"]), "--limit", "10",
                  "--no-progress", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert res["n"] == 10 and len(res["predictions"]) == 10 and res["task"] == "hellaswag"
+    assert res["n"] == 10 and len(res["predictions"]) == 10 and res["task"] == "hellaswag" and res["dtype"] == "auto"
     assert f"acc {res['acc']:.4f}" in capsys.readouterr().out
+    assert main(["eval", "hellaswag", "--model", str(setup["ckpt"]), "--data", str(setup["data"]), "--limit", "10",
+                 "--no-progress", "--dtype", "bfloat16", "--json", str(out)]) == 0
+    res16 = json.loads(out.read_text())
+    assert res16["dtype"] == "bfloat16" and res16["predictions"][0]["logprobs"] != res["predictions"][0]["logprobs"]
     # the held-out multiple-choice set of a text file
     assert main(["eval", "mc", "--model", str(setup["ckpt"]), "--text", str(setup["dir"] / "corpus.txt"), "--n", "20",
                  "--no-progress", "--json", str(out)]) == 0
@@ -182,7 +202,7 @@ def test_download_and_cache_over_http(setup, tmp_path):
 
 
 def test_no_network_error_says_how_to_get_the_data(tmp_path, monkeypatch):
-    monkeypatch.setitem(H.HELLASWAG_URLS, "validation", f"http://127.0.0.1:{_free_port()}/hellaswag_val.jsonl")
+    monkeypatch.setitem(H.HELLASWAG_URLS, "validation", f"http://127.0.0.1:{free_port()}/hellaswag_val.jsonl")
     with pytest.raises(RuntimeError, match="could not download HellaSwag validation") as e:
         H.load_hellaswag(cache_dir=tmp_path, source="url")
     assert "--data PATH" in str(e.value) and "source='hf'" in str(e.value)

@@ -63,7 +63,7 @@ def test_save_pretrained_roundtrip(tmp_path, bias):
     ours.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["model_type"] == "gpt2" and cfg["n_positions"] == 40 and cfg["tie_word_embeddings"] is True
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True):  # transformers' notices about the config are not what is tested
         warnings.simplefilter("always")
         hf = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     idx = torch.randint(0, 500, (2, 40))

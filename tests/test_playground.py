@@ -1,9 +1,9 @@
 """The playground's command line, a real course checkpoint through `train.load_model`, and the notebook served by Voilà."""
-import os, shutil, socket, subprocess, sys, time, urllib.request
-from dataclasses import asdict
+import os, shutil, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 import pytest, torch
+from helpers import free_port, save_course_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 NB = ROOT / "nbs" / "08_playground.ipynb"
@@ -30,15 +30,12 @@ def test_cli_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def _course_checkpoint(tmp_path):
     from nanogpt_course.model import GPT, GPTConfig
-    from nanogpt_course.train import save_checkpoint
-    from nanogpt_course.tokenizer import tokenizer_state
     from nanogpt_course.playground import gpt2_encoding
     enc = gpt2_encoding()
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_preset("tiny", vocab_size=enc.n_vocab))
     run = tmp_path / "runs" / "demo" / "pretrain"
-    save_checkpoint(run / "ckpt_000010.pt", dict(model=model.state_dict(), config=asdict(model.config),
-                                                  tokenizer=tokenizer_state(enc), kind="pretrain", step=10))
+    save_course_checkpoint(run / "ckpt_000010.pt", model, enc, "pretrain", step=10)
     return model, run / "ckpt_000010.pt"
 
 def test_cli_names_checkpoints_and_passes_them_on(tmp_path):
@@ -62,9 +59,6 @@ def test_app_on_a_real_checkpoint_found_by_env(tmp_path, monkeypatch):
     want = model.generate(torch.tensor([ids]), 6, temperature=0, eos_token_id=enc.eot_token)[0, len(ids):].tolist()
     assert [s.id for s in app.steps[0]] == want
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
 def _chromium():
     for name in ("chromium", "chromium-browser", "google-chrome"):
@@ -74,7 +68,7 @@ def _chromium():
 @pytest.mark.skipif(shutil.which("voila") is None, reason="Voilà is not installed (pip install voila)")
 def test_voila_serves_the_notebook():
     "Voilà runs the notebook as a page; with Chromium, a headless browser presses Generate and sees tokens arrive."
-    port = _free_port()
+    port = free_port()
     p = subprocess.Popen([shutil.which("voila"), str(NB), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1"],
                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"

@@ -1,12 +1,13 @@
 """The HTTP API of notebook 07 against a real uvicorn server on 127.0.0.1: the official `openai` client,
 every kind of bad input, 64 concurrent requests, a full queue (503 + Retry-After), disconnects, and the CLI."""
-import asyncio, dataclasses, json, os, socket, subprocess, sys, time
+import asyncio, json, subprocess, sys, time
 from pathlib import Path
 
 import httpx, openai, pytest, tiktoken, torch
 
 from nanogpt_course.model import GPT, GPTConfig
 from nanogpt_course.serve import ServerThread, create_app
+from helpers import free_port, save_course_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -325,19 +326,6 @@ def test_web_page_served(server):
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def save_course_checkpoint(path, model, enc, kind):
-    from nanogpt_course.train import save_checkpoint
-    from nanogpt_course.tokenizer import tokenizer_state
-    save_checkpoint(path, {"model": model.state_dict(), "config": dataclasses.asdict(model.config),
-                           "tokenizer": tokenizer_state(enc), "kind": kind, "step": 0})
-
-
 def test_serve_cli_loads_checkpoints(tmp_path, enc):
     sft, base = tmp_path / "sft.pt", tmp_path / "pretrain.pt"
     save_course_checkpoint(sft, tiny_model(enc, seed=0, block_size=128), enc, "sft")

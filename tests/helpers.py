@@ -1,0 +1,18 @@
+"""Small helpers the test files share (imported as `from helpers import ...`: pytest puts tests/ on sys.path)."""
+import dataclasses, socket
+
+
+def free_port() -> int:
+    "A TCP port on 127.0.0.1 that nothing listens on right now (bound, then released)."
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def save_course_checkpoint(path, model, enc, kind: str = "pretrain", step: int = 0):
+    "Save `model` with its tokenizer in the course's checkpoint format (notebook 04b), as the loaders expect it."
+    from nanogpt_course.train import save_checkpoint
+    from nanogpt_course.tokenizer import tokenizer_state
+    save_checkpoint(path, {"model": model.state_dict(), "config": dataclasses.asdict(model.config),
+                           "tokenizer": tokenizer_state(enc), "kind": kind, "step": step})
+    return path
