@@ -431,7 +431,7 @@ def _resolve_data(data, report_sources: list) -> list[dict]:
     if not out: raise ValueError(f"no usable instruction records in {data!r}")
     return out
 
-from .train import load_model, save_checkpoint  # notebook 04: the course's one loader and one atomic save
+from .train import load_model, save_checkpoint, configure_optimizer, make_config  # notebook 04: one loader, one atomic save, one optimizer
 
 def _load_init(init, device):
     if isinstance(init, tuple) and len(init) == 2: return init[0].to(device), init[1]
@@ -493,10 +493,9 @@ def finetune(init,  # base model: course checkpoint / run dir / HF dir / HF id (
     eval_every = eval_every or max(1, steps // 5)
     if lora_r > 0: apply_lora(model, lora_r, lora_alpha, tuple(lora_targets), lora_dropout, verbose=progress)
     trainable, total = count_parameters(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
+    params = [p for p in model.parameters() if p.requires_grad]  # what is trained (LoRA: the adapters only), and clipped
+    # notebook 04's optimizer: decay on 2-D weights only, betas (0.9, 0.95), fused on CUDA; only what requires_grad (LoRA)
+    opt = configure_optimizer(model, make_config(None, lr=lr, weight_decay=weight_decay), torch.device(device).type)
     out_dir = Path(out_dir)
     if save: out_dir.mkdir(parents=True, exist_ok=True)
     log = open(out_dir / "sft_log.jsonl", "w") if save else None
