@@ -579,7 +579,8 @@ def generate_response(model,  # a GPT
                       top_k: int | None = None,  # sample from the k most likely tokens
                       top_p: float | None = None,  # nucleus sampling
                       seed: int | None = None,  # for reproducible sampling
-                     ) -> str:
+                      with_stop: bool = False,  # also return whether the answer ended with `<|endoftext|>`
+                     ) -> str | tuple[str, bool]:
     "The model's answer to `instruction` in the course's prompt template (text before `<|endoftext|>`)."
     ids = enc.encode_ordinary(format_prompt(instruction, context))
     room = model.config.block_size - len(ids)
@@ -593,8 +594,10 @@ def generate_response(model,  # a GPT
                          top_k=top_k, top_p=top_p, eos_token_id=enc.eot_token, generator=gen)
     model.train(was_training)
     new = out[0, len(ids):].tolist()
-    if enc.eot_token in new: new = new[:new.index(enc.eot_token)]
-    return enc.decode(new).strip()
+    stop = enc.eot_token in new
+    if stop: new = new[:new.index(enc.eot_token)]
+    text = enc.decode(new).strip()
+    return (text, stop) if with_stop else text
 
 # %% ../nbs/05_sft.ipynb #e688f412
 def cli(argv: list[str] | None = None) -> int:
@@ -661,13 +664,9 @@ def answer_table(models: dict,  # name -> (model, enc)
     for rec in records:
         row = {"category": rec["category"], "instruction": rec["instruction"], "reference": rec["response"]}
         for name, (m, e) in models.items():
-            ids = e.encode_ordinary(format_prompt(rec["instruction"], rec["context"]))
-            n = min(max_new_tokens, m.config.block_size - len(ids))
-            if n < 1: row[name], row[name + "_stop"] = "(prompt too long)", False; continue
-            out = m.generate(torch.tensor([ids]), n, temperature=0.0, eos_token_id=e.eot_token)[0, len(ids):].tolist()
-            stop = e.eot_token in out
-            row[name] = e.decode(out[:out.index(e.eot_token)] if stop else out).strip()
-            row[name + "_stop"] = stop
+            try: row[name], row[name + "_stop"] = generate_response(m, e, rec["instruction"], rec["context"],
+                                                                     max_new_tokens, with_stop=True)  # greedy
+            except ValueError: row[name], row[name + "_stop"] = "(prompt too long)", False
         rows.append(row)
     clip = lambda s: (s.replace("\n", " / ")[:width] + ("..." if len(s) > width else ""))
     for r in rows:

@@ -297,3 +297,16 @@ def test_generate_response_refuses_a_prompt_that_fills_the_context(enc):
     new = model.generate(torch.tensor([ids]), 3, temperature=0, eos_token_id=enc.eot_token)[0, len(ids):].tolist()
     want = enc.decode(new[:new.index(enc.eot_token)] if enc.eot_token in new else new).strip()  # greedy, cut at eot, trimmed
     assert out == want
+    text, stopped = sft.generate_response(model, enc, "Q?", max_new_tokens=3, with_stop=True)
+    assert text == want and stopped == (enc.eot_token in new)
+
+
+def test_answer_table_uses_generate_response(enc, capsys):
+    "Each model's greedy answer and stop flag come from generate_response; a prompt that fills the context is a row, not a crash."
+    model = tiny_model(enc, block_size=32)
+    recs = [{"category": "open_qa", "instruction": "Q?", "context": "", "response": "A."},
+            {"category": "summarization", "instruction": "word " * 40, "context": "", "response": "short"}]
+    rows = sft.answer_table({"m": (model, enc)}, recs, max_new_tokens=3)
+    assert (rows[0]["m"], rows[0]["m_stop"]) == sft.generate_response(model, enc, "Q?", max_new_tokens=3, with_stop=True)
+    assert rows[1]["m"] == "(prompt too long)" and rows[1]["m_stop"] is False
+    assert "[summarization]" in capsys.readouterr().out
