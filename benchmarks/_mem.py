@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: peak memory (Linux: resettable VmHWM; elsewhere ru_maxrss), and the flags, banner and loop over vocabulary sizes of the comparisons with transformers."""
+"""Helpers shared by the benchmarks: peak memory (Linux: resettable VmHWM; elsewhere ru_maxrss), the flags, banner and loop over vocabulary sizes of the comparisons with transformers, and whether the CPU has bf16 matrix units."""
 import gc, os, resource
 
 def _status(field):
@@ -40,3 +40,9 @@ def torch_vs_transformers_banner(threads: int):
     transformers.logging.set_verbosity_error(); warnings.filterwarnings("ignore")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} thread(s), "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+
+def cpu_has_amx() -> str:
+    "yes/no from the amx_bf16 flag of /proc/cpuinfo (Linux: bf16 matrix units, Intel AMX), else unknown."
+    try:
+        with open("/proc/cpuinfo") as f: return "yes" if " amx_bf16" in f.read() else "no"
+    except OSError: return "unknown"

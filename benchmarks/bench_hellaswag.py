@@ -23,12 +23,7 @@ import argparse, dataclasses, json, os, resource, subprocess, sys, tempfile, tim
 from pathlib import Path
 import torch
 import torch.nn.functional as F
-
-
-def cpu_has_amx() -> str:
-    "yes/no from the amx_bf16 flag of /proc/cpuinfo (Linux), else unknown."
-    try: return "yes" if " amx_bf16" in Path("/proc/cpuinfo").read_text() else "no"
-    except OSError: return "unknown"
+from _mem import cpu_has_amx  # helpers shared by the benchmarks
 
 
 def build(work: Path, args):

@@ -8,9 +8,9 @@ putting 16 in one pass cannot make scoring faster.
 bf16 pays only on CPUs with bf16 matrix units (Intel AMX: `amx_bf16` in /proc/cpuinfo); elsewhere it may be slower.
 On a shared virtual machine the bf16 rates vary a lot from run to run (the float32 ones much less): run it twice."""
 import os, time
-from pathlib import Path
 import torch
 import torch.nn.functional as F
+from _mem import cpu_has_amx  # helpers shared by the benchmarks
 
 
 def rate(M, K, N, dtype, min_s=0.3):
@@ -36,8 +36,7 @@ def best_rates(shapes, rows, dtypes, rounds):
 
 
 def main():
-    try: amx = "yes" if " amx_bf16" in Path("/proc/cpuinfo").read_text() else "no"
-    except OSError: amx = "unknown"
+    amx = cpu_has_amx()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 matrix units (AMX): {amx}")
     layers = {"small (128 wide)": [(128, 384), (128, 512), (512, 128)],

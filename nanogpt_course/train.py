@@ -299,6 +299,8 @@ def train(cfg: TrainConfig,        # the run
     from tqdm.auto import tqdm
     from nanogpt_course.tokenizer import tokenizer_state
     if not cfg.data: raise ValueError("no data: pass data=FOLDER (from `nanogpt-course prepare`)")
+    if cfg.dtype not in ("auto", "float32", "bfloat16"):  # before any work: a typo must not train in float32 silently
+        raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {cfg.dtype!r}")
     if not Path(cfg.data).exists():
         raise FileNotFoundError(f"data folder {cfg.data} does not exist; make it with `nanogpt-course prepare SOURCE --out {cfg.data}`")
     rank, local_rank, world, device = setup_distributed(cfg.device)
@@ -465,10 +467,7 @@ def sample_text(model: GPT, enc, prompt: str="\n", max_new_tokens: int=48, devic
 def _hellaswag_hook(cfg: TrainConfig, master: bool):
     "A function (model, enc, device, rank, world) -> result dict, or None when the evaluation is off or unavailable."
     if not cfg.hellaswag_every: return None
-    try: from nanogpt_course import hellaswag
-    except ImportError:
-        if master: print("warning: nanogpt_course.hellaswag is not available; skipping the HellaSwag evaluation", file=sys.stderr)
-        return None
+    from nanogpt_course import hellaswag  # notebook 06, imported only when asked for
     try: examples = hellaswag.load_hellaswag(path=cfg.hellaswag)
     except Exception as e:
         if master: print(f"warning: cannot load HellaSwag ({e}); skipping it", file=sys.stderr)
@@ -543,7 +542,7 @@ _HELP = dict(
     weight_decay="AdamW weight decay (2-D parameters only)", beta1="AdamW beta1", beta2="AdamW beta2", grad_clip="gradient-norm clip (0: off)",
     eval_every="validation loss every N steps", eval_batches="batches per validation estimate", sample_every="samples every M steps",
     sample_prompt="prompt for samples", sample_tokens="tokens per sample", save_every="checkpoint every K steps", keep_last="checkpoints kept",
-    hellaswag_every="HellaSwag-format evaluation every N steps (needs nanogpt_course.hellaswag)", hellaswag="HellaSwag jsonl file",
+    hellaswag_every="HellaSwag-format evaluation every N steps (notebook 06; 0: never)", hellaswag="HellaSwag jsonl file",
     compile="torch.compile the model", device="auto, cpu, cuda or mps", dtype="auto (bf16 on CUDA), float32 or bfloat16", seed="random seed",
     max_time="stop and save after this many seconds", stop_after="stop and save after this step", progress="progress bar")
 _GROUPS = {"model": ["model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "vocab_size"],

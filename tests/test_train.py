@@ -143,10 +143,13 @@ def test_cli(data, capsys):
                  *_flags({**RUN, "max_steps": 2})]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
     with pytest.raises(SystemExit): main(["pretrain", "--preset", "nope", "--data", "x"])
+    with pytest.raises(ValueError, match="dtype must be"):  # refused before anything is written
+        pretrain(data / "data", out_dir=data / "bad-dtype", dtype="float16", **RUN)
+    assert not (data / "bad-dtype").exists()
 
 
-def test_hellaswag_hook(data, tmp_path, capsys):
-    "--hellaswag-every N evaluates a HellaSwag-schema file during training and logs it; skipped with a message if the module is absent."
+def test_hellaswag_hook(data, tmp_path):
+    "--hellaswag-every N evaluates a HellaSwag-schema file during training and logs it (in the run's dtype)."
     rows = [dict(ind=i, activity_label="x", ctx_a="the cat", ctx_b="sat on", ctx="the cat sat on", split="val", split_type="indomain",
                  source_id=str(i), endings=["a mat.", "the dog ran.", "its home.", "every bird."], label=i % 4) for i in range(8)]
     (tmp_path / "hs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
