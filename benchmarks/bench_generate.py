@@ -13,7 +13,7 @@ By default it runs the `mini` preset twice: with GPT-2's 50,257-token vocabulary
     python benchmarks/bench_generate.py                           # mini, vocab 50257 and 4096, 1 thread
     python benchmarks/bench_generate.py --preset small --new-tokens 100 --vocab-sizes 50257 --threads 2
 """
-import argparse, os, sys, tempfile, time, warnings
+import argparse, os, sys, tempfile, time
 import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from _mem import reset_peak, peak_rss, mib, run_per_vocab

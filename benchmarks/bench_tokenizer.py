@@ -6,7 +6,7 @@
 Every ratio compares two things measured in this run, on the same text. The naive trainer (recount all pairs
 before each merge) would take many minutes for a whole vocabulary, so it runs a fixed number of merges, and we
 compare it with the fast trainer doing the same merges (and check they are the same merges)."""
-import argparse, gc, os, resource, sys, time
+import argparse, os, resource, sys, time
 
 from nanogpt_course.tokenizer import BPETokenizer, split_text, stdlib_corpus, train_bpe, train_bpe_naive
 from collections import Counter
@@ -46,7 +46,7 @@ def main(argv=None):
     print(f"corpus: {name}, {mb:.2f} MB; python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print("times are wall-clock; (cpu ...) is this process's CPU time, steadier when other jobs share the CPUs")
 
-    print(f"\n== training ==")
+    print("\n== training ==")
     s_fast, tok, m_fast = measure(lambda: BPETokenizer.train(text, a.vocab_size), label="fast")
     n_merges = len(tok.merges)
     print(f"fast trainer:  {a.vocab_size:,}-token vocabulary ({n_merges:,} merges) in {s_fast:.2f}s (cpu {CPU['fast']:.2f}s), peak RSS {m_fast:,.0f} MiB")
@@ -67,8 +67,6 @@ def main(argv=None):
           f"  are somewhat cheaper because the corpus gets shorter; most of the fast time is the one-off pre-tokenization)")
 
     print(f"\n== encoding ({name}) ==")
-    enc = tok.to_tiktoken()
-    rows = []
     def cold(t):
         t._cache.clear(); return t.encode_ordinary(text)
     for label, t in [(f"trained {tok.n_vocab}", tok), ("gpt2", BPETokenizer.gpt2())]:

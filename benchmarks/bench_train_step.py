@@ -13,7 +13,7 @@ it are most of the work) and with a 4,096-token vocabulary (notebook 00's tokeni
     python benchmarks/bench_train_step.py                 # preset "small", batch 8 x 128 tokens, 1 thread
     python benchmarks/bench_train_step.py --preset mini --batch-size 4 --vocab-sizes 50257 --threads 2
 """
-import argparse, os, sys, tempfile, time, warnings
+import argparse, os, sys, tempfile, time
 import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from _mem import reset_peak, peak_rss, mib, run_per_vocab

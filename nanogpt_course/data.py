@@ -8,9 +8,9 @@ __all__ = ['MAGIC', 'VERSION', 'HEADER_BYTES', 'FINEWEB_EDU', 'ShardError', 'dty
            'cli']
 
 # %% ../nbs/04a_data.ipynb #07547f5a
-import os, sys, json, glob, zlib, struct, time, socket, itertools, argparse
+import os, sys, json, zlib, struct, time, socket, itertools, argparse
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 import numpy as np
 from .tokenizer import stdlib_documents  # notebook 00: the prose that ships with Python, one document at a time
 

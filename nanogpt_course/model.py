@@ -5,7 +5,7 @@
 # %% ../nbs/03_model.ipynb #ff38e92a
 from __future__ import annotations
 import json, math, os, warnings
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
 import torch

@@ -6,7 +6,7 @@
 __all__ = ['SHOWCASE', 'choose_corpus', 'seconds_per_step', 'plan_steps', 'default_out_dir', 'run', 'report', 'serve_run', 'cli']
 
 # %% ../nbs/09_pipeline.ipynb #6c6f6c49
-import os, sys, json, time, math, argparse
+import os, sys, json, time, argparse
 from pathlib import Path
 import torch
 from .tokenizer import BPETokenizer, get_tokenizer

@@ -8,7 +8,7 @@ __all__ = ['APIError', 'SamplingParams', 'parse_sampling', 'render_chat', 'encod
            'chat_loop', 'chat_cli']
 
 # %% ../nbs/07_serve.ipynb #c62cfd30
-import argparse, asyncio, codecs, json, math, os, queue, socket, sys, threading, time, uuid
+import argparse, asyncio, codecs, json, math, queue, socket, sys, threading, time, uuid
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import torch

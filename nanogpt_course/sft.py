@@ -241,7 +241,6 @@ def instruction_data(source: str = "auto",  # "auto", "dolly", "alpaca" (the NAN
 
 # %% ../nbs/05_sft.ipynb #8e55b891
 import torch
-import torch.nn.functional as F
 
 IGNORE_INDEX = -100  # GPT's cross-entropy ignores these targets
 

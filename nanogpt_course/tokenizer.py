@@ -35,10 +35,10 @@ def stdlib_documents(max_chars: int = 2_000_000 # stop after this many character
                     yield doc; total += len(doc)
                     if total >= max_chars: return
 
-def stdlib_corpus(max_bytes: int = 1_200_000, # stop once the text is this long
+def stdlib_corpus(max_chars: int = 1_200_000, # stop once the text is this many characters long
                  ) -> str:
     "The same prose as one string, documents separated by a blank line: a corpus with no download."
-    return "\n\n".join(stdlib_documents(max_chars=max_bytes))
+    return "\n\n".join(stdlib_documents(max_chars=max_chars))
 
 # %% ../nbs/00_tokenizer.ipynb #2f6c174a
 # The split pattern of tiktoken's "gpt2" encoding: contractions, letters, digits, other symbols, whitespace.

@@ -9,7 +9,7 @@ __all__ = ['RESUME_KEYS', 'TRAIN_PRESETS', 'PEAK_FLOPS', 'TrainConfig', 'make_co
            'sample_text', 'read_log', 'plot_log', 'pretrain', 'cli']
 
 # %% ../nbs/04b_pretrain.ipynb #959bcdc6
-import os, sys, json, math, time, random, argparse, contextlib, dataclasses, re
+import os, sys, json, math, time, random, argparse, contextlib, re
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import numpy as np
@@ -297,7 +297,6 @@ def train(cfg: TrainConfig,        # the run
          ) -> dict:
     "Pretrain a GPT as `cfg` says, on one process or under torchrun; returns a summary (rank 0 writes summary.json)."
     from tqdm.auto import tqdm
-    from nanogpt_course.tokenizer import tokenizer_state
     if not cfg.data: raise ValueError("no data: pass data=FOLDER (from `nanogpt-course prepare`)")
     if cfg.dtype not in ("auto", "float32", "bfloat16"):  # before any work: a typo must not train in float32 silently
         raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {cfg.dtype!r}")
@@ -488,7 +487,7 @@ def plot_log(path: str | Path,      # log.jsonl or the run folder
              save: str | Path | None=None, # write a PNG here too
              title: str | None=None):
     "Loss curves (and HellaSwag accuracy if logged) from a run's log; returns the matplotlib figure."
-    import matplotlib; import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt
     recs = read_log(path)
     tr = [(r["step"], r["loss"]) for r in recs if "loss" in r]
     va = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]

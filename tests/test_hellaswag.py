@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def setup(tmp_path_factory):
     "A 320-token BPE, a tiny GPT trained for a few steps (so its choices are not all ties), its checkpoint, data files."
     d = tmp_path_factory.mktemp("hellaswag")
-    text = stdlib_corpus(max_bytes=150_000)
+    text = stdlib_corpus(max_chars=150_000)
     enc = BPETokenizer.train(text[:60_000], 320).to_tiktoken()
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_preset("tiny", vocab_size=enc.n_vocab, n_embd=32))
