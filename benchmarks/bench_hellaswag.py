@@ -12,6 +12,8 @@ Five ways to score the same examples, so that each saving shows on its own:
     python benchmarks/bench_hellaswag.py --preset mini --tokenizer 4096 --n 200 --ctx-words 16 --end-words 3
                                                         # the main job's own evaluation (model, vocabulary, question set)
     python benchmarks/bench_hellaswag.py --dtype bfloat16   # every mode under bf16 autocast (pays on CPUs with AMX)
+    python benchmarks/bench_hellaswag.py --preset mini --tokenizer 4096 --n 200 --ctx-words 16 --end-words 3 --profile
+                                                        # where the time goes, batch 1 against batch B (torch.profiler)
 
 Data: a HellaSwag-format set built from held-out text of tinyshakespeare (`make_mc_examples`; by default contexts of
 30 words and endings of 12); this machine has no HellaSwag to measure on.
@@ -85,6 +87,30 @@ def child(work: Path, mode: str, batch_size: int, dtype: str):
     (work / f"{mode}.json").write_text(json.dumps(dict(preds=preds, secs=secs, cpu=cpu, n=len(ex), peak_mib=rss)))
 
 
+def profile(args, top: int = 8):
+    "Where the time goes: self CPU time per example of each operator, evaluate at batch 1 and at batch B, in this process."
+    from torch.profiler import profile as torch_profile, ProfilerActivity
+    from nanogpt_course import hellaswag as H
+    with tempfile.TemporaryDirectory() as d:
+        model, enc = build(Path(d), args)
+        ex = H.load_hellaswag(path=Path(d) / "examples.jsonl")
+    B, per_ex = args.batch_size, {}
+    for bs in (1, B):
+        H.evaluate(model, enc, ex[:8], batch_size=bs, dtype=args.dtype)  # warm-up
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            H.evaluate(model, enc, ex, batch_size=bs, dtype=args.dtype)
+        per_ex[bs] = {e.key: e.self_cpu_time_total / 1e3 / len(ex) for e in prof.key_averages()}  # ms per example
+    print(f"model: preset {args.preset}, {model.num_params():,} parameters, vocab {enc.n_vocab:,}; {len(ex)} examples; "
+          f"{args.dtype}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    tot = {bs: sum(v.values()) for bs, v in per_ex.items()}
+    print(f"{'operator (self CPU time)':<52} {'ms/ex, batch 1':>14} {f'batch {B}':>10} {'1 / ' + str(B):>7} {f'share at {B}':>11}")
+    for op in sorted(per_ex[B], key=per_ex[B].get, reverse=True)[:top]:
+        a, b = per_ex[1].get(op, 0.0), per_ex[B][op]
+        print(f"{op[:52]:<52} {a:>14.3f} {b:>10.3f} {a / b:>6.2f}x {b / tot[B]:>10.0%}")
+    print(f"{'all operators':<52} {tot[1]:>14.3f} {tot[B]:>10.3f} {tot[1] / tot[B]:>6.2f}x")
+    print("(batching can only be as much faster as the operators that take the time get per example)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=100, help="examples (default 100)")
@@ -95,8 +121,10 @@ def main():
     p.add_argument("--end-words", type=int, default=12, help="words per ending (default 12)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="precision of every mode (default float32)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each mode, best kept (default 3)")
+    p.add_argument("--profile", action="store_true", help="instead: where the time goes at batch 1 and batch B (torch.profiler)")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.profile: return profile(args)
     if args.child: return child(Path(args.child[0]), args.child[1], args.batch_size, args.dtype)
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)

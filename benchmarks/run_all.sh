@@ -21,3 +21,7 @@ echo "== benchmarks/bench_hellaswag.py --dtype bfloat16 (three settings)"
 python benchmarks/bench_hellaswag.py --dtype bfloat16 2>&1 | tee benchmarks/results/bench_hellaswag_bf16.txt
 python benchmarks/bench_hellaswag.py --dtype bfloat16 --preset gpt2 --tokenizer gpt2 --n 40 --repeats 2 2>&1 | tee benchmarks/results/bench_hellaswag_gpt2_bf16.txt
 python benchmarks/bench_hellaswag.py --dtype bfloat16 --preset mini --tokenizer 4096 --n 200 --ctx-words 16 --end-words 3 2>&1 | tee benchmarks/results/bench_hellaswag_mini_bf16.txt
+# where evaluate's time goes at batch 1 and batch 16 (torch.profiler), in the two settings the README profiles
+echo "== benchmarks/bench_hellaswag.py --profile (GPT-2 shape, main job)"
+python benchmarks/bench_hellaswag.py --preset gpt2 --tokenizer gpt2 --n 40 --profile 2>&1 | tee benchmarks/results/bench_hellaswag_gpt2_profile.txt
+python benchmarks/bench_hellaswag.py --preset mini --tokenizer 4096 --n 200 --ctx-words 16 --end-words 3 --profile 2>&1 | tee benchmarks/results/bench_hellaswag_mini_profile.txt
