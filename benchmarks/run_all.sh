@@ -25,3 +25,6 @@ python benchmarks/bench_hellaswag.py --dtype bfloat16 --preset mini --tokenizer 
 echo "== benchmarks/bench_hellaswag.py --profile (GPT-2 shape, main job)"
 python benchmarks/bench_hellaswag.py --preset gpt2 --tokenizer gpt2 --n 40 --profile 2>&1 | tee benchmarks/results/bench_hellaswag_gpt2_profile.txt
 python benchmarks/bench_hellaswag.py --preset mini --tokenizer 4096 --n 200 --ctx-words 16 --end-words 3 --profile 2>&1 | tee benchmarks/results/bench_hellaswag_mini_profile.txt
+# and in bf16 (the README quotes the main job's and the small model's)
+python benchmarks/bench_hellaswag.py --preset mini --tokenizer 4096 --n 200 --ctx-words 16 --end-words 3 --profile --dtype bfloat16 2>&1 | tee benchmarks/results/bench_hellaswag_mini_bf16_profile.txt
+python benchmarks/bench_hellaswag.py --profile --dtype bfloat16 2>&1 | tee benchmarks/results/bench_hellaswag_bf16_profile.txt
