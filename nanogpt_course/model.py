@@ -233,9 +233,10 @@ def _hf_dir(name_or_dir: str | os.PathLike) -> Path:
     try:
         return Path(snapshot_download(str(name_or_dir), allow_patterns=["config.json", "*.safetensors",
                                                                         "model.safetensors.index.json"]))
-    except Exception as e:
-        raise OSError(f"could not download {name_or_dir!r} from the Hugging Face Hub ({type(e).__name__}: {e}); "
-                      "check the name and the network, or pass a local directory") from e
+    except Exception as e:  # offline, a wrong name, a refused connection: one sentence that says what to do
+        raise OSError(f"could not download {name_or_dir!r} from the Hugging Face Hub ({type(e).__name__}); "
+                      f"check the name and the network, or download config.json and model.safetensors from "
+                      f"https://huggingface.co/{name_or_dir} into a folder and pass that folder instead") from None
 
 def _read_hf_weights(d: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
@@ -364,9 +365,12 @@ def _as_idx(self, idx) -> torch.Tensor:
         idx = torch.tensor(idx, dtype=torch.long, device=self.transformer.wte.weight.device)
     return idx[None] if idx.dim() == 1 else idx
 
-def _steps(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator):
-    "Yield (next ids (B, 1), last logits (B, V)) for `max_new_tokens` steps."
+def _steps(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, n_vocab=None):
+    "Yield (next ids (B, 1), last logits (B, n_vocab or V)) for `max_new_tokens` steps."
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
+    V = self.config.vocab_size
+    if n_vocab is not None and not (isinstance(n_vocab, int) and 1 <= n_vocab <= V):
+        raise ValueError(f"n_vocab must be an integer in 1..{V} (the model's vocab_size), got {n_vocab!r}")
     bs = self.config.block_size
     idx = self._as_idx(idx)
     self._check_idx(idx[:, -bs:])
@@ -391,6 +395,8 @@ def _steps(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache, gene
         else:
             x = self.hidden_states(window[:, -1:], cache, check=False)
         logits = self.lm_head(x[:, -1])  # (B, V): only the last position is needed
+        # a padded vocabulary (50,304 rows for GPT-2's 50,257 tokens) has rows no tokenizer can decode: never pick them
+        if n_vocab is not None: logits = logits[:, :n_vocab]  # (B, n_vocab)
         nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
         seq[:, n] = nxt[:, 0]
         yield nxt, logits
@@ -405,11 +411,12 @@ def _generate(self,
               eos_token_id: int | None = None,  # stop a row at this token (kept in the output)
               use_cache: bool = True,  # KV cache: same tokens, much faster
               generator: torch.Generator | None = None,  # for reproducible sampling
+              n_vocab: int | None = None,  # the tokenizer's size: ids >= n_vocab (padding rows) are never chosen
              ) -> torch.Tensor:
     "Continue `idx`: returns (B, T + n) ids; rows that finished early are padded with eos_token_id."
     idx = self._as_idx(idx).long()
     out, done = [idx], torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
-    for nxt, _ in self._steps(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator):
+    for nxt, _ in self._steps(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, n_vocab):
         if eos_token_id is not None:
             nxt = nxt.masked_fill(done, eos_token_id)  # finished rows keep emitting eos
             done = done | (nxt == eos_token_id)
@@ -426,12 +433,13 @@ def _stream(self,
             eos_token_id: int | None = None,  # stop after yielding this token
             use_cache: bool = True,  # KV cache
             generator: torch.Generator | None = None,  # for reproducible sampling
-            with_logits: bool = False,  # yield (id, raw next-token logits (V,)) instead of id
+            with_logits: bool = False,  # yield (id, raw next-token logits (n_vocab or V,)) instead of id
+            n_vocab: int | None = None,  # the tokenizer's size: ids >= n_vocab (padding rows) are never chosen
            ) -> Iterator[int | tuple[int, torch.Tensor]]:
     "Yield the new token ids one at a time, as they are generated (one sequence)."
     if isinstance(idx, torch.Tensor) and idx.dim() == 2 and idx.size(0) != 1:
         raise ValueError(f"stream generates one sequence; idx has batch size {idx.size(0)} (use generate for batches)")
-    steps = self._steps(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)  # runs nothing yet
+    steps = self._steps(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, n_vocab)  # runs nothing yet
     while True:
         with torch.inference_mode():  # only around model work: the consumer's code runs outside it
             try: nxt, logits = next(steps)

@@ -395,7 +395,7 @@ class Playground:
                 self._render(i, p)
                 idx = torch.tensor([p["ids"]], dtype=torch.long, device=p["device"])
                 streams.append(p["model"].stream(idx, eos_token_id=p["enc"].eot_token, generator=p["gen"],
-                                                 with_logits=True, **opts))
+                                                 with_logits=True, n_vocab=p["enc"].n_vocab, **opts))
             self._set_status("Generating…")
             # two different models advance in turn; the same model twice runs one pane after the other,
             # so that two streams never share one model's KV cache

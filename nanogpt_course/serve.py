@@ -228,7 +228,8 @@ class Generation:
         eot = self.enc.eot_token
         ts, self.finish_reason = TextStream(self.enc, p.stop), "length"
         tokens = model.stream(idx, p.max_tokens, temperature=p.temperature, top_k=p.top_k or None,
-                              top_p=p.top_p if p.top_p < 1 else None, eos_token_id=eot, generator=gen)
+                              top_p=p.top_p if p.top_p < 1 else None, eos_token_id=eot, generator=gen,
+                              n_vocab=self.enc.n_vocab)  # a padded vocabulary's spare ids cannot be decoded
         try:
             for tok in tokens:
                 self.completion_tokens += 1

@@ -163,3 +163,88 @@ def test_fresh_run_refuses_a_folder_with_checkpoints(data, reference):
     "Starting a new run over an old one would mix their checkpoints: refused, with the way out."
     with pytest.raises(ValueError, match="already holds checkpoints .*pass --resume"):
         pretrain(data / "data", out_dir=data / "ref", **RUN)
+
+
+# --- issue 11: bad flags, damaged files and finished runs -------------------------------------------------------------
+
+@pytest.mark.parametrize("flag, value, msg", [
+    ("--grad-clip", "-1", "--grad-clip must be a number >= 0"), ("--batch-size", "-2", "--batch-size must be an integer >= 1"),
+    ("--batch-size", "0", "--batch-size"), ("--save-every", "-1", "--save-every"), ("--max-steps", "0", "--max-steps"),
+    ("--max-steps", "-5", "--max-steps"), ("--eval-every", "-1", "--eval-every"), ("--warmup-steps", "-5", "--warmup-steps"),
+    ("--min-lr-ratio", "5", "--min-lr-ratio must be a number in [0, 1]"), ("--device", "tpu", "--device must be auto, cpu"),
+    ("--lr", "nan", "--lr must be a number > 0")])
+def test_cli_refuses_out_of_range_flags_before_any_work(data, tmp_path, capsys, flag, value, msg):
+    from nanogpt_course.train import cli
+    out = tmp_path / "run"
+    assert cli(["--data", str(data / "data"), "--out", str(out), flag, value, "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err
+    assert not out.exists()  # nothing was written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without CUDA gives")
+def test_device_cuda_without_cuda_is_a_message(data, tmp_path, capsys):
+    from nanogpt_course.train import cli
+    assert cli(["--data", str(data / "data"), "--out", str(tmp_path / "r"), "--device", "cuda"]) == 1
+    assert "sees no CUDA GPU" in capsys.readouterr().err
+
+
+def test_out_is_a_file_and_vocab_too_small(data, tmp_path, capsys):
+    from nanogpt_course.train import cli
+    f = tmp_path / "f.txt"; f.write_text("x")
+    assert cli(["--data", str(data / "data"), "--out", str(f)]) == 1
+    assert "is a file" in capsys.readouterr().err and f.read_text() == "x"
+    assert cli(["--data", str(data / "data"), "--out", str(tmp_path / "v"), "--vocab-size", "100"]) == 1
+    assert "--vocab-size 100 is smaller than the data's tokenizer (320 ids)" in capsys.readouterr().err
+
+
+def test_save_every_zero_saves_only_at_the_end(data, tmp_path):
+    s = pretrain(data / "data", out_dir=tmp_path / "r", **{**RUN, "save_every": 0, "max_steps": 4})
+    assert s["steps"] == 4 and [p.name for p in list_checkpoints(tmp_path / "r")] == ["ckpt_0000004.pt"]
+
+
+def test_flipped_bytes_in_a_checkpoint_are_caught_and_resume_skips_it(data, tmp_path, capsys):
+    "8 flipped bytes inside a tensor: the checksum refuses the file, --resume continues from the previous checkpoint."
+    out = tmp_path / "r"
+    pretrain(data / "data", out_dir=out, stop_after=6, **RUN)
+    newest = list_checkpoints(out)[0]
+    assert newest.name == "ckpt_0000006.pt"
+    w = load_checkpoint(newest)["model"]["lm_head.weight"]
+    raw = bytearray(newest.read_bytes()); at = raw.find(w[5, :4].numpy().tobytes())
+    assert at > 0
+    raw[at:at + 8] = b"\xff" * 8; newest.write_bytes(raw)
+    assert torch.load(newest, weights_only=True)["step"] == 6  # torch alone loads it without a word
+    with pytest.raises(CheckpointError, match="ckpt_0000006.pt is corrupt"): load_checkpoint(newest)
+    s = pretrain(data / "data", out_dir=out, resume=True, **RUN)
+    assert "skipping" in capsys.readouterr().err and s["steps"] == 9
+
+
+def test_resume_of_a_finished_run_is_a_no_op(data, reference, capsys):
+    before = (data / "ref" / "summary.json").read_text()
+    s = pretrain(data / "data", out_dir=data / "ref", resume=True, **RUN)
+    assert s["already_finished"] and s["steps"] == 9
+    assert "nothing to resume" in capsys.readouterr().out
+    assert (data / "ref" / "summary.json").read_text() == before
+    assert "NaN" not in before
+
+
+def test_no_nan_in_json_files(tmp_path):
+    from nanogpt_course.train import to_json
+    assert json.loads(to_json({"a": float("nan"), "b": [float("inf"), 1.5]})) == {"a": None, "b": [None, 1.5]}
+
+
+def test_cut_off_last_log_line_does_not_block_resume(data, reference, tmp_path, capsys):
+    out = tmp_path / "r"
+    pretrain(data / "data", out_dir=out, stop_after=4, **RUN)
+    with open(out / "log.jsonl", "a") as f: f.write('{"step": 4, "loss": 3.1, "sam')  # killed mid-line
+    s = pretrain(data / "data", out_dir=out, resume=True, **RUN)
+    assert s["steps"] == 9 and "cut-off last line" in capsys.readouterr().err
+    assert _losses(out) == reference
+
+
+def test_resume_accepts_the_same_data_folder_written_differently(data, reference, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    monkeypatch.chdir(data)
+    pretrain("data", out_dir=out, stop_after=4, **RUN)
+    s = pretrain(str((data / "data").resolve()), out_dir=out, resume=True, **RUN)  # relative first, absolute now
+    assert s["steps"] == 9
