@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['MAGIC', 'VERSION', 'HEADER_BYTES', 'FINEWEB_EDU', 'ShardError', 'dtype_for_vocab', 'write_shard', 'read_header',
-           'read_shard', 'hub_reachable', 'iter_documents', 'prepare', 'shard_files', 'TokenLoader', 'data_source',
-           'cli']
+           'read_shard', 'hub_reachable', 'DataUnavailable', 'iter_documents', 'prepare', 'shard_files', 'TokenLoader',
+           'dataset_tokenizer', 'data_source', 'cli']
 
 # %% ../nbs/04a_data.ipynb #07547f5a
-import os, sys, json, zlib, struct, time, socket, itertools, argparse
+import os, sys, json, zlib, struct, time, socket, itertools, argparse, numbers
 from pathlib import Path
 from typing import Iterator
 import numpy as np
@@ -16,9 +16,10 @@ from .tokenizer import stdlib_documents  # notebook 00: the prose that ships wit
 
 # %% ../nbs/04a_data.ipynb #a0f495ce
 MAGIC = b"NGCSHRD\x00"  # 8 bytes that no .npy, text or build-nanogpt shard starts with
-VERSION = 1
+VERSION = 2  # 2 adds a checksum of the header itself; version 1 shards (no header checksum) are still read
 HEADER_BYTES = 64  # fixed, so the tokens start at a known offset for np.memmap
-_HDR = struct.Struct("<8sIIQIII")  # magic, version, itemsize, n_tokens, crc32, eot, vocab_size
+_HDR = struct.Struct("<8sIIQIII")  # magic, version, itemsize, n_tokens, crc32 of the tokens, eot, vocab_size
+_HCRC = struct.Struct("<I")        # version 2: crc32 of the 36 header bytes before it (so eot and vocab_size are checked too)
 
 class ShardError(ValueError):
     "A token shard that is truncated, corrupt or not ours; the message names the file and the fix."
@@ -39,7 +40,8 @@ def write_shard(path: str | Path,  # where to write (a `.tmp` beside it is renam
     if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
         raise ValueError(f"token ids for {path.name} must lie in [0, {vocab_size}); got {arr.min()}..{arr.max()}")
     arr = np.ascontiguousarray(arr, dtype=dt.newbyteorder("<"))
-    header = _HDR.pack(MAGIC, VERSION, dt.itemsize, arr.size, zlib.crc32(arr.data), eot, vocab_size).ljust(HEADER_BYTES, b"\0")
+    fields = _HDR.pack(MAGIC, VERSION, dt.itemsize, arr.size, zlib.crc32(arr.data), eot, vocab_size)
+    header = (fields + _HCRC.pack(zlib.crc32(fields))).ljust(HEADER_BYTES, b"\0")
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(header); f.write(arr.data); f.flush(); os.fsync(f.fileno())
@@ -59,8 +61,12 @@ def read_header(path: str | Path # shard file
     if len(raw) < HEADER_BYTES:
         raise ShardError(f"{path} is truncated: {size} bytes, shorter than the {HEADER_BYTES}-byte header; re-run `nanogpt-course prepare`")
     magic, version, itemsize, n, crc, eot, vocab = _HDR.unpack(raw[:_HDR.size])
-    if version != VERSION:
-        raise ShardError(f"{path} has shard format version {version}; this library reads version {VERSION}")
+    if version not in (1, VERSION):
+        raise ShardError(f"{path} has shard format version {version}, which this library does not read (it reads 1 and {VERSION}): "
+                         "the header is damaged or the file comes from a newer nanogpt-course; re-run `nanogpt-course prepare`")
+    if version >= 2 and _HCRC.unpack_from(raw, _HDR.size)[0] != zlib.crc32(raw[:_HDR.size]):
+        raise ShardError(f"{path} is corrupt: the checksum of its header (token count, eot, vocabulary size) does not match; "
+                         "re-run `nanogpt-course prepare` to rewrite it")
     if itemsize not in (2, 4):
         raise ShardError(f"{path} has a corrupt header: token size {itemsize} bytes (expected 2 or 4)")
     expected = HEADER_BYTES + n * itemsize
@@ -69,7 +75,7 @@ def read_header(path: str | Path # shard file
                          "re-run `nanogpt-course prepare` to rewrite it")
     if size > expected:
         raise ShardError(f"{path} is corrupt: {size - expected:,} bytes after the {n:,} tokens its header promises")
-    return dict(path=path, n_tokens=n, dtype=np.dtype(f"<u{itemsize}"), crc32=crc, eot=eot, vocab_size=vocab)
+    return dict(path=path, n_tokens=n, dtype=np.dtype(f"<u{itemsize}"), crc32=crc, eot=eot, vocab_size=vocab, version=version)
 
 def read_shard(path: str | Path, # shard file
                verify: bool=True # check the CRC-32 of the tokens (zlib.crc32: far faster than reading the file from disk)
@@ -82,9 +88,25 @@ def read_shard(path: str | Path, # shard file
         raise ShardError(f"{path} is corrupt: the checksum of its tokens does not match its header; re-run `nanogpt-course prepare`")
     return arr
 
+# %% ../nbs/04a_data.ipynb #8c4f1a2d
+_META_KEYS = ("tokenizer", "eot", "vocab_size", "shards")  # what every reader of meta.json relies on
+
+def _read_meta(folder: str | Path) -> dict | None:
+    "The `meta.json` that `prepare` wrote in `folder` (None if there is none); a damaged one is a `ShardError` naming it and the fix."
+    p = Path(folder) / "meta.json"
+    if not p.exists(): return None
+    fix = f"delete it and re-run `nanogpt-course prepare SOURCE --out {folder}`, which writes the shards and meta.json again"
+    try: m = json.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e: raise ShardError(f"{p} is damaged (not UTF-8 at byte offset {e.start:,}); {fix}") from None
+    except json.JSONDecodeError as e:
+        raise ShardError(f"{p} is damaged (not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}); {fix}") from None
+    ok = (isinstance(m, dict) and all(k in m for k in _META_KEYS) and isinstance(m["shards"], list)
+          and all(isinstance(s, dict) and "file" in s and "split" in s for s in m["shards"]))
+    if not ok: raise ShardError(f"{p} is damaged (it lacks the fields prepare writes: {', '.join(_META_KEYS)}, and shards with file and split); {fix}")
+    return m
+
 # %% ../nbs/04a_data.ipynb #50ab7590
 FINEWEB_EDU = ("HuggingFaceFW/fineweb-edu", "sample-10BT")
-_EXTS = (".txt", ".jsonl", ".json", ".parquet")
 
 def hub_reachable(host: str = "huggingface.co", # the host the real datasets (FineWeb-Edu, Dolly-15k) come from
                   port: int = 443, timeout: float = 2.0) -> bool:
@@ -95,6 +117,37 @@ def hub_reachable(host: str = "huggingface.co", # the host the real datasets (Fi
         with socket.create_connection((host, port), timeout=timeout): return True
     except OSError: return False
 
+class DataUnavailable(FileNotFoundError):
+    "Data that has to come over the network when the network cannot be reached; the message says what to download and where to put it."
+
+def _hub_repo(source) -> str | None:
+    "The Hugging Face dataset that `source` names ('fineweb-edu', its repo id or 'hf:owner/name'), else None."
+    s = str(source)
+    if s in ("fineweb-edu", FINEWEB_EDU[0]): return FINEWEB_EDU[0]
+    return s[3:] if s.startswith("hf:") else None
+
+def _download_advice(repo: str) -> str:
+    "The end of every offline message: what to download, with which command, and how to prepare the folder instead."
+    if repo == FINEWEB_EDU[0]:
+        return (f"on a machine with the network, download the parquet files of its sample-10BT subset (`hf download {repo} "
+                "--repo-type dataset --include 'sample/10BT/*' --local-dir data/fineweb-edu`), copy that folder here and run "
+                "`nanogpt-course prepare data/fineweb-edu --out data/edu_fineweb10B` instead")
+    d = f"data/{repo.split('/')[-1]}"
+    return (f"on a machine with the network, download its files (`hf download {repo} --repo-type dataset --local-dir {d}`), "
+            f"copy that folder here and run `nanogpt-course prepare {d} --out ...` instead (it reads the .parquet, .jsonl, .json and .txt files)")
+
+def _hub_ready(repo: str):
+    "Fail now, in one sentence, if `repo` cannot be streamed: no network, or no `datasets` package."
+    what = "FineWeb-Edu" if repo == FINEWEB_EDU[0] else f"hf:{repo}"
+    if not hub_reachable():
+        raise DataUnavailable(f"{what} is streamed from huggingface.co, which cannot be reached from here: {_download_advice(repo)}.")
+    try: import datasets  # noqa: F401
+    except ImportError: raise DataUnavailable(f"streaming {what} needs the `datasets` package (`pip install datasets`); "
+                                              f"or, {_download_advice(repo)}.") from None
+
+# %% ../nbs/04a_data.ipynb #3e9c1a70
+_EXTS = (".txt", ".jsonl", ".json", ".parquet")
+
 def _local_files(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in _EXTS and p.is_file())
@@ -103,32 +156,86 @@ def _local_files(path: Path) -> list[Path]:
     if path.suffix not in _EXTS: raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(_EXTS)}")
     return [path]
 
+def _decode(raw: bytes, path: Path, offset: int = 0, line: int | None = None) -> str:
+    "`raw` as UTF-8, or a ValueError naming the file, line and byte offset (never a silent U+FFFD in the training data)."
+    try: return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = line or raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte offset {offset + e.start:,}); convert the "
+                         f"file to UTF-8 first, e.g. `iconv -f latin1 -t utf-8 {path} > {path.stem}-utf8{path.suffix}` for Latin-1") from None
+
+def _kind(v) -> str:
+    "What a JSON value is, in words, for error messages."
+    if v is None: return "null"
+    if isinstance(v, bool): return f"a boolean ({str(v).lower()})"
+    if isinstance(v, (int, float)): return f"a number ({v})"
+    return {str: "a string", list: "a list", dict: "an object"}.get(type(v), type(v).__name__)
+
+def _text(value, where: str, field: str) -> str:
+    "A record's text: a string (null counts as an empty document); anything else is a ValueError naming where it is."
+    if value is None or isinstance(value, str): return value or ""
+    raise ValueError(f"{where}: the {field!r} field holds {_kind(value)}, not text; it must be a string (pick another field with --text-field)")
+
+# %% ../nbs/04a_data.ipynb #5d2b8e41
 def _file_documents(path: Path, text_field: str, split_text: str) -> Iterator[str]:
     if path.suffix == ".txt":
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = _decode(path.read_bytes(), path)
         if split_text == "file": yield text
         elif split_text == "line": yield from (l for l in text.splitlines() if l.strip())
         else: yield from (d.strip("\n") for d in text.split("\n\n") if d.strip())
     elif path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
+        with open(path, "rb") as f:  # bytes, so a decoding error can name its offset in the file
+            offset = 0
+            for i, raw in enumerate(f, 1):
+                line = _decode(raw, path, offset, i); offset += len(raw)
                 if not line.strip(): continue
                 try: rec = json.loads(line)
                 except json.JSONDecodeError as e: raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+                if not isinstance(rec, dict):
+                    raise ValueError(f"{path}:{i}: the line holds {_kind(rec)}; each line must be a JSON object with a {text_field!r} field")
                 if text_field not in rec: raise ValueError(f"{path}:{i}: no {text_field!r} field (fields: {sorted(rec)}); pick one with --text-field")
-                yield rec[text_field]
+                yield _text(rec[text_field], f"{path}:{i}", text_field)
     elif path.suffix == ".json":
-        recs = json.loads(path.read_text(encoding="utf-8"))
-        for i, rec in enumerate(recs if isinstance(recs, list) else [recs]):
+        try: recs = json.loads(_decode(path.read_bytes(), path))
+        except json.JSONDecodeError as e: raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        if isinstance(recs, dict): recs = [recs]
+        if not isinstance(recs, list):
+            raise ValueError(f"{path} holds {_kind(recs)}; a .json corpus must be a list of records (objects with a {text_field!r} field), "
+                             "a list of strings, or one record")
+        for i, rec in enumerate(recs, 1):
+            where = f"{path}: record {i} of {len(recs)}"
             if isinstance(rec, str): yield rec
-            elif text_field in rec: yield rec[text_field]
-            else: raise ValueError(f"{path}: record {i} has no {text_field!r} field (fields: {sorted(rec)}); pick one with --text-field")
+            elif not isinstance(rec, dict): raise ValueError(f"{where} is {_kind(rec)}; records must be objects with a {text_field!r} field, or strings")
+            elif text_field in rec: yield _text(rec[text_field], where, text_field)
+            else: raise ValueError(f"{where} has no {text_field!r} field (fields: {sorted(rec)}); pick one with --text-field")
     else:  # parquet, read a batch at a time so a multi-GB file never sits in memory
-        import pyarrow.parquet as pq
-        pf = pq.ParquetFile(path)
+        try: import pyarrow as pa, pyarrow.parquet as pq
+        except ImportError: raise ValueError(f"{path}: reading .parquet files needs pyarrow (`pip install pyarrow`)") from None
+        try: pf = pq.ParquetFile(path)
+        except (OSError, ValueError) as e: raise ValueError(f"{path}: not a readable parquet file ({e})") from None
         if text_field not in pf.schema_arrow.names: raise ValueError(f"{path}: no {text_field!r} column (columns: {pf.schema_arrow.names})")
+        typ = pf.schema_arrow.field(text_field).type
+        if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or getattr(pa.types, "is_string_view", lambda t: False)(typ)):
+            raise ValueError(f"{path}: the {text_field!r} column holds {typ}, not text; pick the text column with --text-field")
         for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
             yield from batch.column(0).to_pylist()
+
+# %% ../nbs/04a_data.ipynb #6a7f0c3d
+def _hub_rows(repo: str, name: str | None, split: str, text_field: str) -> Iterator[str]:
+    "Stream the texts of a Hugging Face dataset; a failure is `DataUnavailable` in one sentence, never a network traceback."
+    _hub_ready(repo)
+    from datasets import load_dataset
+    what, done = ("FineWeb-Edu" if repo == FINEWEB_EDU[0] else f"hf:{repo}"), 0
+    def rows():
+        try: yield from load_dataset(repo, name=name, split=split, streaming=True)
+        except Exception as e:
+            then = "re-run the same command to resume" if done else "check the dataset's name and --hf-name"
+            raise DataUnavailable(f"streaming {what} failed after {done:,} rows ({type(e).__name__}: {e}); {then}, or, "
+                                  f"{_download_advice(repo)}.") from None
+    for row in rows():
+        done += 1
+        if text_field not in row: raise ValueError(f"{what}: rows have no {text_field!r} field (fields: {sorted(row)}); pick one with --text-field")
+        yield _text(row[text_field], f"{what}, row {done}", text_field)
 
 def _exists(x) -> bool:
     "Is `x` an existing path? (False for document texts that are too long or odd to be paths.)"
@@ -152,11 +259,8 @@ def iter_documents(source,                    # "fineweb-edu", "hf:owner/name", 
         return
     s = str(source)
     if s == "stdlib": yield from stdlib_documents(); return
-    if s in ("fineweb-edu", FINEWEB_EDU[0]) or s.startswith("hf:"):
-        from datasets import load_dataset
-        repo = FINEWEB_EDU[0] if s in ("fineweb-edu", FINEWEB_EDU[0]) else s[3:]
-        name = hf_name or (FINEWEB_EDU[1] if repo == FINEWEB_EDU[0] else None)
-        for row in load_dataset(repo, name=name, split=hf_split, streaming=True): yield row[text_field]
+    if (repo := _hub_repo(s)) is not None:
+        yield from _hub_rows(repo, hf_name or (FINEWEB_EDU[1] if repo == FINEWEB_EDU[0] else None), hf_split, text_field)
         return
     p = Path(s).expanduser()
     if not p.exists():
@@ -191,7 +295,8 @@ def _estimate_tokens(source) -> int | None:
 def _check_source(source):
     if _is_docs(source): return
     for s in (source if isinstance(source, (list, tuple)) else [source]):
-        if isinstance(s, (list, tuple)) or str(s) in ("stdlib", "fineweb-edu", FINEWEB_EDU[0]) or str(s).startswith("hf:"): continue
+        if isinstance(s, (list, tuple)) or str(s) == "stdlib": continue
+        if (repo := _hub_repo(s)) is not None: _hub_ready(repo); continue  # offline: one sentence now, not a traceback later
         p = Path(str(s)).expanduser()
         if not p.exists(): next(iter_documents(p), None)  # raises the FileNotFoundError with the full message
         _local_files(p)
@@ -219,22 +324,27 @@ def prepare(source,                          # see `iter_documents`: "fineweb-ed
            ) -> dict:
     "Tokenize `source` into `val_000000.bin` + `train_NNNNNN.bin` shards under `out_dir`; resumes; returns meta."
     from nanogpt_course.tokenizer import get_tokenizer, tokenizer_state
-    _check_source(source)  # a missing path or empty folder fails here, before anything is written
+    _check_prepare_args(out_dir, shard_tokens=shard_tokens, val_tokens=val_tokens, max_tokens=max_tokens,  # before any work
+                        num_proc=num_proc, chunksize=chunksize)
+    _check_source(source)  # a missing path, an empty folder or no network fails here, before anything is written
     enc = get_tokenizer(tokenizer)
     spec = tokenizer_state(enc)
     eot, vocab = enc.eot_token, enc.n_vocab
     dt = dtype_for_vocab(vocab)
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     if val_tokens is None:
         est = max_tokens or _estimate_tokens(source)
         val_tokens = min(shard_tokens, max(est // 10, 1)) if est else shard_tokens
+    if max_tokens is not None and max_tokens <= val_tokens:
+        raise ValueError(f"max_tokens (--max-tokens) = {max_tokens:,} leaves nothing to train on after the validation shard's "
+                         f"{val_tokens:,} tokens (--val-tokens); raise --max-tokens or lower --val-tokens")
+    buf = _shard_buffer(max(val_tokens, shard_tokens), dt)
+    out = _make_out_dir(out_dir)
     settings = dict(source=_describe(source), tokenizer=spec, shard_tokens=shard_tokens, val_tokens=val_tokens,
                     max_tokens=max_tokens, text_field=text_field, split_text=split_text, hf_name=hf_name)
     meta_path = out / "meta.json"
     meta = dict(version=VERSION, **settings, eot=eot, vocab_size=vocab, dtype=dt.name, shards=[], complete=False,
                 documents=0, carry=0, total_tokens=0)
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
+    if (old := _read_meta(out)) is not None:
         diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v and k != "tokenizer"]
         if old.get("tokenizer") != spec: diff.append("tokenizer differs")
         if diff: raise ValueError(f"{out} already holds shards prepared with other settings ({'; '.join(diff)}); "
@@ -256,7 +366,7 @@ def prepare(source,                          # see `iter_documents`: "fineweb-ed
     start_doc, carry = meta["documents"], meta["carry"]
     skip = start_doc - (1 if carry else 0)  # the last document was split: tokenize it again and keep its tail
     docs = itertools.islice(iter_documents(source, text_field, split_text, hf_name), skip, None)
-    num_proc = max(1, num_proc or os.cpu_count() or 1)
+    num_proc = num_proc or os.cpu_count() or 1
     pool = None
     if num_proc > 1:
         import multiprocessing as mp
@@ -267,7 +377,7 @@ def prepare(source,                          # see `iter_documents`: "fineweb-ed
     from tqdm.auto import tqdm
     bar = tqdm(total=max_tokens, initial=meta["total_tokens"], unit="tok", unit_scale=True, disable=not progress,
                desc=f"prepare {out.name}")
-    buf, fill, total, ndoc = np.empty(max(val_tokens, shard_tokens), dtype=dt), 0, meta["total_tokens"], skip
+    fill, total, ndoc = 0, meta["total_tokens"], skip
 
     def flush(n):
         nonlocal fill, n_val_done, n_train_done
@@ -310,6 +420,37 @@ def prepare(source,                          # see `iter_documents`: "fineweb-ed
     _save_json(meta_path, meta)
     return meta
 
+# %% ../nbs/04a_data.ipynb #4b8d2e6f
+_PREPARE_INTS = dict(  # argument: (its flag or None, what it counts); each must be a whole number from 1 up
+    shard_tokens=("--shard-tokens", "tokens per training shard"), val_tokens=("--val-tokens", "tokens in the validation shard"),
+    max_tokens=("--max-tokens", "tokens in all"), num_proc=("--num-proc", "tokenizer processes"),
+    chunksize=(None, "documents sent to a worker at a time"))
+
+def _check_prepare_args(out_dir, **ints):
+    "Every number `prepare` takes, and its output folder, checked before any work; a ValueError names the flag and the range."
+    for name, v in ints.items():
+        flag, what = _PREPARE_INTS[name]
+        if v is None and name not in ("shard_tokens", "chunksize"): continue  # None: the default
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"{name}{f' ({flag})' if flag else ''} is the number of {what}: it must be a whole number "
+                             f"from 1 up{'' if name in ('shard_tokens', 'chunksize') else ', or left out for the default'}; got {v!r}")
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; give a new or existing folder for the shards and meta.json")
+
+def _make_out_dir(out_dir) -> Path:
+    out = Path(out_dir).expanduser()
+    try: out.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise ValueError(f"cannot create the output folder --out {out} ({e.strerror}); give a folder you can write to") from None
+    return out
+
+def _shard_buffer(n: int, dt: np.dtype) -> np.ndarray:
+    "The buffer a shard is packed in, or a ValueError when a shard of `n` tokens cannot fit in memory."
+    try: return np.empty(n, dtype=dt)
+    except MemoryError:
+        raise ValueError(f"a shard of {n:,} tokens ({n * dt.itemsize / 2**30:,.0f} GiB) does not fit in memory; lower --shard-tokens "
+                         "(and --val-tokens): build-nanogpt uses 100,000,000") from None
+
 # %% ../nbs/04a_data.ipynb #ca8e11ed
 def shard_files(data: str | Path,   # a folder written by `prepare` (or any folder of shards)
                 split: str="train", # "train" or "val"
@@ -317,8 +458,8 @@ def shard_files(data: str | Path,   # a folder written by `prepare` (or any fold
     "The shards of one split, in order, from `meta.json` if present, else by name."
     d = Path(data)
     if not d.exists(): raise FileNotFoundError(f"data folder {d} does not exist; make it with `nanogpt-course prepare SOURCE --out {d}`")
-    if (d / "meta.json").exists():
-        meta = json.loads((d / "meta.json").read_text())
+    if d.is_file(): raise ValueError(f"{d} is a file; give the folder that `nanogpt-course prepare --out` wrote")
+    if (meta := _read_meta(d)) is not None:
         files = [d / s["file"] for s in meta["shards"] if s["split"] == split]
         if files and not meta.get("complete", True):
             print(f"warning: {d} is only partly prepared; re-run `nanogpt-course prepare` to finish it", file=sys.stderr)
@@ -413,6 +554,38 @@ class TokenLoader:
         "Back to the first token of epoch 0 (the validation loss reads the same batches every time)."
         self.epoch, self.shard, self.pos = 0, 0, 0; self._load()
 
+# %% ../nbs/04a_data.ipynb #7d1e9b3a
+def dataset_tokenizer(folder: str | Path # a folder written by `prepare`
+                     ) -> "tuple[tiktoken.Encoding, int]":
+    "The tokenizer a shard folder was made with and its vocabulary size, after checking meta.json and every shard header against it."
+    from nanogpt_course.tokenizer import get_tokenizer
+    d = Path(folder)
+    redo = ("re-run `nanogpt-course prepare SOURCE --out NEW_FOLDER --tokenizer TOKENIZER` with the tokenizer you mean to train with, "
+            "so that the shards and meta.json come from one tokenizer")
+    meta = _read_meta(d) if d.is_dir() else None
+    if meta is None:  # bare shards: only GPT-2's can be recognised from their headers
+        files = shard_files(d, "train") + sorted(d.glob("val_*.bin"))
+        h = read_header(files[0])
+        if (h["eot"], h["vocab_size"]) != (50256, 50257):
+            raise ShardError(f"{d} has no meta.json and its shards are not GPT-2's (eot {h['eot']}, vocab_size {h['vocab_size']:,}), "
+                             f"so the tokenizer that made them is unknown; {redo}")
+        enc, named = get_tokenizer("gpt2"), "GPT-2's tokenizer (there is no meta.json)"
+    else:
+        try: enc = get_tokenizer(meta["tokenizer"])
+        except (ValueError, TypeError) as e: raise ShardError(f"{d / 'meta.json'} names a tokenizer that cannot be loaded: {e}") from None
+        spec = meta["tokenizer"]
+        named = f"the tokenizer meta.json names ({spec if isinstance(spec, str) else spec.get('name', 'saved')!r})"
+        if (meta["eot"], meta["vocab_size"]) != (enc.eot_token, enc.n_vocab):
+            raise ShardError(f"{d / 'meta.json'} says eot {meta['eot']} and vocab_size {meta['vocab_size']:,}, but {named} has eot "
+                             f"{enc.eot_token} and vocab_size {enc.n_vocab:,}: meta.json was edited or damaged; {redo}")
+        files = [d / s["file"] for s in meta["shards"]]
+    for f in files:
+        h = read_header(f)
+        if (h["eot"], h["vocab_size"]) != (enc.eot_token, enc.n_vocab):
+            raise ShardError(f"{f} was made by a tokenizer with eot {h['eot']} and vocab_size {h['vocab_size']:,}, but {named} has eot "
+                             f"{enc.eot_token} and vocab_size {enc.n_vocab:,}, so a model would learn the wrong vocabulary; {redo}")
+    return enc, enc.n_vocab
+
 # %% ../nbs/04a_data.ipynb #69f4fd97
 def data_source() -> str:
     "The default local corpus: `$NANOGPT_COURSE_DATA/tinyshakespeare.txt` if it exists, else 'stdlib'."
@@ -433,10 +606,10 @@ def cli(argv: list[str] | None = None # arguments, e.g. ["fineweb-edu", "--out",
     g.add_argument("--split-text", default="paragraph", choices=["paragraph", "line", "file"], help=".txt files: what is one document")
     g.add_argument("--hf-name", default=None, help="Hugging Face config (default for fineweb-edu: sample-10BT)")
     g = p.add_argument_group("shards")
-    g.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per training shard")
-    g.add_argument("--val-tokens", type=int, default=None, help="tokens in the validation shard (default ~10%%, at most one shard)")
-    g.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens")
-    g.add_argument("--num-proc", type=int, default=None, help="tokenizer processes (default: all CPUs)")
+    g.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per training shard (a whole number, at least 1)")
+    g.add_argument("--val-tokens", type=int, default=None, help="tokens in the validation shard, at least 1 (default ~10%%, at most one shard)")
+    g.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens in all, more than --val-tokens")
+    g.add_argument("--num-proc", type=int, default=None, help="tokenizer processes, at least 1 (default: all CPUs)")
     a = p.parse_args(argv)
     src = a.source[0] if len(a.source) == 1 else a.source
     try:

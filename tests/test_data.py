@@ -185,3 +185,165 @@ def test_hub_reachable_honours_offline_flags_and_connects(monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0)); closed = s.getsockname()[1]  # bound, not listening: connections are refused
         assert not hub_reachable("127.0.0.1", closed, timeout=1)
+
+
+def _small_tokenizer():
+    "A 1,024-token tokenizer: GPT-2's first 1,023 merges and <|endoftext|> = 1023 (nothing to train or download)."
+    base = tiktoken.get_encoding("gpt2")
+    return tiktoken.Encoding("small", pat_str=base._pat_str, special_tokens={"<|endoftext|>": 1023},
+                             mergeable_ranks={t: r for t, r in base._mergeable_ranks.items() if r < 1023})
+
+
+BAD_NUMBERS = [(["--shard-tokens", "-5"], "--shard-tokens"), (["--val-tokens", "0"], "--val-tokens"),
+               (["--val-tokens", "-1"], "--val-tokens"), (["--max-tokens", "0"], "--max-tokens"),
+               (["--max-tokens", "-2"], "--max-tokens"), (["--num-proc", "0"], "--num-proc"), (["--num-proc", "-3"], "--num-proc"),
+               (["--max-tokens", "300", "--val-tokens", "300"], "--max-tokens"), (["--shard-tokens", str(10**15)], "--shard-tokens")]
+
+
+def test_prepare_checks_every_number_before_any_work(tmp_path, capsys):
+    "Each numeric flag out of range is refused before anything is written, in a message that names the flag and its range."
+    (tmp_path / "c.txt").write_text("\n\n".join(DOCS))
+    # --shard-tokens 0 used to write empty shards forever: run it in a subprocess so a regression fails instead of hanging
+    out = subprocess.run([sys.executable, "-m", "nanogpt_course.data", str(tmp_path / "c.txt"), "--out", str(tmp_path / "z"),
+                          "--shard-tokens", "0", "--num-proc", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "--shard-tokens" in out.stderr and "from 1 up" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and not (tmp_path / "z").exists()
+    for extra, flag in BAD_NUMBERS:
+        assert cli([str(tmp_path / "c.txt"), "--out", str(tmp_path / "o"), *extra]) == 1, extra
+        err = capsys.readouterr().err
+        assert err.startswith("nanogpt-course prepare: error: ") and flag in err, (extra, err)
+        assert not (tmp_path / "o").exists(), extra
+    # the function checks the same, naming the argument and the flag; floats and booleans are not counts
+    for kw in (dict(shard_tokens=1.5e6), dict(num_proc=True), dict(chunksize=0), dict(val_tokens=-7)):
+        with pytest.raises(ValueError, match=rf"{next(iter(kw))}.*must be a whole number from 1 up"):
+            prepare(DOCS, tmp_path / "f", progress=False, **kw)
+    assert not (tmp_path / "f").exists()
+
+
+def test_shard_headers_are_checksummed_and_checked_against_the_tokenizer(tmp_path):
+    "eot and vocab_size lie under the header's checksum; dataset_tokenizer checks meta.json, the tokenizer and every shard."
+    from nanogpt_course.data import dataset_tokenizer
+    small = _small_tokenizer()
+    prepare(DOCS, tmp_path / "s", tokenizer=small, shard_tokens=3000, val_tokens=1000, num_proc=1, progress=False)
+    enc, vocab = dataset_tokenizer(tmp_path / "s")
+    assert (enc.n_vocab, vocab, enc.eot_token) == (1024, 1024, 1023)
+    assert enc.encode_ordinary(DOCS[3]) == small.encode_ordinary(DOCS[3])
+    prepare(DOCS, tmp_path / "g", shard_tokens=3000, val_tokens=1000, num_proc=1, progress=False)
+    assert dataset_tokenizer(tmp_path / "g")[1] == 50257
+    # a flipped bit in a header's eot is caught by the header checksum (it used to read as another tokenizer's shard)
+    shard = tmp_path / "g" / "train_000001.bin"
+    raw = bytearray(shard.read_bytes()); raw[28] ^= 0x01; shard.write_bytes(bytes(raw))
+    with pytest.raises(ShardError, match="train_000001.bin is corrupt: the checksum of its header"): read_header(shard)
+    with pytest.raises(ShardError, match="train_000001.bin is corrupt"): dataset_tokenizer(tmp_path / "g")
+    # the issue's case: meta.json names gpt2 over shards made with the 1,024-token tokenizer
+    meta_path = tmp_path / "s" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "tokenizer": "gpt2", "eot": 50256, "vocab_size": 50257}))
+    with pytest.raises(ShardError) as e: dataset_tokenizer(tmp_path / "s")
+    msg = str(e.value)
+    assert "s/val_000000.bin was made by a tokenizer with eot 1023 and vocab_size 1,024" in msg and "vocab_size 50,257" in msg, msg
+    assert "re-run `nanogpt-course prepare" in msg
+    meta_path.write_text(json.dumps({**meta, "tokenizer": "gpt2"}))  # only the tokenizer's name edited
+    with pytest.raises(ShardError, match=r"meta.json says eot 1023 and vocab_size 1,024, but the tokenizer meta.json names \('gpt2'\)"):
+        dataset_tokenizer(tmp_path / "s")
+    meta_path.unlink()  # bare shards: GPT-2's are recognised by their headers, others are refused
+    with pytest.raises(ShardError, match="has no meta.json and its shards are not GPT-2's"): dataset_tokenizer(tmp_path / "s")
+    (tmp_path / "g" / "meta.json").unlink(); shard.unlink()
+    assert dataset_tokenizer(tmp_path / "g")[1] == 50257
+
+
+def test_old_version_1_shards_still_read(tmp_path):
+    "A shard written before the header checksum (format version 1) reads as before."
+    import struct, zlib
+    toks = np.array([5, 6, 7, 50256], dtype="<u2")
+    hdr = struct.pack("<8sIIQIII", b"NGCSHRD\x00", 1, 2, toks.size, zlib.crc32(toks.tobytes()), 50256, 50257).ljust(HEADER_BYTES, b"\0")
+    (tmp_path / "train_000000.bin").write_bytes(hdr + toks.tobytes())
+    assert read_shard(tmp_path / "train_000000.bin").tolist() == toks.tolist()
+    assert read_header(tmp_path / "train_000000.bin")["version"] == 1
+
+
+@pytest.mark.parametrize("name,body,msg", [
+    ("s.jsonl", '{"text": "ok"}\n"just a string"\n', "s.jsonl:2: the line holds a string"),
+    ("n.jsonl", '42\n', "n.jsonl:1: the line holds a number (42)"),
+    ("i.jsonl", '{"text": "ok"}\n{"text": 7}\n', "i.jsonl:2: the 'text' field holds a number (7), not text"),
+    ("l.jsonl", '{"text": ["a", "b"]}\n', "l.jsonl:1: the 'text' field holds a list, not text"),
+    ("num.json", '3', "num.json holds a number (3)"),
+    ("rec.json", '[{"text": "ok"}, 5]', "rec.json: record 2 of 2 is a number (5)"),
+])
+def test_bad_records_are_messages_naming_file_and_line(tmp_path, capsys, name, body, msg):
+    "JSON values where records should be, and texts that are not strings: a one-line error naming the file and line, exit 1."
+    (tmp_path / name).write_text(body)
+    assert cli([str(tmp_path / name), "--out", str(tmp_path / "o"), "--num-proc", "1"]) == 1
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after the progress bar
+    assert msg in last and last.startswith("nanogpt-course prepare: error: "), err
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "c.txt").write_text("\n\n".join(DOCS))
+    (tmp_path / "taken").write_text("a user's file")
+    assert cli([str(tmp_path / "c.txt"), "--out", str(tmp_path / "taken")]) == 1
+    assert "--out" in (err := capsys.readouterr().err) and "taken is a file, not a folder" in err, err
+    assert (tmp_path / "taken").read_text() == "a user's file"
+
+
+def test_undecodable_text_and_damaged_meta_name_the_file(tmp_path, capsys):
+    "Latin-1 text is refused (file, line, byte offset, how to convert), not decoded into U+FFFD; a damaged meta.json is named."
+    raw = ("\n\n".join(DOCS[:50]) + "\n\nCaf\u00e9 cr\u00e8me, na\u00efve.\n").encode("latin-1")
+    (tmp_path / "latin.txt").write_bytes(raw)
+    assert cli([str(tmp_path / "latin.txt"), "--out", str(tmp_path / "o1"), "--num-proc", "1"]) == 1
+    err = capsys.readouterr().err
+    line = raw[:raw.index(0xE9)].count(b"\n") + 1
+    assert f"latin.txt:{line}: not UTF-8 text (byte 0xe9 at byte offset {raw.index(0xE9):,})" in err and "iconv -f latin1 -t utf-8" in err, err
+    raw = b'{"text": "fine"}\n{"text": "hello \xff"}\n'
+    (tmp_path / "bad.jsonl").write_bytes(raw)
+    assert cli([str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "o2"), "--num-proc", "1"]) == 1
+    assert f"bad.jsonl:2: not UTF-8 text (byte 0xff at byte offset {raw.index(0xFF)})" in capsys.readouterr().err
+    # a garbage meta.json: every reader names it and says what to do
+    prepare(DOCS, tmp_path / "d", shard_tokens=1500, val_tokens=700, num_proc=1, progress=False)
+    (tmp_path / "d" / "meta.json").write_text('{"shards": [{"file": ')
+    from nanogpt_course.data import dataset_tokenizer, shard_files
+    for f in (lambda: shard_files(tmp_path / "d"), lambda: TokenLoader(tmp_path / "d", B=2, T=16),
+              lambda: dataset_tokenizer(tmp_path / "d"),
+              lambda: prepare(DOCS, tmp_path / "d", shard_tokens=1500, val_tokens=700, num_proc=1, progress=False)):
+        with pytest.raises(ShardError) as e: f()
+        assert "d/meta.json is damaged (not valid JSON" in str(e.value) and "re-run `nanogpt-course prepare" in str(e.value), str(e.value)
+
+
+def test_network_sources_offline_end_in_one_sentence(tmp_path, monkeypatch):
+    "Offline, fineweb-edu and hf:owner/name say what to download and how to prepare it, in one line, exit 1, nothing written."
+    import nanogpt_course.data as D
+    monkeypatch.setattr(D, "hub_reachable", lambda *a, **k: False)
+    for src, wants in (("fineweb-edu", ["hf download HuggingFaceFW/fineweb-edu --repo-type dataset --include 'sample/10BT/*'",
+                                        "nanogpt-course prepare data/fineweb-edu"]),
+                       ("hf:someone/corpus", ["hf download someone/corpus --repo-type dataset", "nanogpt-course prepare data/corpus"])):
+        err = _run_cli_err(D, [src, "--out", str(tmp_path / "o")])
+        assert all(w in err for w in wants) and err.count("\n") == 1 and err.rstrip().endswith("."), err
+        assert not (tmp_path / "o").exists()
+        with pytest.raises(D.DataUnavailable): next(iter(D.iter_documents(src)))
+    # reachable, but the stream fails (a broken connection, a wrong name): still one sentence, not a traceback
+    import datasets
+    monkeypatch.setattr(D, "hub_reachable", lambda *a, **k: True)
+    def refuse(*a, **k): raise ConnectionError("Couldn't reach 'HuggingFaceFW/fineweb-edu' on the Hub")
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+    err = _run_cli_err(D, ["fineweb-edu", "--out", str(tmp_path / "o2")])
+    assert "streaming FineWeb-Edu failed after 0 rows (ConnectionError" in err and "hf download" in err, err
+
+
+def _run_cli_err(D, argv):
+    import contextlib, io
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf): rc = D.cli(argv)
+    assert rc == 1, buf.getvalue()
+    return buf.getvalue()
+
+
+def test_prepare_fineweb_offline_from_the_shell(tmp_path):
+    "The command as a user types it, with HF_HUB_OFFLINE=1: exit code 1, one line on stderr, no traceback."
+    import os
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    main = "import sys; from nanogpt_course.cli import main; sys.exit(main())"  # what the `nanogpt-course` script runs
+    out = subprocess.run([sys.executable, "-c", main, "prepare", "fineweb-edu", "--out", str(tmp_path / "edu")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 1 and "Traceback" not in out.stderr and out.stderr.count("\n") == 1, out.stderr[-3000:]
+    assert "sample/10BT" in out.stderr and not (tmp_path / "edu").exists()
