@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_hellaswag.ipynb #3e273049
 from __future__ import annotations
-import os, re, sys, json, inspect, contextlib, time, random, shutil, argparse, urllib.request, urllib.error
+import os, re, sys, json, math, inspect, contextlib, time, random, shutil, argparse, http.client, urllib.request, urllib.error
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -29,11 +29,28 @@ def default_cache_dir() -> Path:
     root = os.environ.get("NANOGPT_COURSE_CACHE")
     return Path(root) / "hellaswag" if root else Path("data") / "hellaswag"
 
+def _how_to_get(url: str | None = None, # the file to download; hellaswag_val.jsonl when None
+                dest: Path | None = None, # where the loader looks for it; the default cache when None
+                what: str | None = None   # how to name the file in the sentence ("that file"); the URL when None
+               ) -> str:
+    "The end of every can't-get-the-data message: what to download, and where to put it or which flag names it."
+    url = url or HELLASWAG_URLS["validation"]
+    dest = dest or default_cache_dir() / Path(url).name
+    return (f"download {what or url} on a machine with network access and put it at {dest}, or anywhere and pass its path "
+            f"with `--data FILE` (in Python: `load_hellaswag(path=FILE)`)")
+
 def _split(split: str) -> str:
     if split not in _SPLITS: raise ValueError(f"unknown HellaSwag split {split!r}; choose one of train, validation (or val), test")
     return _SPLITS[split]
 
 # %% ../nbs/06_hellaswag.ipynb #654b4d59
+def _label(label, where: str = "") -> int:
+    "A record's label as an int 0..3, or -1 when it has none; 1.7, true or \"1.7\" are errors, not 1."
+    if label in ("", None): return -1  # the test split is unlabelled ("" on Hugging Face, no `label` in the jsonl)
+    if isinstance(label, str) and label in ("0", "1", "2", "3"): return int(label)  # Hugging Face stores strings
+    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label <= 3: return label  # True is an int to Python, not here
+    raise ValueError(f"{where}label must be 0, 1, 2 or 3 (an integer: the index of the right ending), got {label!r}; fix that record")
+
 def parse_example(d: dict,       # one record in the HellaSwag schema (ctx, endings, label, ...)
                   where: str = "" # prefix for error messages, e.g. "file.jsonl:12: "
                  ) -> dict:
@@ -45,31 +62,42 @@ def parse_example(d: dict,       # one record in the HellaSwag schema (ctx, endi
     if not isinstance(ctx, str) or not ctx.strip(): raise ValueError(f"{where}ctx must be a non-empty string, got {ctx!r:.60}")
     if not isinstance(endings, (list, tuple)) or len(endings) != 4 or not all(isinstance(e, str) and e.strip() for e in endings):
         raise ValueError(f"{where}endings must be a list of 4 non-empty strings, got {endings!r:.100}")
-    label = d.get("label", "")
-    if label in ("", None): label = -1  # the test split is unlabelled
-    else:
-        try: label = int(label)  # Hugging Face's copy stores "0".."3"
-        except (TypeError, ValueError): raise ValueError(f"{where}label must be 0, 1, 2 or 3, got {label!r}") from None
-        if not 0 <= label <= 3: raise ValueError(f"{where}label must be 0, 1, 2 or 3, got {label}")
-    return {**d, "ctx": ctx, "endings": list(endings), "label": label}
+    return {**d, "ctx": ctx, "endings": list(endings), "label": _label(d.get("label", ""), where)}
 
-def read_jsonl(path: str | Path # a jsonl file in the HellaSwag schema, one record a line
+def _check_labels(examples: list[dict], wheres: list[str], name: str, labelled: bool) -> list[dict]:
+    "All records labelled, or none (the test split; refused when `labelled`): a file that mixes them is broken."
+    unl = [w for e, w in zip(examples, wheres) if e["label"] < 0]
+    if unl and len(unl) < len(examples):
+        raise ValueError(f"{unl[0]}no label, though {name} has labelled records ({len(examples) - len(unl)} of {len(examples)}); "
+                         f"give every record a `label` 0..3 (the index of the right ending)")
+    if unl and labelled:
+        raise ValueError(f"{name} has no labels: none of its {len(examples)} records has a `label` (HellaSwag's test split is "
+                         f"unlabelled), so there is nothing to score; evaluate the validation split, which has labels "
+                         f"(`--split validation`, or `--data FILE` with {HELLASWAG_URLS['validation']}).")
+    return examples
+
+# %% ../nbs/06_hellaswag.ipynb #5b1e0c2a
+def read_jsonl(path: str | Path,       # a jsonl file in the HellaSwag schema, one record a line
+               labelled: bool = True  # refuse a file without labels (the test split); False to read it for predictions only
               ) -> list[dict]:
     "Read a HellaSwag-schema jsonl file; a malformed line raises a ValueError that names its line number."
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"HellaSwag file {path} does not exist; download {HELLASWAG_URLS['validation']} "
-                                f"(or run load_hellaswag() with network access) and pass its path")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+        raise FileNotFoundError(f"HellaSwag file {path} {'is a folder' if path.is_dir() else 'does not exist'}; {_how_to_get()}.")
+    out, wheres = [], []
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            where = f"{path}:{i}: "
+            try: line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); save the file as UTF-8") from None
             if not line.strip(): continue  # a trailing blank line is not an error
             try: d = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno}); fix or delete that line") from None
-            out.append(parse_example(d, where=f"{path}:{i}: "))
+                raise ValueError(f"{where}not valid JSON ({e.msg} at column {e.colno}); fix or delete that line") from None
+            out.append(parse_example(d, where=where)); wheres.append(where)
     if not out: raise ValueError(f"{path} holds no examples")
-    return out
+    return _check_labels(out, wheres, str(path), labelled)
 
 # %% ../nbs/06_hellaswag.ipynb #f0962ec4
 def download_hellaswag(split: str = "validation", # train, validation (val) or test
@@ -86,43 +114,55 @@ def download_hellaswag(split: str = "validation", # train, validation (val) or t
     tmp = dest.with_name(dest.name + ".part")
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f: shutil.copyfileobj(r, f)
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(
-            f"could not download HellaSwag {split} from {url} ({e}). To get the data: download that file on a "
-            f"machine with network access and put it at {dest} or pass its path (load_hellaswag(path=...), "
-            f"`--data PATH`), or use the Hugging Face copy (load_hellaswag(source='hf'), needs `datasets`).") from None
+        answered = isinstance(e, urllib.error.HTTPError)  # the server replied (403, 404, 5xx), so the network works
+        reason = f"HTTP {e.code} {e.reason}" if answered else str(getattr(e, "reason", e) or type(e).__name__)
+        err = RuntimeError(f"could not download HellaSwag {split} from {url} ({reason}); {_how_to_get(url, dest, 'that file')}, "
+                           f"or load the Hugging Face copy with `--source hf` (`source='hf'`, needs `datasets`).")
+        err.reason, err.answered = reason, answered
+        raise err from None
     os.replace(tmp, dest)
     return dest
 
+# %% ../nbs/06_hellaswag.ipynb #b83e1f5d
 def load_hf_hellaswag(split: str = "validation", # train, validation or test
-                      cache_dir: str | Path | None = None # `datasets` cache folder (its default when None)
+                      cache_dir: str | Path | None = None, # `datasets` cache folder (its default when None)
+                      labelled: bool = True # refuse a split without labels (test); False to load it for predictions only
                      ) -> list[dict]:
     "Load a split of the Hugging Face copy `Rowan/hellaswag` (labels arrive as strings and become ints)."
-    try: from datasets import load_dataset
-    except ImportError: raise RuntimeError("loading HellaSwag from Hugging Face needs `pip install datasets`") from None
     split = _split(split)
-    try: ds = load_dataset(HF_DATASET, split=split, cache_dir=str(cache_dir) if cache_dir else None)
+    try:
+        from datasets import load_dataset
+        ds = load_dataset(HF_DATASET, split=split, cache_dir=str(cache_dir) if cache_dir else None)
     except Exception as e:
-        raise RuntimeError(f"could not load {HF_DATASET} ({split}) with datasets: {type(e).__name__}: {e}") from None
-    return [parse_example(dict(r), where=f"{HF_DATASET}[{split}][{i}]: ") for i, r in enumerate(ds)]
+        reason = "needs `pip install datasets`" if isinstance(e, ImportError) else f"{type(e).__name__}: {str(e).strip():.200}"
+        err = RuntimeError(f"could not load {HF_DATASET} ({split}) ({reason}); {_how_to_get(HELLASWAG_URLS[split])}.")
+        err.reason = reason
+        raise err from None
+    wheres = [f"{HF_DATASET}[{split}][{i}]: " for i in range(len(ds))]
+    return _check_labels([parse_example(dict(r), where=w) for r, w in zip(ds, wheres)], wheres, f"{HF_DATASET} ({split})", labelled)
 
 # %% ../nbs/06_hellaswag.ipynb #25bd56a8
 def load_hellaswag(split: str = "validation", # train, validation (val) or test
                    path: str | Path | None = None, # a local jsonl in the HellaSwag schema; skips any download
                    cache_dir: str | Path | None = None, # download cache; `default_cache_dir()` (data/hellaswag) when None
-                   source: str = "auto" # "url" (rowanz/hellaswag jsonl), "hf" (Rowan/hellaswag) or "auto" (url, then hf)
+                   source: str = "auto", # "url" (rowanz/hellaswag jsonl), "hf" (Rowan/hellaswag) or "auto" (url, then hf)
+                   labelled: bool = True # refuse data without labels (the test split); False to get it for predictions only
                   ) -> list[dict]:
     "HellaSwag examples as dicts with `ctx`, `endings` (4 strings), `label` (int) and the schema's other fields."
-    if path is not None: return read_jsonl(path)
+    if path is not None: return read_jsonl(path, labelled)
     if source not in ("auto", "url", "hf"): raise ValueError(f"source must be 'auto', 'url' or 'hf', got {source!r}")
-    if source == "hf": return load_hf_hellaswag(split, cache_dir)
-    try: return read_jsonl(download_hellaswag(split, cache_dir))
+    if source == "hf": return load_hf_hellaswag(split, cache_dir, labelled)
+    try: return read_jsonl(download_hellaswag(split, cache_dir), labelled)
     except RuntimeError as e_url:
-        if source == "url": raise
-        try: return load_hf_hellaswag(split)
+        # no network at all (no name lookup, no connection): the hub would not answer either, after retries with growing waits
+        if source == "url" or not getattr(e_url, "answered", False): raise
+        try: return load_hf_hellaswag(split, labelled=labelled)
         except RuntimeError as e_hf:
-            raise RuntimeError(f"HellaSwag is not available here.\n- {e_url}\n- {e_hf}") from None
+            url = HELLASWAG_URLS[_split(split)]
+            raise RuntimeError(f"HellaSwag {_split(split)} is not available here: {url} answered {e_url.reason} and {HF_DATASET} failed "
+                               f"({e_hf.reason}); {_how_to_get(url, Path(cache_dir or default_cache_dir()) / Path(url).name)}.") from None
 
 # %% ../nbs/06_hellaswag.ipynb #da3a477f
 def preprocess(text: str) -> str:
@@ -313,7 +353,7 @@ def evaluate(model,              # a GPT (or a Hugging Face causal LM); put in e
              pack: bool = True,      # one packed row per example (`score_packed`) where the model and lengths allow
              dtype: str = "auto"     # "auto": bf16 autocast on CUDA, float32 elsewhere; "bfloat16" anywhere (`eval_autocast`)
             ) -> dict:
-    "Score every ending by its log-likelihood; return acc, acc_norm, acc_norm_bytes, n and per-example predictions."
+    "Score every ending by its log-likelihood; return acc, acc_norm, acc_norm_bytes (None when no example has a label), n and predictions."
     if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not examples: raise ValueError("no examples to evaluate")
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -364,7 +404,7 @@ def evaluate(model,              # a GPT (or a Hugging Face causal LM); put in e
                       "logprobs": sums[i].tolist(), "n_tokens": counts[i].long().tolist()})
         if lab >= 0: hits = [h + (q == lab) for h, q in zip(hits, p)]
     n = sum(p["label"] >= 0 for p in preds)  # unlabelled (test split) examples get predictions but no score
-    acc = [h / n if n else float("nan") for h in hits]
+    acc = [h / n if n else None for h in hits]  # None, not NaN: the result goes into JSON files and logs
     secs = time.perf_counter() - t0
     return {"acc": acc[0], "acc_norm": acc[1], "acc_norm_bytes": acc[2], "n": n, "n_correct": hits[0],
             "n_correct_norm": hits[1], "predictions": preds, "seconds": secs, "n_scored": len(mine),  # this rank's share
@@ -418,17 +458,17 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--model", required=True, help="a course checkpoint, a run directory, a Hugging Face directory or id (gpt2)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda:LOCAL_RANK if available, else cpu)")
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=None, help="a local jsonl in the HellaSwag schema (default: download the split)")
-    g.add_argument("--split", default="validation", help="train, validation or test (default: validation)")
+    g.add_argument("--data", default=None, metavar="FILE", help="a local jsonl in the HellaSwag schema, e.g. hellaswag_val.jsonl (default: download --split)")
+    g.add_argument("--split", default="validation", choices=list(_SPLITS), help="train, validation (val) or test (default: validation)")
     g.add_argument("--source", default="auto", choices=["auto", "url", "hf"], help="where to download from: the rowanz/hellaswag jsonl, Rowan/hellaswag on Hugging Face, or url then hf")
     g.add_argument("--cache-dir", default=None, help="download cache (default: data/hellaswag)")
     g.add_argument("--text", default=None, help="mc: a text file; its last --heldout fraction becomes the multiple-choice set")
-    g.add_argument("--heldout", type=float, default=0.1, help="mc: fraction of --text at its end to build from (default 0.1)")
-    g.add_argument("--n", type=int, default=500, help="mc: number of examples (default 500)")
+    g.add_argument("--heldout", type=float, default=0.1, help="mc: fraction of --text at its end to build from, in (0, 1] (default 0.1)")
+    g.add_argument("--n", type=int, default=500, help="mc: number of examples, >= 1 (default 500)")
     g.add_argument("--seed", type=int, default=0, help="mc: seed of the set (default 0)")
-    g.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
+    g.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples, N >= 1")
     g = p.add_argument_group("scoring")
-    g.add_argument("--batch-size", type=int, default=8, help="examples per forward pass (default 8)")
+    g.add_argument("--batch-size", type=int, default=8, help="examples per forward pass, >= 1 (default 8)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto: bf16 autocast on CUDA, float32 elsewhere; bfloat16 anywhere (fast on CPUs with AMX)")
     g.add_argument("--style", default="nanogpt", choices=["nanogpt", "harness"], help="text as given (nanogpt) or cleaned as lm-evaluation-harness does")
@@ -437,14 +477,49 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
+# %% ../nbs/06_hellaswag.ipynb #9d4c2e61
+def _check_device(spec: str # what --device says: cpu, cuda, cuda:N or mps
+                 ) -> torch.device:
+    "torch.device(spec) when this machine has it, else a ValueError that says what to use instead."
+    try: d = torch.device(spec)
+    except RuntimeError: d = None  # "tpu", "gpu", "": not a device type torch knows
+    if d is None or d.type not in ("cpu", "cuda", "mps"): raise ValueError(f"--device must be cpu, cuda, cuda:N or mps, got {spec!r}")
+    n = torch.cuda.device_count() if d.type == "cuda" and torch.cuda.is_available() else 0
+    if d.type == "cuda" and n == 0: raise ValueError(f"--device {spec}: this machine has no CUDA GPU that torch can use; use --device cpu")
+    if d.type == "cuda" and (d.index or 0) >= n: raise ValueError(f"--device {spec}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+    if d.type == "mps" and not torch.backends.mps.is_available(): raise ValueError(f"--device {spec}: MPS is not available here; use --device cpu")
+    return d
+
+def _check_args(args: argparse.Namespace):
+    "Every numeric flag, --device and --json, before any work: a ValueError that names the flag and what it accepts."
+    for flag, v in (("--batch-size", args.batch_size), ("--limit", args.limit), ("--n", args.n)):
+        if v is not None and v < 1: raise ValueError(f"{flag} must be an integer >= 1, got {v}")
+    if not 0 < args.heldout <= 1: raise ValueError(f"--heldout must be a fraction in (0, 1], the share of --text at its end, got {args.heldout}")
+    if args.device is not None: _check_device(args.device)
+    if args.json and Path(args.json).is_dir(): raise ValueError(f"--json {args.json} is a folder; give a file name, e.g. {Path(args.json) / 'hellaswag.json'}")
+    parent = next((p for p in Path(args.json or ".").absolute().parents if p.exists()), None)
+    if args.json and parent is not None and not parent.is_dir(): raise ValueError(f"--json {args.json}: {parent} is a file, not a folder")
+
+def _json_safe(x):
+    "`x` with every NaN or infinity replaced by None (JSON null): the file the course writes must be valid JSON."
+    if isinstance(x, float) and not math.isfinite(x): return None
+    if isinstance(x, dict): return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return [_json_safe(v) for v in x]
+    return x
+
+# %% ../nbs/06_hellaswag.ipynb #c0e85d93
 def _load_model(spec: str, device: str):
     from nanogpt_course.train import load_model
     return load_model(spec, device=device)
 
 def cli(argv: list[str] | None = None # e.g. ["hellaswag", "--model", "gpt2"]; `sys.argv[1:]` when None
        ) -> int:
-    "`nanogpt-course eval hellaswag --model CKPT_OR_HF [--data PATH] [--limit N] [--batch-size B]`, also under torchrun."
+    "`nanogpt-course eval hellaswag --model CKPT_OR_HF [--data FILE] [--limit N] [--batch-size B]`, also under torchrun."
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try: _check_args(args)
+    except ValueError as e:  # a bad flag: say which, before any work (argparse's exit status for usage errors)
+        print(f"nanogpt-course eval: error: {e}", file=sys.stderr)
+        return 2
     dist, own_group = torch.distributed, False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # launched by torchrun
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
@@ -458,7 +533,8 @@ def cli(argv: list[str] | None = None # e.g. ["hellaswag", "--model", "gpt2"]; `
             examples, data = load_hellaswag(args.split, args.data, args.cache_dir, args.source), args.data or f"hellaswag {args.split}"
         else:
             if not args.text: raise ValueError("`eval mc` needs --text FILE (a corpus; its last --heldout fraction is used)")
-            text = Path(args.text).read_text(encoding="utf-8")
+            try: text = Path(args.text).read_text(encoding="utf-8")
+            except UnicodeDecodeError as e: raise ValueError(f"--text {args.text} is not UTF-8 (byte {e.start}); save it as UTF-8") from None
             examples, data = None, f"{args.text} (last {args.heldout:.0%})"
         model, enc = _load_model(args.model, device)
         if examples is None: examples = make_mc_examples(text[int(len(text) * (1 - args.heldout)):], enc, args.n, args.seed)
@@ -471,13 +547,17 @@ def cli(argv: list[str] | None = None # e.g. ["hellaswag", "--model", "gpt2"]; `
     finally:
         if own_group: dist.destroy_process_group()
     if rank == 0:
-        print(f"{args.task} on {data}: {res['n']} examples, acc {res['acc']:.4f}, acc_norm {res['acc_norm']:.4f} "
-              f"(acc_norm_bytes {res['acc_norm_bytes']:.4f}) in {res['seconds']:.1f}s")
+        f = lambda a: "n/a" if a is None else f"{a:.4f}"  # None: no labelled example (evaluate never returns NaN)
+        print(f"{args.task} on {data}: {res['n']} examples, acc {f(res['acc'])}, acc_norm {f(res['acc_norm'])} "
+              f"(acc_norm_bytes {f(res['acc_norm_bytes'])}) in {res['seconds']:.1f}s")
         if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps({"task": args.task, "model": args.model, "data": data, "style": args.style, "dtype": args.dtype,
-                                                   "world_size": world,
-                                                   **res}, indent=1))
+            out = {"task": args.task, "model": args.model, "data": data, "style": args.style, "dtype": args.dtype, "world_size": world, **res}
+            try:
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps(_json_safe(out), indent=1, allow_nan=False))
+            except OSError as e:
+                print(f"nanogpt-course eval: error: could not write --json {args.json} ({e}); the scores are printed above", file=sys.stderr)
+                return 1
     return 0
 
 # %% ../nbs/06_hellaswag.ipynb #15aedad4

@@ -2,7 +2,7 @@
 batched == one example at a time, the CLI (in process, under torchrun, errors), and the loaders (local HTTP download and
 cache, Hugging Face `datasets` with string labels, malformed lines). Self-contained: a small BPE tokenizer, a tiny GPT
 and HellaSwag-schema files written here."""
-import functools, http.server, json, os, subprocess, sys, threading
+import functools, http.server, json, os, socket, subprocess, sys, threading, urllib.error, urllib.request
 from pathlib import Path
 import pytest
 import torch
@@ -205,7 +205,7 @@ def test_no_network_error_says_how_to_get_the_data(tmp_path, monkeypatch):
     monkeypatch.setitem(H.HELLASWAG_URLS, "validation", f"http://127.0.0.1:{free_port()}/hellaswag_val.jsonl")
     with pytest.raises(RuntimeError, match="could not download HellaSwag validation") as e:
         H.load_hellaswag(cache_dir=tmp_path, source="url")
-    assert "--data PATH" in str(e.value) and "source='hf'" in str(e.value)
+    assert "--data FILE" in str(e.value) and "source='hf'" in str(e.value)
     assert list(tmp_path.iterdir()) == []  # no half-written file
 
 
@@ -219,3 +219,138 @@ def test_hugging_face_loader_string_labels(setup, tmp_path, monkeypatch):
     got = H.load_hellaswag("val", source="hf", cache_dir=tmp_path / "hf_cache")
     assert [g["label"] for g in got] == [e["label"] for e in setup["examples"][:5]] and all(isinstance(g["label"], int) for g in got)
     assert [g["endings"] for g in got] == [e["endings"] for e in setup["examples"][:5]]
+
+
+def _strict_json(text):
+    "json.loads that refuses NaN and Infinity (Python's json accepts them; JSON does not)."
+    def no(c): raise AssertionError(f"{c} in JSON output")
+    return json.loads(text, parse_constant=no)
+
+
+def test_labels_must_be_integers_0_to_3(setup, tmp_path, capsys):
+    "1.7, true, '1.7', 3.0, 4 and -1 were read as some label by int(); each is refused with its file and line."
+    from nanogpt_course.cli import main
+    rec = setup["examples"][0]
+    assert H.parse_example({**rec, "label": "2"})["label"] == 2 and H.parse_example({**rec, "label": 3})["label"] == 3
+    for label in (1.7, True, False, "1.7", " 1", 3.0, 4, -1, [1]):
+        with pytest.raises(ValueError, match=r"f\.jsonl:9: label must be 0, 1, 2 or 3 \(an integer: the index of the right ending\), got "):
+            H.parse_example({**rec, "label": label}, where="f.jsonl:9: ")
+    lines = setup["data"].read_text().splitlines()
+    for label in ("1.7", "true"):
+        bad = tmp_path / f"bad_{label}.jsonl"
+        bad.write_text("\n".join(lines[:2] + [json.dumps({**json.loads(lines[2]), "label": json.loads(label)})] + lines[3:5]) + "\n")
+        assert main(["eval", "hellaswag", "--model", str(setup["ckpt"]), "--data", str(bad), "--no-progress"]) == 1
+        err = capsys.readouterr().err
+        assert f"bad_{label}.jsonl:3: label must be" in err and f"got {json.loads(label)!r}" in err, err
+
+
+def test_unlabelled_data_is_refused_and_nothing_is_nan(setup, tmp_path, capsys):
+    "A file without labels (the test split) says so and what to use; evaluate never returns NaN; a mixed file names the line."
+    from nanogpt_course.cli import main
+    recs = [json.loads(l) for l in setup["data"].read_text().splitlines()[:6]]
+    unl = tmp_path / "hellaswag_test.jsonl"
+    unl.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "label"}) + "\n" for r in recs))
+    out = tmp_path / "r.json"
+    assert main(["eval", "hellaswag", "--model", str(setup["ckpt"]), "--data", str(unl), "--no-progress", "--json", str(out)]) == 1
+    cap = capsys.readouterr()
+    assert "hellaswag_test.jsonl has no labels" in cap.err and "evaluate the validation split" in cap.err, cap.err
+    assert H.HELLASWAG_URLS["validation"] in cap.err and "nan" not in cap.out.lower() and not out.exists()
+    # asked for on purpose (predictions only): the scores are None, not NaN, and the result is valid JSON
+    ex = H.load_hellaswag(path=unl, labelled=False)
+    assert [e["label"] for e in ex] == [-1] * 6
+    r = H.evaluate(setup["model"], setup["enc"], ex, batch_size=4)
+    assert r["n"] == 0 and r["acc"] is None and r["acc_norm"] is None and r["acc_norm_bytes"] is None
+    assert len(r["predictions"]) == 6
+    _strict_json(json.dumps(r, allow_nan=False))
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps({**r_, "label": ""} if i == 3 else r_) + "\n" for i, r_ in enumerate(recs)))
+    for labelled in (True, False):
+        with pytest.raises(ValueError, match=r"mixed\.jsonl:4: no label, though .*mixed\.jsonl has labelled records \(5 of 6\)"):
+            H.load_hellaswag(path=mixed, labelled=labelled)
+
+
+def test_json_output_never_holds_nan(setup, tmp_path, monkeypatch, capsys):
+    "A model whose scores are NaN (diverged weights) still writes valid JSON: non-finite numbers become null."
+    from nanogpt_course.cli import main
+    broken, enc = load_model(setup["ckpt"])
+    with torch.no_grad(): broken.lm_head.weight.fill_(float("nan"))
+    monkeypatch.setattr(H, "_load_model", lambda spec, device: (broken, enc))
+    out = tmp_path / "r.json"
+    assert main(["eval", "hellaswag", "--model", "x", "--data", str(setup["data"]), "--limit", "5", "--no-progress", "--json", str(out)]) == 0
+    res = _strict_json(out.read_text())
+    assert res["n"] == 5 and all(lp is None for p in res["predictions"] for lp in p["logprobs"])
+    assert "nan" not in capsys.readouterr().out.lower()
+
+
+def _no_network(*a, **k):
+    raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+
+def test_offline_cli_ends_in_one_sentence(setup, tmp_path, monkeypatch, capsys):
+    "No network: `eval hellaswag` without --data exits 1 with one line naming hellaswag_val.jsonl's URL, where to put it and --data FILE."
+    from nanogpt_course.cli import main
+    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
+    hf_calls = []
+    monkeypatch.setattr(H, "load_hf_hellaswag", lambda *a, **k: hf_calls.append(a) or pytest.fail("tried the hub with no network"))
+    monkeypatch.setattr(H, "_load_model", lambda *a: pytest.fail("loaded the model before the data"))
+    assert main(["eval", "hellaswag", "--model", str(setup["ckpt"]), "--cache-dir", str(tmp_path / "hs"), "--no-progress"]) == 1
+    cap = capsys.readouterr()
+    err = cap.err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err and err.startswith("nanogpt-course eval: error: could not download"), err
+    assert H.HELLASWAG_URLS["validation"] in err and "Name or service not known" in err
+    assert f"put it at {tmp_path / 'hs' / 'hellaswag_val.jsonl'}" in err and "--data FILE" in err and err.endswith(".")
+    assert not hf_calls and not list((tmp_path / "hs").glob("*.part"))
+
+
+def test_server_error_tries_hugging_face_then_one_sentence(tmp_path, monkeypatch):
+    "The server answered (404): the Hugging Face copy is tried; when it fails too, one sentence says what to download and where."
+    srv_dir = tmp_path / "srv"; srv_dir.mkdir()  # empty: every file is a 404
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(srv_dir))
+    handler.log_message = lambda *a: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/hellaswag_val.jsonl"
+    monkeypatch.setitem(H.HELLASWAG_URLS, "validation", url)
+    def hf_fails(split, cache_dir=None, labelled=True):
+        e = RuntimeError("could not load Rowan/hellaswag"); e.reason = "ConnectionError: hub down"; raise e
+    monkeypatch.setattr(H, "load_hf_hellaswag", hf_fails)
+    try:
+        with pytest.raises(RuntimeError) as e: H.load_hellaswag(cache_dir=tmp_path / "hs")
+    finally: srv.shutdown(); srv.server_close()
+    msg = str(e.value)
+    assert "\n" not in msg and "answered HTTP 404" in msg and "ConnectionError: hub down" in msg, msg
+    assert f"download {url}" in msg and str(tmp_path / "hs" / "hellaswag_val.jsonl") in msg and "--data FILE" in msg
+
+
+@pytest.mark.parametrize("flags, msg", [
+    (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+    (["--batch-size", "-2"], "--batch-size must be an integer >= 1, got -2"),
+    (["--limit", "0"], "--limit must be an integer >= 1, got 0"),
+    (["--n", "-1"], "--n must be an integer >= 1, got -1"),
+    (["--heldout", "0"], "--heldout must be a fraction in (0, 1]"),
+    (["--heldout", "1.5"], "--heldout must be a fraction in (0, 1]"),
+    (["--heldout", "nan"], "--heldout must be a fraction in (0, 1]"),
+    (["--device", "tpu"], "--device must be cpu, cuda, cuda:N or mps, got 'tpu'"),
+    (["--device", "cuda"], "--device cuda: this machine has no CUDA GPU that torch can use; use --device cpu"),
+    (["--device", "cuda:3"], "--device cuda:3: this machine has 2 CUDA device(s), cuda:0 to cuda:1"),
+    (["--json", "DIR"], "is a folder; give a file name"),
+    (["--json", "FILE/r.json"], "is a file, not a folder"),
+])
+def test_cli_flags_checked_before_any_work(setup, tmp_path, monkeypatch, capsys, flags, msg):
+    from nanogpt_course.cli import main
+    if flags == ["--device", "cuda"]: monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if flags == ["--device", "cuda:3"]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True); monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    (tmp_path / "FILE").write_text("x"); (tmp_path / "DIR").mkdir()
+    flags = [str(tmp_path / f) if f in ("DIR", "FILE/r.json") else f for f in flags]
+    monkeypatch.setattr(H, "load_hellaswag", lambda *a, **k: pytest.fail("read the data before checking the flags"))
+    monkeypatch.setattr(H, "_load_model", lambda *a: pytest.fail("loaded the model before checking the flags"))
+    assert main(["eval", "hellaswag", "--model", str(setup["ckpt"]), "--data", str(setup["data"]), "--no-progress"] + flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nanogpt-course eval: error: ") and msg in err and "Traceback" not in err, err
+
+
+def test_cli_unknown_split_is_a_usage_error(setup, capsys):
+    from nanogpt_course.cli import main
+    with pytest.raises(SystemExit) as e: main(["eval", "hellaswag", "--model", str(setup["ckpt"]), "--split", "dev"])
+    assert e.value.code == 2 and "argument --split: invalid choice: 'dev'" in capsys.readouterr().err
