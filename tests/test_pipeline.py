@@ -1,0 +1,148 @@
+"""The main job (nanogpt_course.pipeline, notebook 09): the training schedules end inside the time budget on a machine
+slower than its timing probe promised, a stage cut by the time limit says so, and the whole job runs end to end.
+Self-contained: a small corpus and a 300-token BPE made here; a busy machine is a monkeypatched slow optimizer step."""
+import json, random, time
+from pathlib import Path
+import pytest
+
+from nanogpt_course import pipeline as P, sft as S, train as T
+from nanogpt_course.data import prepare
+from nanogpt_course.tokenizer import BPETokenizer
+
+# a tiny model and batch: each step takes a few ms before the slowdown
+TINY = dict(preset="tiny", n_embd=32, batch_size=4, seq_len=32, total_batch_tokens=128, progress=False)
+
+
+def _corpus(n: int = 600) -> list[str]:
+    rnd = random.Random(0)
+    words = "the cat sat on a mat while some dog ran to its home and every bird sang in morning light".split()
+    return [" ".join(rnd.choice(words) for _ in range(rnd.randint(20, 120))) + "." for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    "Shards of the small corpus, tokenized with a 300-token BPE trained here."
+    d = tmp_path_factory.mktemp("pipeline")
+    docs = _corpus()
+    BPETokenizer.train("\n".join(docs[:300]), 300).save(d / "tok.json")
+    prepare(docs, d / "data", tokenizer=d / "tok.json", shard_tokens=30_000, val_tokens=4_000, num_proc=1, progress=False)
+    # a few steps of pretraining, to instruction-tune from; it also pays the one-off imports (matplotlib, ...) before
+    # the budgets below start counting
+    T.pretrain(str(d / "data"), out_dir=str(d / "base"), max_steps=4, warmup_steps=1, **TINY)
+    return d
+
+
+class SlowSteps:
+    "Every optimizer step of the training loops takes `seconds` longer (the timing probe's steps do not): a busy machine."
+    def __init__(self, monkeypatch, seconds: float, after: int = 0):
+        self.seconds, self.after, self.calls = seconds, after, 0  # the first `after` steps keep their speed
+        real = T.configure_optimizer
+        def configure(*a, **k):
+            opt = real(*a, **k)
+            step = opt.step
+            def slow_step(*a, **k):
+                self.calls += 1
+                if self.calls > self.after: time.sleep(self.seconds)
+                return step(*a, **k)
+            opt.step = slow_step
+            return opt
+        monkeypatch.setattr(T, "configure_optimizer", configure)
+        monkeypatch.setattr(S, "configure_optimizer", configure)  # sft imported it by name
+
+
+def _lrs(log_path: Path) -> list[float]:
+    return [r["lr"] for r in map(json.loads, Path(log_path).read_text().splitlines()) if "lr" in r]
+
+
+def test_pretraining_replans_a_slow_run_so_its_schedule_ends(data, monkeypatch, capsys):
+    "A first plan 10x too long for the budget: the run re-plans from the pace it measures, and its last step ends the cosine."
+    SlowSteps(monkeypatch, 0.04)  # the sleep outweighs the computing, so a busy test machine moves the pace little
+    r = P.pretrain_in_budget(str(data / "data"), str(data / "slow"), seconds=8, steps=2000, replan_at=(0.5,), **TINY)
+    assert r["replanned"], "a plan 10x too long was not re-planned"
+    assert r["cut"] is None and r["steps"] == r["schedule_steps"] < 2000
+    cfg = T.TrainConfig(**T.load_checkpoint(r["checkpoint"])["train_config"])
+    assert cfg.max_steps == r["steps"]
+    lrs = _lrs(data / "slow" / "log.jsonl")
+    assert len(lrs) == r["steps"]
+    assert lrs[-1] == pytest.approx(T.get_lr(r["steps"] - 1, cfg))  # the last step ran at the end of the schedule
+    assert lrs[-1] < 0.2 * cfg.lr  # near its floor (min_lr_ratio), far below the peak
+    out = capsys.readouterr().out
+    assert f"pretraining re-planned at step {r['replanned'][0]['at_step']}: 2000 -> {r['replanned'][0]['to']} steps" in out
+    assert all(k in r["replanned"][0] for k in ("from", "to", "at_step", "why"))
+
+
+def test_pretraining_cut_by_the_time_limit_says_so(data, monkeypatch, capsys):
+    "The machine becomes far slower after the last re-plan: the run stops at its time limit and says it was cut."
+    slow = SlowSteps(monkeypatch, 0.0)
+    real = P.replan_checkpoint
+    def replan_then_slow_down(*a, **k):
+        res = real(*a, **k); slow.seconds = 1.0
+        return res
+    monkeypatch.setattr(P, "replan_checkpoint", replan_then_slow_down)
+    r = P.pretrain_in_budget(str(data / "data"), str(data / "cut"), seconds=3, steps=5000, replan_at=(), **TINY)
+    assert r["replanned"] and r["steps"] < r["schedule_steps"]
+    assert r["cut"] == (f"the time limit stopped it at step {r['steps']} of {r['schedule_steps']}, "
+                        "before its learning-rate schedule ended")
+    assert f"warning: pretraining was cut: {r['cut']}" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def pretrained(data):
+    return str(data / "base")
+
+
+def test_instruction_tuning_plans_from_a_measured_slow_step(pretrained, tmp_path, monkeypatch):
+    "The plan comes from steps timed on the instruction set itself, so a slow machine gets fewer steps and the cosine ends."
+    SlowSteps(monkeypatch, 0.03)
+    t = P.tune_in_budget(pretrained, S.builtin_instructions(), tmp_path / "sft", seconds=3, max_steps=10_000, lr=1e-3, progress=False)
+    assert t["cut"] is None and t["steps"] == t["planned_steps"] < 10_000
+    assert t["plan"]["limit"] == "time" and t["plan"]["seconds_per_step"] >= 0.03
+    lrs = _lrs(tmp_path / "sft" / "sft_log.jsonl")
+    assert len(lrs) == t["steps"]
+    assert lrs[-1] == pytest.approx(S.sft_lr(t["steps"] - 1, t["steps"], 1e-3, max(1, round(0.05 * t["steps"]))))
+    # few passes over the data: the cap, not the time, decides
+    t2 = P.tune_in_budget(pretrained, S.builtin_instructions(), tmp_path / "sft2", seconds=60, max_steps=3, lr=1e-3, progress=False)
+    assert t2["steps"] == t2["planned_steps"] == 3 and t2["plan"]["limit"] == "passes over the data"
+
+
+def test_instruction_tuning_cut_by_the_time_limit_says_so(pretrained, tmp_path, monkeypatch, capsys):
+    "Steps become 20x slower after the timing probe: the time limit stops the run, and the result and the console say so."
+    SlowSteps(monkeypatch, 0.5, after=5)  # the probe's 5 steps keep their speed
+    t = P.tune_in_budget(pretrained, S.builtin_instructions(), tmp_path / "sft", seconds=3, max_steps=10_000, lr=1e-3,
+                         probe_steps=5, progress=False)
+    assert t["steps"] < t["planned_steps"]
+    assert t["cut"] == (f"the time limit stopped it at step {t['steps']} of {t['planned_steps']}, "
+                        "before its learning-rate schedule ended")
+    assert f"warning: instruction tuning was cut: {t['cut']}" in capsys.readouterr().out
+
+
+def test_main_job_end_to_end_on_a_slow_machine(tmp_path, monkeypatch, capsys):
+    "`run` with tiny settings, its steps slower than its timing probe: every stage runs, and summary.json tells the plans."
+    (tmp_path / "corpus.txt").write_text("\n\n".join(_corpus()))
+    SlowSteps(monkeypatch, 0.01)
+    s = P.run(str(tmp_path / "run"), minutes=0.25, corpus=str(tmp_path / "corpus.txt"), instructions="builtin", vocab_size=300,
+              preset="tiny", block_size=64, mc_examples=8, serve=False, progress=False)
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert list(on_disk["stages"]) == ["tokenizer", "shards", "pretraining", "instruction tuning", "evaluation"]
+    pre, sft = on_disk["stages"]["pretraining"], on_disk["stages"]["instruction tuning"]
+    assert pre["replanned"], "the probe's plan was not corrected from the slower pace"
+    assert all(k in pre["replanned"][0] for k in ("from", "to", "at_step", "why"))
+    # each schedule ended, or the stage says it was cut (the tests above make each case happen for sure)
+    assert (pre["steps"] == pre["schedule_steps"] and pre["cut"] is None) or f"at step {pre['steps']} of" in pre["cut"]
+    assert (sft["steps"] == sft["planned_steps"] and sft["cut"] is None) or f"at step {sft['steps']} of" in sft["cut"]
+    assert sft["plan"]["why"] and sft["plan"]["limit"] in ("time", "passes over the data")
+    for f in ("tokenizer.json", "pretrain/loss.png", "sft/sft.pt", "eval.json", "mc_heldout.jsonl"):
+        assert (tmp_path / "run" / f).exists(), f
+    out = capsys.readouterr().out
+    assert "pretraining re-planned at step" in out and "instruction tuning planned:" in out
+    assert f"planned {pre['planned_steps']} steps, re-planned from the pace it kept" in P.report(on_disk)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        P.run(str(tmp_path / "run"), minutes=0.25)
+
+
+def test_cli_refuses_a_budget_that_is_not_positive(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        P.cli(["--minutes", "0", "--out", str(tmp_path / "r"), "--no-serve"])
+    assert e.value.code == 2
+    assert "nanogpt-course run: error: --minutes must be a positive number of minutes, got 0.0" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # checked before any work
