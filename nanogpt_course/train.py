@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['RESUME_KEYS', 'TRAIN_PRESETS', 'PEAK_FLOPS', 'TrainConfig', 'make_config', 'config_diff', 'check_device',
-           'check_config', 'configure_optimizer', 'get_lr', 'peak_flops', 'flops_per_token', 'setup_distributed',
-           'CheckpointError', 'checksum', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint',
-           'load_model', 'to_json', 'estimate_val_loss', 'train', 'sample_text', 'read_log', 'plot_log', 'pretrain',
-           'cli']
+           'check_config', 'configure_optimizer', 'get_lr', 'peak_flops_for', 'peak_flops', 'flops_per_token',
+           'setup_distributed', 'CheckpointError', 'checksum', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints',
+           'latest_checkpoint', 'load_model', 'to_json', 'estimate_val_loss', 'train', 'sample_text', 'read_log',
+           'plot_log', 'pretrain', 'cli']
 
 # %% ../nbs/04b_pretrain.ipynb #959bcdc6
 import os, sys, json, math, time, random, argparse, contextlib, re, zlib
@@ -31,7 +31,7 @@ class TrainConfig:
     n_embd: int | None = None
     block_size: int | None = None
     dropout: float | None = None
-    vocab_size: int | None = None      # default: the tokenizer's; GPT-2 pads 50257 to 50304 (a multiple of 64, faster kernels)
+    vocab_size: int | None = None      # default: the tokenizer's; OpenAI's GPT-2 has 50,257 rows, nanoGPT/build-nanogpt pad to 50,304 (a multiple of 64: faster kernels)
     batch_size: int = 8                # sequences per micro-batch per process
     seq_len: int | None = None         # tokens per sequence; default block_size
     total_batch_tokens: int | None = None  # tokens per optimizer step; gradient accumulation makes up the difference
@@ -163,18 +163,28 @@ def get_lr(step: int,        # 0-based optimizer step
     ratio = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - min_lr)
 
-# %% ../nbs/04b_pretrain.ipynb #9d763ef6
-# dense bf16 tensor-core peak FLOP/s from the vendors' datasheets, matched against torch.cuda.get_device_name(); first match wins
-PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12),
-              ("L40S", 362e12), ("L4", 121e12), ("A10G", 70e12)]
+# %% ../nbs/04b_pretrain.ipynb #69d051c9
+# dense (no sparsity) bf16 tensor-core peak FLOP/s, quoted from NVIDIA's datasheets; a key's words must all be words of
+# torch.cuda.get_device_name() ("NVIDIA H100 80GB HBM3" is the SXM H100), and the key with the most words wins
+PEAK_FLOPS = {"H100": 989.4e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H200": 989e12, "GH200": 989e12,
+              "A100": 312e12, "A100 PCIe": 312e12, "L40S": 362.05e12, "L40": 181.05e12, "L4": 121e12}
+_VARIANT_WORDS = {"pcie", "nvl", "mig"}  # each changes the peak: a name with one its key lacks is not a GPU we know
+
+def peak_flops_for(name: str # a GPU's name, as torch.cuda.get_device_name() gives it
+                  ) -> float | None:
+    "Dense bf16 peak FLOP/s of the GPU called `name`, or None when PEAK_FLOPS does not know that exact kind."
+    words = set(re.split(r"[\s_-]+", name.lower()))
+    keys = [k for k in PEAK_FLOPS if set(k.lower().split()) <= words]
+    if not keys: return None
+    key = max(keys, key=lambda k: len(k.split()))  # "H100 NVL" over "H100"
+    return None if (words & _VARIANT_WORDS) - set(key.lower().split()) else PEAK_FLOPS[key]
 
 def peak_flops(device) -> float | None:
     "Peak bf16 FLOP/s of `device` if it is a GPU we know, else None."
     dev = torch.device(device)
-    if dev.type != "cuda": return None
-    name = torch.cuda.get_device_name(dev)
-    return next((f for key, f in PEAK_FLOPS if key.lower() in name.lower()), None)
+    return peak_flops_for(torch.cuda.get_device_name(dev)) if dev.type == "cuda" else None
 
+# %% ../nbs/04b_pretrain.ipynb #9d763ef6
 def flops_per_token(model: GPT, T: int) -> float:
     "Training FLOPs per token: 6 per (non-position-embedding) parameter + attention's 12*L*d*T (PaLM appendix B)."
     c = model.config

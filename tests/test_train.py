@@ -130,7 +130,7 @@ def test_checkpoint_contents_and_load_model(data, reference, tmp_path):
     model3, _ = load_model(tmp_path / "hf")
     torch.testing.assert_close(model3(x)[0], model(x)[0])
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="bad.pt is not a loadable checkpoint"): load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="bad.pt is not a checkpoint"): load_checkpoint(tmp_path / "bad.pt")
     with pytest.raises(FileNotFoundError, match="does not exist"): load_model(tmp_path / "missing.pt")
     assert (data / "ref" / "loss.png").exists() and json.loads((data / "ref" / "summary.json").read_text())["steps"] == 9
 
@@ -248,3 +248,18 @@ def test_resume_accepts_the_same_data_folder_written_differently(data, reference
     pretrain("data", out_dir=out, stop_after=4, **RUN)
     s = pretrain(str((data / "data").resolve()), out_dir=out, resume=True, **RUN)  # relative first, absolute now
     assert s["steps"] == 9
+
+
+@pytest.mark.parametrize("name, tflops", [
+    ("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H100 PCIe", 756), ("NVIDIA H100 NVL", 835), ("NVIDIA H200", 989),
+    ("NVIDIA GH200 480GB", 989), ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA A100-PCIE-40GB", 312), ("NVIDIA A100 80GB PCIe", 312),
+    ("NVIDIA L40S", 362.05), ("NVIDIA L40", 181.05), ("NVIDIA L4", 121),
+    ("NVIDIA A10G", None), ("NVIDIA H200 NVL", None), ("NVIDIA A100-SXM4-40GB MIG 1g.5gb", None), ("NVIDIA GeForce RTX 4090", None),
+    ("NVIDIA RTX A1000", None), ("Tesla T4", None)])
+def test_peak_flops_by_device_name(monkeypatch, name, tflops):
+    "Each GPU gets its own datasheet peak: 'L40' is not an L4, 'H100 NVL' not the SXM H100; unknown kinds (and MIG slices) get None."
+    from nanogpt_course.train import peak_flops, peak_flops_for
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    for got in (peak_flops("cuda"), peak_flops("cuda:0"), peak_flops_for(name), peak_flops_for(name.upper())):
+        assert got == (None if tflops is None else pytest.approx(tflops * 1e12, rel=1e-9)), (name, got)
+    assert peak_flops("cpu") is None
