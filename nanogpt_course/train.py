@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from .model import GPT, GPTConfig, PRESETS
-from .data import TokenLoader, shard_files, read_header, data_source
+from .data import TokenLoader, shard_files, read_header, data_source, dataset_tokenizer
 
 # %% ../nbs/04b_pretrain.ipynb #0d262493
 @dataclass
@@ -342,16 +342,6 @@ def _set_rng_state(s: dict):
     n = s["numpy"]; np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
     py = s["python"]; random.setstate((py[0], tuple(py[1]), py[2]))
 
-def _data_tokenizer(data: str):
-    "The tokenizer the shards were made with (from meta.json), and the vocabulary size they need."
-    from nanogpt_course.tokenizer import get_tokenizer
-    meta = Path(data) / "meta.json"
-    if meta.exists():
-        m = json.loads(meta.read_text()); return get_tokenizer(m["tokenizer"]), m["vocab_size"]
-    h = read_header(shard_files(data, "train")[0])
-    if h["vocab_size"] != 50257: raise ValueError(f"{data} has no meta.json and its shards are not GPT-2's (vocab {h['vocab_size']})")
-    return get_tokenizer("gpt2"), 50257
-
 def _finite(x):
     "x, with NaN and infinities (anywhere inside dicts and lists) replaced by None: JSON has no NaN."
     if isinstance(x, float) and not math.isfinite(x): return None
@@ -403,7 +393,7 @@ def train(cfg: TrainConfig,        # the run
     if master:
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".*.tmp-*"): stale.unlink()  # left by a process killed mid-save
-    enc, data_vocab = _data_tokenizer(cfg.data)
+    enc, data_vocab = dataset_tokenizer(cfg.data)  # meta.json, every shard header and the tokenizer, checked against each other
     overrides = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout") if getattr(cfg, k) is not None}
     mcfg = GPTConfig.from_preset(cfg.model, vocab_size=cfg.vocab_size or data_vocab, **overrides)
     need = max(data_vocab, enc.n_vocab)
