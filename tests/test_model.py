@@ -175,3 +175,17 @@ def test_generate_edge_cases():
         model.generate(torch.tensor([[1, 2, 50]]), 3)
     with pytest.raises(ValueError, match="empty"):
         model.generate(torch.zeros(1, 0, dtype=torch.long), 3)
+
+@pytest.mark.parametrize("error", [OSError("offline"), ConnectionError("refused")])
+def test_from_pretrained_offline_says_what_to_download(tmp_path, monkeypatch, error):
+    "No network: one sentence naming the files and where to get them, not a chained traceback from the Hub client."
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    def offline(*args, **kwargs): raise error
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    monkeypatch.chdir(tmp_path)  # so that "gpt2" is a model id, not a folder that happens to exist here
+    with pytest.raises(OSError) as info:
+        GPT.from_pretrained("gpt2")
+    message = str(info.value)
+    assert "download config.json and model.safetensors from https://huggingface.co/gpt2" in message
+    assert type(error).__name__ in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # raised from None
