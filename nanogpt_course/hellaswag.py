@@ -8,12 +8,13 @@ import os, re, sys, json, math, inspect, contextlib, time, random, shutil, argpa
 from pathlib import Path
 import torch
 import torch.nn.functional as F
+from .train import EvalHook
 
 # %% auto #0
 __all__ = ['HELLASWAG_URLS', 'HF_DATASET', 'default_cache_dir', 'parse_example', 'read_jsonl', 'download_hellaswag',
            'load_hf_hellaswag', 'load_hellaswag', 'preprocess', 'example_text', 'render_example', 'model_block_size',
            'model_logits', 'make_rows', 'token_logprobs', 'score_rows', 'pack_example', 'fits_packed', 'score_packed',
-           'can_pack', 'eval_autocast', 'evaluate', 'make_mc_examples', 'cli']
+           'can_pack', 'eval_autocast', 'evaluate', 'make_mc_examples', 'hellaswag_hook', 'cli']
 
 # %% ../nbs/06_hellaswag.ipynb #84c10fa7
 HELLASWAG_URLS = {  # the files of the paper's repository, rowanz/hellaswag; everyone reports `validation`
@@ -447,6 +448,21 @@ def make_mc_examples(text: str,     # held-out text (not seen in training), e.g.
         out.append({"ind": k, "activity_label": "held-out text", "ctx_a": ctx, "ctx_b": "", "ctx": ctx, "endings": endings,
                     "label": label, "split": "heldout", "split_type": "indomain", "source_id": f"char~{words[p][0]}"})
     return out
+
+# %% ../nbs/06_hellaswag.ipynb #129b6f5c
+def hellaswag_hook(cfg,            # a TrainConfig (notebook 04b): hellaswag_every, hellaswag (a jsonl; None downloads the val split), dtype
+                   master: bool=True, # print the warning on this process only
+                  ) -> EvalHook | None:
+    "Pretraining's HellaSwag evaluation, or None when it is off or its data cannot be loaded (with a warning)."
+    if not cfg.hellaswag_every: return None
+    try: examples = load_hellaswag(path=cfg.hellaswag)
+    except Exception as e:
+        if master: print(f"warning: cannot load HellaSwag ({e}); training without it", file=sys.stderr)
+        return None
+    def run(model, enc, device, rank, world):
+        r = evaluate(model, enc, examples, device=str(device), rank=rank, world_size=world, dtype=cfg.dtype)  # the run's precision
+        return dict(hellaswag_acc=r["acc"], hellaswag_acc_norm=r["acc_norm"], hellaswag_n=r["n"])
+    return EvalHook("hellaswag", cfg.hellaswag_every, run)
 
 # %% ../nbs/06_hellaswag.ipynb #82f20809
 def _parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from .tokenizer import BPETokenizer, get_tokenizer
 from .model import GPT, GPTConfig
-from . import data as D, train as T
+from . import data as D, train as T, hellaswag as H
 
 # %% ../nbs/09_pipeline.ipynb #0cfd110c
 def choose_corpus(corpus: str = "auto" # "auto", "fineweb-edu", "stdlib", or a text/jsonl/parquet path
@@ -95,7 +95,7 @@ def pretrain_in_budget(data: str,              # shards folder (`nanogpt-course 
         every = dict(eval_every=max(1, plan // 10), sample_every=max(1, plan // 4),
                      hellaswag_every=max(1, plan // 5) if kw.get("hellaswag") else 0)
         res = T.pretrain(data, out_dir=out_dir, resume=done > 0, max_steps=plan, warmup_steps=warmup, stop_after=stop,
-                         max_time=max(0.01, limit), save_every=plan, **{**every, **kw})
+                         max_time=max(0.01, limit), save_every=plan, hooks=lambda cfg: [H.hellaswag_hook(cfg)], **{**every, **kw})
         done = res["steps"]
         if done >= plan or cost and (stop is None or done < stop): break  # the schedule ended, or the time limit cut it
         train_s = sum(r["dt"] for r in T.read_log(out_dir) if "dt" in r and r["step"] >= start)  # the steps' own time

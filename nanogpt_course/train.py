@@ -6,8 +6,8 @@
 __all__ = ['RESUME_KEYS', 'TRAIN_PRESETS', 'PEAK_FLOPS', 'TrainConfig', 'make_config', 'config_diff', 'check_device',
            'check_config', 'configure_optimizer', 'get_lr', 'peak_flops_for', 'peak_flops', 'flops_per_token',
            'setup_distributed', 'CheckpointError', 'checksum', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints',
-           'latest_checkpoint', 'load_model', 'to_json', 'estimate_val_loss', 'train', 'sample_text', 'read_log',
-           'plot_log', 'pretrain', 'cli']
+           'latest_checkpoint', 'load_model', 'EvalHook', 'to_json', 'estimate_val_loss', 'train', 'sample_text',
+           'read_log', 'plot_log', 'pretrain', 'cli']
 
 # %% ../nbs/04b_pretrain.ipynb #959bcdc6
 import os, sys, json, math, time, random, argparse, contextlib, re, zlib
@@ -342,6 +342,13 @@ def _set_rng_state(s: dict):
     n = s["numpy"]; np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
     py = s["python"]; random.setstate((py[0], tuple(py[1]), py[2]))
 
+@dataclass
+class EvalHook:
+    "An evaluation that a later lesson plugs into pretraining: `fn(model, enc, device, rank, world)` -> metrics to log."
+    name: str   # e.g. "hellaswag" (notebook 06 makes that one)
+    every: int  # run at step 0, every `every` steps and at the last step (0: never)
+    fn: object  # called on every rank (it may shard its work across them); rank 0 logs what it returns
+
 def _finite(x):
     "x, with NaN and infinities (anywhere inside dicts and lists) replaced by None: JSON has no NaN."
     if isinstance(x, float) and not math.isfinite(x): return None
@@ -380,6 +387,7 @@ def estimate_val_loss(model, loader: TokenLoader, n_batches: int, device, autoca
 # %% ../nbs/04b_pretrain.ipynb #07954de7
 def train(cfg: TrainConfig,        # the run
           resume: bool | str=False, # True: continue from out_dir's newest checkpoint (error if none); "auto": if there is one
+          hooks: list[EvalHook] | None=None, # evaluations run during training (notebook 06's HellaSwag is one)
          ) -> dict:
     "Pretrain a GPT as `cfg` says, on one process or under torchrun; returns a summary (rank 0 writes summary.json)."
     from tqdm.auto import tqdm
@@ -459,7 +467,10 @@ def train(cfg: TrainConfig,        # the run
         model = DDP(model, device_ids=[local_rank] if cuda else None)
 
     peak, fpt = peak_flops(device), flops_per_token(raw, T)
-    hs = _hellaswag_hook(cfg, master)
+    hooks = [h for h in (hooks or []) if h is not None and h.every]
+    if master and cfg.hellaswag_every and not any(h.name == "hellaswag" for h in hooks):
+        print("note: --hellaswag-every is set, but this launch has no HellaSwag evaluator (notebook 06 adds it: launch with "
+              "`nanogpt-course pretrain` or `python -m nanogpt_course.cli pretrain`); training without it", file=sys.stderr)
     if master:
         print(f"{raw.num_params():,} parameters | {world} process(es) on {device} | {B}x{T} tokens x {accum} accumulation "
               f"x {world} = {total:,} tokens/step | steps {step0}->{cfg.max_steps}")
@@ -472,9 +483,10 @@ def train(cfg: TrainConfig,        # the run
             val_loss = estimate_val_loss(model, val_loader, val_batches, device, autocast)
             if master: _append_log(log_path, dict(step=step, val_loss=val_loss, tokens=tokens_seen))
             bar.set_postfix_str(f"loss {loss_item:.3f} val {val_loss:.3f}", refresh=False)
-        if hs is not None and (step % cfg.hellaswag_every == 0 or last):
-            r = hs(raw, enc, device, rank, world)
-            if master: _append_log(log_path, dict(step=step, hellaswag_acc=r["acc"], hellaswag_acc_norm=r["acc_norm"], hellaswag_n=r["n"]))
+        for h in hooks:
+            if step % h.every == 0 or last:
+                r = h.fn(raw, enc, device, rank, world)
+                if master and r: _append_log(log_path, dict(step=step, **r))
         if master and cfg.sample_every and (step % cfg.sample_every == 0 or last):
             text = sample_text(raw, enc, cfg.sample_prompt, cfg.sample_tokens, device, seed=cfg.seed)
             _append_log(log_path, dict(step=step, sample=text))
@@ -552,19 +564,6 @@ def sample_text(model: GPT, enc, prompt: str="\n", max_new_tokens: int=48, devic
     model.train(was_training)
     return enc.decode(outp[0, idx.shape[1]:].tolist())
 
-def _hellaswag_hook(cfg: TrainConfig, master: bool):
-    "A function (model, enc, device, rank, world) -> result dict, or None when the evaluation is off or unavailable."
-    if not cfg.hellaswag_every: return None
-    from nanogpt_course import hellaswag  # notebook 06, imported only when asked for
-    try: examples = hellaswag.load_hellaswag(path=cfg.hellaswag)
-    except Exception as e:
-        if master: print(f"warning: cannot load HellaSwag ({e}); skipping it", file=sys.stderr)
-        return None
-    def run(model, enc, device, rank, world):
-        return hellaswag.evaluate(model, enc, examples, device=str(device), rank=rank, world_size=world,
-                                   dtype=cfg.dtype)  # evaluated in the precision it trains in
-    return run
-
 # %% ../nbs/04b_pretrain.ipynb #1689f842
 def read_log(path: str | Path # log.jsonl or the run folder
             ) -> list[dict]:
@@ -613,6 +612,7 @@ def pretrain(data=None,                  # shards folder from `prepare`, or a so
              preset: str | None="tiny",  # TRAIN_PRESETS key ("tiny", "small", "mini", "gpt2")
              out_dir: str="runs/pretrain", # checkpoints, log.jsonl, loss.png, summary.json
              resume: bool | str=False,   # True: continue from out_dir's newest checkpoint; "auto": if one exists
+             hooks=None,                 # EvalHooks, or a function TrainConfig -> EvalHooks (notebook 06 makes HellaSwag's)
              **overrides,                # any TrainConfig field (max_steps, lr, batch_size, max_time, compile, ...); and, when `data` is prepared here: tokenizer ("gpt2" or a notebook-00 tokenizer file), shard_tokens, num_proc
             ) -> dict:
     "Pretrain a GPT and return a summary: steps, tokens, train_loss, val_loss, checkpoint, out_dir, log, plot, seconds, params."
@@ -621,12 +621,13 @@ def pretrain(data=None,                  # shards folder from `prepare`, or a so
     d = Path(str(data))
     is_shards = isinstance(data, (str, Path)) and d.is_dir() and ((d / "meta.json").exists() or any(d.glob("train_*.bin")))
     prep = {k: overrides.pop(k) for k in ("tokenizer", "shard_tokens", "num_proc") if k in overrides}
-    if is_shards: return train(make_config(preset, data=str(data), out_dir=str(out_dir), **overrides), resume=resume)
+    run = lambda cfg: train(cfg, resume=resume, hooks=hooks(check_config(cfg)) if callable(hooks) else hooks)
+    if is_shards: return run(make_config(preset, data=str(data), out_dir=str(out_dir), **overrides))
     shard_dir = Path(out_dir) / "data"
     check_config(make_config(preset, data=str(shard_dir), out_dir=str(out_dir), **overrides))  # bad flags fail before tokenizing
     prepare(data, shard_dir, tokenizer=prep.get("tokenizer", "gpt2"), shard_tokens=prep.get("shard_tokens", 10_000_000),
             num_proc=prep.get("num_proc"), progress=overrides.get("progress", True))
-    return train(make_config(preset, data=str(shard_dir), out_dir=str(out_dir), **overrides), resume=resume)
+    return run(make_config(preset, data=str(shard_dir), out_dir=str(out_dir), **overrides))
 
 _HELP = dict(
     data="folder of shards from `nanogpt-course prepare`", out_dir="output folder", model="model preset (notebook 03)",
@@ -651,12 +652,13 @@ _EPILOG = "presets: " + ", ".join(f"{k} ({v['model']}, {v['max_steps']} steps)" 
 
 launch:
   one process:      nanogpt-course pretrain --preset small --data data/shakespeare --out runs/shakespeare
-  8 GPUs, 1 node:   torchrun --standalone --nproc_per_node 8 -m nanogpt_course.train --preset gpt2 --data data/edu_fineweb10B --out runs/gpt2
+  8 GPUs, 1 node:   torchrun --standalone --nproc_per_node 8 -m nanogpt_course.cli pretrain --preset gpt2 --data data/edu_fineweb10B --out runs/gpt2
   2 nodes x 8 GPUs: torchrun --nnodes 2 --nproc_per_node 8 --node_rank 0|1 --master_addr HOST0 --master_port 29500 \\
-                        -m nanogpt_course.train --preset gpt2 --data data/edu_fineweb10B --out runs/gpt2
+                        -m nanogpt_course.cli pretrain --preset gpt2 --data data/edu_fineweb10B --out runs/gpt2
   continue a run:   add --resume (the same settings; a different one is refused with the list of differences)"""
 
-def cli(argv: list[str] | None = None # e.g. ["--preset", "tiny", "--data", "data/shakespeare"]; sys.argv[1:] when None
+def cli(argv: list[str] | None = None, # e.g. ["--preset", "tiny", "--data", "data/shakespeare"]; sys.argv[1:] when None
+        hooks=None,                         # passed to `pretrain`: `nanogpt-course pretrain` (notebook 10) adds HellaSwag's
        ) -> int:
     "`nanogpt-course pretrain` / `python -m nanogpt_course.train` (also under torchrun)."
     p = argparse.ArgumentParser(prog="nanogpt-course pretrain", description="Pretrain a GPT on token shards; under torchrun, with DDP.",
@@ -678,7 +680,7 @@ def cli(argv: list[str] | None = None # e.g. ["--preset", "tiny", "--data", "dat
     a = vars(p.parse_args(argv))
     preset, resume = a.pop("preset"), a.pop("resume")
     try:
-        s = pretrain(preset=preset, resume=resume, **a)
+        s = pretrain(preset=preset, resume=resume, hooks=hooks, **a)
     except (ValueError, FileNotFoundError) as e:
         print(f"nanogpt-course pretrain: error: {e}", file=sys.stderr); return 1
     finally:

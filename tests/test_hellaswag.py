@@ -10,7 +10,8 @@ import torch
 from nanogpt_course import hellaswag as H
 from nanogpt_course.model import GPT, GPTConfig
 from nanogpt_course.tokenizer import BPETokenizer, stdlib_corpus
-from nanogpt_course.train import load_model
+from nanogpt_course.train import load_model, pretrain, read_log
+from nanogpt_course.hellaswag import hellaswag_hook
 from helpers import free_port, save_course_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +116,8 @@ def test_bf16_scores_match_float32(setup):
 DDP_SCRIPT = r'''
 import json, sys, torch, torch.distributed as dist
 from nanogpt_course import hellaswag as H
-from nanogpt_course.train import load_model
+from nanogpt_course.train import load_model, pretrain, read_log
+from nanogpt_course.hellaswag import hellaswag_hook
 dist.init_process_group("gloo")
 model, enc = load_model(sys.argv[1])
 res = H.evaluate(model, enc, H.load_hellaswag(path=sys.argv[2]), batch_size=4)   # rank/world_size from the process group
@@ -354,3 +356,36 @@ def test_cli_unknown_split_is_a_usage_error(setup, capsys):
     from nanogpt_course.cli import main
     with pytest.raises(SystemExit) as e: main(["eval", "hellaswag", "--model", str(setup["ckpt"]), "--split", "dev"])
     assert e.value.code == 2 and "argument --split: invalid choice: 'dev'" in capsys.readouterr().err
+
+
+PRETRAIN = dict(preset="tiny", n_embd=32, batch_size=2, seq_len=16, total_batch_tokens=32, max_steps=3, warmup_steps=1,
+                eval_every=0, sample_every=0, progress=False)
+
+
+def _tiny_shards(tmp_path):
+    "Shards of a small corpus with a 300-token BPE trained here."
+    from nanogpt_course.data import prepare
+    from nanogpt_course.tokenizer import BPETokenizer
+    docs = [f"the cat sat on the mat number {i} and the dog ran home." for i in range(300)]
+    BPETokenizer.train("\n".join(docs[:100]), 300).save(tmp_path / "tok.json")
+    prepare(docs, tmp_path / "data", tokenizer=tmp_path / "tok.json", shard_tokens=5_000, val_tokens=500, num_proc=1, progress=False)
+    return tmp_path / "data"
+
+
+def test_hellaswag_hook_in_pretraining(tmp_path):
+    "--hellaswag-every N evaluates a HellaSwag-schema file during training and logs it (in the run's dtype)."
+    rows = [dict(ind=i, activity_label="x", ctx_a="the cat", ctx_b="sat on", ctx="the cat sat on", split="val", split_type="indomain",
+                 source_id=str(i), endings=["a mat.", "the dog ran.", "its home.", "every bird."], label=i % 4) for i in range(8)]
+    (tmp_path / "hs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = _tiny_shards(tmp_path)
+    s = pretrain(data, out_dir=tmp_path / "run", hellaswag_every=2, hellaswag=str(tmp_path / "hs.jsonl"),
+                 hooks=lambda cfg: [hellaswag_hook(cfg)], **PRETRAIN)
+    assert s["steps"] == 3
+    hs = [r for r in read_log(tmp_path / "run") if "hellaswag_acc_norm" in r]
+    assert [r["step"] for r in hs] == [0, 2] and all(r["hellaswag_n"] == 8 and 0 <= r["hellaswag_acc_norm"] <= 1 for r in hs)
+    # the command line plugs it in too: `nanogpt-course pretrain` is notebook 10's pretrain_cli
+    from nanogpt_course.cli import main
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in PRETRAIN.items() if k not in ("preset", "progress")]
+    assert main(["pretrain", "--data", str(data), "--out", str(tmp_path / "cli"), "--hellaswag-every", "2",
+                 "--hellaswag", str(tmp_path / "hs.jsonl"), "--no-progress", *flags]) == 0
+    assert [r["step"] for r in read_log(tmp_path / "cli") if "hellaswag_acc_norm" in r] == [0, 2]

@@ -148,15 +148,17 @@ def test_cli(data, capsys):
     assert not (data / "bad-dtype").exists()
 
 
-def test_hellaswag_hook(data, tmp_path):
-    "--hellaswag-every N evaluates a HellaSwag-schema file during training and logs it (in the run's dtype)."
-    rows = [dict(ind=i, activity_label="x", ctx_a="the cat", ctx_b="sat on", ctx="the cat sat on", split="val", split_type="indomain",
-                 source_id=str(i), endings=["a mat.", "the dog ran.", "its home.", "every bird."], label=i % 4) for i in range(8)]
-    (tmp_path / "hs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    s = pretrain(data / "data", out_dir=tmp_path / "run", hellaswag_every=2, hellaswag=str(tmp_path / "hs.jsonl"), **{**RUN, "max_steps": 3})
-    assert s["steps"] == 3
-    hs = [r for r in read_log(tmp_path / "run") if "hellaswag_acc_norm" in r]
-    assert [r["step"] for r in hs] == [0, 2] and all(r["hellaswag_n"] == 8 and 0 <= r["hellaswag_acc_norm"] <= 1 for r in hs)
+def test_eval_hooks_run_at_their_steps_and_log(data, tmp_path, capsys):
+    "Pretraining runs the EvalHooks a later lesson gives it (step 0, every N, the last) and logs what they return."
+    from nanogpt_course.train import EvalHook
+    calls = []
+    hook = EvalHook("probe", 2, lambda model, enc, device, rank, world: calls.append(rank) or {"probe_metric": 0.5})
+    s = pretrain(data / "data", out_dir=tmp_path / "run", hooks=[hook], **{**RUN, "max_steps": 4})
+    assert s["steps"] == 4 and len(calls) == 3
+    assert [r["step"] for r in read_log(tmp_path / "run") if "probe_metric" in r] == [0, 2, 3]
+    # --hellaswag-every without notebook 06's hook (python -m nanogpt_course.train) says so and trains on
+    s = pretrain(data / "data", out_dir=tmp_path / "run2", hellaswag_every=2, **{**RUN, "max_steps": 2})
+    assert s["steps"] == 2 and "no HellaSwag evaluator" in capsys.readouterr().err
 
 
 def test_fresh_run_refuses_a_folder_with_checkpoints(data, reference):

@@ -1,0 +1,36 @@
+"""The library reads in lesson order: no module imports a module that a later notebook exports (imports inside
+functions included), so a learner at lesson N never runs code from lesson N+1."""
+import ast, re
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "nanogpt_course"
+
+
+def _lesson(mod: Path) -> str | None:
+    "The notebook a module is exported from ('04b_pretrain'), from nbdev's header."
+    m = re.search(r"File to edit: \.\./nbs/(\w+)\.ipynb", mod.read_text())
+    return m.group(1) if m else None
+
+
+def _imports(mod: Path) -> set[str]:
+    "Every nanogpt_course module `mod` imports, at top level or inside a function."
+    names = set()
+    for node in ast.walk(ast.parse(mod.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module: names.add(node.module.split(".")[0])
+            elif node.level == 1: names |= {a.name for a in node.names}
+            elif node.module and node.module.startswith("nanogpt_course"):
+                parts = node.module.split(".")
+                if len(parts) > 1: names.add(parts[1])
+                else: names |= {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {a.name.split(".")[1] for a in node.names if a.name.startswith("nanogpt_course.")}
+    return {n for n in names if (PKG / f"{n}.py").exists()}
+
+
+def test_no_module_imports_a_later_lesson():
+    order = {p.stem: _lesson(p) for p in PKG.glob("*.py") if _lesson(p)}
+    assert len(order) >= 10, order
+    later = [f"{m} ({order[m]}) imports {d} ({order[d]})"
+             for m in order for d in _imports(PKG / f"{m}.py") if d in order and order[d] > order[m]]
+    assert not later, "a lesson imports a later one:\n" + "\n".join(later)
