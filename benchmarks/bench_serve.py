@@ -1,23 +1,35 @@
-"""Serving benchmark (notebook 07): requests/s, p50/p99 latency, time to first token and streaming tokens/s
-at 1, 8 and 32 concurrent clients against `nanogpt-course serve` on loopback, with a tiny GPT.
+"""Serving benchmark (notebook 07): does the engine's continuous batching turn concurrent clients into throughput?
 
-The server runs in its own process (started by this script, like `nanogpt-course serve`); clients stream chat
-completions with httpx. The reference is the same model generating the same number of tokens in-process, with no
-HTTP at all, measured in the same run: the ratio says what the server costs (or gains, by interleaving).
+For each model shape (random weights): the main job's `mini` (6 layers, 192 wide, a 4,096-token vocabulary) and
+GPT-2 124M's shape (50,257 tokens), a server runs in its own process (as `nanogpt-course serve` does) and 1, 2, 4, 8
+and 16 concurrent clients stream completions from it. The table gives the aggregate streamed tokens/s, its ratio to
+the 1-client rate, and p50/p99 time to first token. Then, measured in the same run:
+- batch-1 decoding against the memory-bandwidth limit: the read bandwidth (summing a tensor far larger than the
+  caches) divided by the bytes of weights read per token;
+- the engine against `transformers` generating the same batch of prompts greedily: same tokens, and the speed ratio.
 
-    python benchmarks/bench_serve.py                       # ~1-2 minutes on a 2-core CPU
-    python benchmarks/bench_serve.py --preset small --max-tokens 64 --requests 8
+    python benchmarks/bench_serve.py                        # both shapes, ~10 minutes on a 2-core CPU
+    python benchmarks/bench_serve.py --models mini --clients 1,8 --requests 8   # a quick look
 """
 import argparse, asyncio, json, os, resource, socket, subprocess, sys, time
-from statistics import median
+
+GOALS = {"mini": 3.5, "gpt2": 4.0}  # issue 13: the 8-client rate over the 1-client rate
+PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
 
-def build_model(preset, seed=0):
+def build(shape, seed=0):
+    "(model, encoding) with random weights: `mini` with a 4,096-token GPT-2-prefix BPE, or GPT-2 124M's shape."
     import tiktoken, torch
     from nanogpt_course.model import GPT, GPTConfig
     enc = tiktoken.get_encoding("gpt2")
+    if shape == "mini":  # the first 4,095 merges of GPT-2's BPE are a BPE too; <|endoftext|> takes the last id
+        ranks = {b: r for b, r in enc._mergeable_ranks.items() if r < 4095}
+        enc = tiktoken.Encoding("gpt2-4096", pat_str=enc._pat_str, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 4095})
+        config = GPTConfig.from_preset("mini", vocab_size=4096)
+    else:
+        config = GPTConfig.from_preset("gpt2", vocab_size=enc.n_vocab)
     torch.manual_seed(seed)
-    return GPT(GPTConfig.from_preset(preset, vocab_size=enc.n_vocab, block_size=256)).eval(), enc
+    return GPT(config).eval(), enc
 
 
 def run_server(args):
@@ -25,8 +37,8 @@ def run_server(args):
     import uvicorn, torch
     from nanogpt_course.serve import create_app
     torch.set_num_threads(args.threads)
-    model, enc = build_model(args.preset)
-    app = create_app({"bench": (model, enc)}, max_queue=args.max_queue, max_active=args.max_active)
+    model, enc = build(args.models)
+    app = create_app({"bench": (model, enc)}, max_queue=256, max_active=args.max_active, max_tokens_limit=args.max_tokens)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
@@ -35,59 +47,32 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, max(0, round(q / 100 * (len(xs) - 1))))]
 
 
-PROMPT = "Write a short story about a lighthouse keeper."
-
-
-def direct_tokens_per_s(args):
-    "Reference: the same generation in-process, sequentially, no HTTP."
-    import torch
-    from nanogpt_course.serve import Generation, SamplingParams, render_chat
-    torch.set_num_threads(args.threads)
-    model, enc = build_model(args.preset)
-    ids = enc.encode(render_chat([{"role": "user", "content": PROMPT}]), allowed_special="all")
-    n = t = 0
-    with torch.no_grad():
-        list(Generation(model, enc, ids, SamplingParams(max_tokens=4, seed=0)))  # warm-up
-        t0 = time.perf_counter()
-        for i in range(args.requests):
-            g = Generation(model, enc, ids, SamplingParams(max_tokens=args.max_tokens, seed=i))
-            list(g); n += g.completion_tokens
-        t = time.perf_counter() - t0
-    return n / t
-
-
 async def client(http, i, n_requests, args, out):
     for j in range(n_requests):
-        body = {"model": "bench", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": args.max_tokens,
-                "seed": 1000 * i + j, "stream": True, "stream_options": {"include_usage": True}}
-        t0 = time.perf_counter(); first = None; usage = None
-        async with http.stream("POST", "/v1/chat/completions", json=body) as r:
+        body = {"model": "bench", "prompt": PROMPT, "max_tokens": args.max_tokens, "seed": 1000 * i + j, "stream": True,
+                "stream_options": {"include_usage": True}}
+        t0, first, usage = time.perf_counter(), None, None
+        async with http.stream("POST", "/v1/completions", json=body) as r:
             if r.status_code != 200:
                 await r.aread(); out.append({"status": r.status_code}); continue
             async for line in r.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]": continue
                 ev = json.loads(line[6:])
                 if ev.get("usage"): usage = ev["usage"]
-                if first is None and ev["choices"] and ev["choices"][0]["delta"].get("content"): first = time.perf_counter()
-        t1 = time.perf_counter()
-        out.append({"status": 200, "latency": t1 - t0, "ttft": (first or t1) - t0, "tokens": usage["completion_tokens"],
-                    "stream_s": t1 - (first or t1)})
+                if first is None and ev["choices"] and ev["choices"][0]["text"]: first = time.perf_counter()
+        out.append({"status": 200, "ttft": (first or time.perf_counter()) - t0, "tokens": usage["completion_tokens"]})
 
 
-async def level(url, concurrency, args):
+async def level(url, clients, n_each, args):
     import httpx
-    n_each = max(1, args.requests // concurrency) if concurrency > 1 else args.requests
     out = []
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=concurrency + 4)) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=900, limits=httpx.Limits(max_connections=clients + 4)) as http:
         t0 = time.perf_counter()
-        await asyncio.gather(*(client(http, i, n_each, args, out) for i in range(concurrency)))
+        await asyncio.gather(*(client(http, i, n_each, args, out) for i in range(clients)))
         wall = time.perf_counter() - t0
     ok = [o for o in out if o["status"] == 200]
-    per_stream = [o["tokens"] / o["stream_s"] for o in ok if o["stream_s"] > 0]
-    return dict(concurrency=concurrency, requests=len(out), errors=len(out) - len(ok), wall=wall,
-                rps=len(ok) / wall, p50=pct([o["latency"] for o in ok], 50), p99=pct([o["latency"] for o in ok], 99),
-                ttft50=pct([o["ttft"] for o in ok], 50), ttft99=pct([o["ttft"] for o in ok], 99),
-                tok_s=sum(o["tokens"] for o in ok) / wall, stream_tok_s=median(per_stream) if per_stream else 0.0)
+    return dict(clients=clients, requests=len(out), errors=len(out) - len(ok), tok_s=sum(o["tokens"] for o in ok) / wall,
+                ttft50=pct([o["ttft"] for o in ok], 50), ttft99=pct([o["ttft"] for o in ok], 99))
 
 
 def free_port():
@@ -103,31 +88,12 @@ def peak_rss_mb(pid):
     return float("nan")
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="tiny", help="model preset (random weights, GPT-2 vocabulary, 256-token context)")
-    ap.add_argument("--concurrency", default="1,8,32", help="comma-separated numbers of concurrent clients")
-    ap.add_argument("--requests", type=int, default=32, help="requests per level (split across the clients; 1 client: all)")
-    ap.add_argument("--max-tokens", type=int, default=32, help="tokens per answer")
-    ap.add_argument("--max-queue", type=int, default=64)
-    ap.add_argument("--max-active", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads in the server and the reference (1: no OpenMP oversubscription on a busy CPU)")
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--_server", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args._server: return run_server(args)
-    import httpx, torch
-    levels = [int(c) for c in args.concurrency.split(",")]
-    args.requests = max(args.requests, max(levels))
-    print(f"== bench_serve: preset {args.preset}, {args.max_tokens} tokens per answer, {args.requests} requests per level, "
-          f"max_active {args.max_active}, {args.threads} torch thread(s), torch {torch.__version__}, {os.cpu_count()} CPUs")
-    ref = direct_tokens_per_s(args)
-    print(f"reference: in-process generation, one request at a time, no HTTP: {ref:.1f} tokens/s")
-
-    port = args.port or free_port()
-    cmd = [sys.executable, os.path.abspath(__file__), "--_server", "--port", str(port), "--preset", args.preset,
-           "--max-queue", str(args.max_queue), "--max-active", str(args.max_active), "--threads", str(args.threads)]
+def serve_levels(shape, args):
+    "Start a server for `shape`, run every client level against it; returns the rows and the server's peak memory."
+    import httpx
+    port = free_port()
+    cmd = [sys.executable, os.path.abspath(__file__), "--_server", "--port", str(port), "--models", shape,
+           "--max-active", str(args.max_active), "--max-tokens", str(args.max_tokens), "--threads", str(args.threads)]
     server = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -135,23 +101,131 @@ def main(argv=None):
         while True:
             try: httpx.get(url + "/health", timeout=2); break
             except httpx.TransportError:
-                if server.poll() is not None or time.monotonic() - t0 > 120: raise SystemExit("server did not start")
+                if server.poll() is not None or time.monotonic() - t0 > 180: raise SystemExit("the server did not start")
                 time.sleep(0.2)
-        asyncio.run(level(url, 1, argparse.Namespace(**{**vars(args), "requests": 2})))  # warm-up
-        rows = [asyncio.run(level(url, c, args)) for c in levels]
+        asyncio.run(level(url, 1, 1, args))  # warm-up
+        rows = []
+        for c in args.levels:
+            rows.append(asyncio.run(level(url, c, max(1, args.requests // c), args)))
+            print(f"  {c:>2} client(s): {rows[-1]['tok_s']:.1f} tokens/s", flush=True)
         health = httpx.get(url + "/health", timeout=5).json()
-        server_mb = peak_rss_mb(server.pid)
+        return rows, health, peak_rss_mb(server.pid)
     finally:
         server.terminate(); server.wait(timeout=30)
-    hdr = f"{'clients':>7} {'reqs':>5} {'err':>4} {'req/s':>7} {'p50 s':>7} {'p99 s':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'tok/s':>7} {'vs ref':>7} {'tok/s/stream':>13}"
+
+
+def read_bandwidth_gbs(mb=1024, repeats=5):
+    "GB/s of summing a float32 tensor far larger than the caches (best of `repeats`)."
+    import torch
+    x = torch.ones(mb * 2**20 // 4)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter(); x.sum(); best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best / 1e9
+
+
+def decode_rate(model, enc, n_tokens, rows=1):
+    "Tokens/s of the engine's batched decode (greedy, in-process, no HTTP) with `rows` sequences."
+    import torch
+    from nanogpt_course.serve import Batch, Job, SamplingParams
+    ids = enc.encode(PROMPT)
+    batch = Batch(model, enc, rows=rows)
+    jobs = [Job("m", ids[:len(ids) - i], SamplingParams(max_tokens=n_tokens, temperature=0)) for i in range(rows)]
+    for j in jobs: batch.admit(j)
+    batch.step(prefill_chunk=10**6)  # every prompt read: only decode steps are timed
+    done0, t0 = sum(j.completion_tokens for j in jobs), time.perf_counter()
+    while batch.busy(): batch.step()
+    return (sum(j.completion_tokens for j in jobs) - done0) / (time.perf_counter() - t0), jobs
+
+
+def versus_transformers(model, enc, n_tokens, rows=8):
+    "The engine and transformers' GPT2LMHeadModel.generate on the same batch of prompts, greedy: (same?, engine, hf tok/s)."
+    import tempfile, torch
+    from transformers import GPT2LMHeadModel
+    rate, jobs = decode_rate(model, enc, n_tokens, rows)
+    ours = [j.choices[0].tokens for j in jobs]
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d, eos_token_id=enc.eot_token)
+        hf = GPT2LMHeadModel.from_pretrained(d).eval()
+    prompts = [j.prompt_ids for j in jobs]
+    width = max(map(len, prompts))
+    pad = enc.eot_token
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # left padding: every row ends at its last token
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        hf.generate(ids[:, -4:], attention_mask=mask[:, -4:], max_new_tokens=2, do_sample=False, pad_token_id=pad)  # warm-up
+        t0 = time.perf_counter()
+        out = hf.generate(ids, attention_mask=mask, max_new_tokens=n_tokens, min_new_tokens=n_tokens, do_sample=False,
+                          pad_token_id=pad, eos_token_id=None)
+        hf_rate = rows * n_tokens / (time.perf_counter() - t0)
+    theirs = out[:, width:].tolist()
+    same = sum(o == t[:len(o)] for o, t in zip(ours, theirs))
+    return same, rate, hf_rate
+
+
+def report(shape, rows, health, server_mb, args):
+    base = rows[0]
+    hdr = f"{'clients':>7} {'reqs':>5} {'err':>4} {'tok/s':>8} {'vs 1':>6} {'TTFT p50':>9} {'TTFT p99':>9} {'p99 vs 1':>9}"
     print(hdr); print("-" * len(hdr))
     for r in rows:
-        print(f"{r['concurrency']:>7} {r['requests']:>5} {r['errors']:>4} {r['rps']:>7.2f} {r['p50']:>7.3f} {r['p99']:>7.3f} "
-              f"{r['ttft50']:>9.3f} {r['ttft99']:>9.3f} {r['tok_s']:>7.1f} {r['tok_s'] / ref:>6.2f}x {r['stream_tok_s']:>13.1f}")
+        print(f"{r['clients']:>7} {r['requests']:>5} {r['errors']:>4} {r['tok_s']:>8.1f} {r['tok_s'] / base['tok_s']:>5.2f}x "
+              f"{r['ttft50']:>9.3f} {r['ttft99']:>9.3f} {r['ttft99'] / base['ttft99']:>8.2f}x")
     print(f"server after the run: in_flight {health['in_flight']}, completed {health['completed']}, rejected {health['rejected']}, "
-          f"failed {health['failed']}")
-    client_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak memory: server process {server_mb:.0f} MB, client process (incl. the reference model) {client_mb:.0f} MB")
+          f"failed {health['failed']}; peak memory {server_mb:.0f} MB")
+    at8 = next((r for r in rows if r["clients"] == 8), None)
+    if at8 is None or base["clients"] != 1: return
+    ratio, ttft = at8["tok_s"] / base["tok_s"], at8["ttft99"] / base["ttft99"]
+    goal = GOALS[shape]
+    print(f"goal: 8 clients at least {goal}x the 1-client rate: {ratio:.2f}x, {'met' if ratio >= goal else 'missed'}")
+    print(f"goal: p99 time to first token at 8 clients within 2x of 1 client: {ttft:.2f}x, {'met' if ttft <= 2 else 'missed'}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="mini,gpt2", help="comma-separated shapes: mini, gpt2")
+    ap.add_argument("--clients", default="1,2,4,8,16", help="comma-separated numbers of concurrent clients")
+    ap.add_argument("--requests", type=int, default=16, help="requests per level, split across its clients (at least 1 each)")
+    ap.add_argument("--max-tokens", type=int, default=32, help="tokens per answer")
+    ap.add_argument("--max-active", type=int, default=16, help="the server's --max-active (rows decoded together)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in the server and the in-process measurements")
+    ap.add_argument("--no-hf", action="store_true", help="skip the comparison with transformers")
+    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--_server", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._server: return run_server(args)
+    shapes = args.models.split(",")
+    bad = [s for s in shapes if s not in GOALS]
+    if bad: ap.error(f"--models takes mini and/or gpt2, got {', '.join(bad)}")
+    try: args.levels = [int(c) for c in args.clients.split(",")]
+    except ValueError: ap.error(f"--clients must be comma-separated integers, got {args.clients!r}")
+    if min(args.levels) < 1: ap.error(f"--clients must all be at least 1, got {args.clients}")
+    for flag in ("requests", "max_tokens", "max_active", "threads"):
+        if getattr(args, flag) < 1: ap.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    import torch
+    torch.set_num_threads(args.threads)
+    print(f"== bench_serve: {args.max_tokens} tokens per answer, {args.requests} requests per level, max_active "
+          f"{args.max_active}, {args.threads} torch thread(s), torch {torch.__version__}, {os.cpu_count()} CPUs")
+    for shape in shapes:
+        model, enc = build(shape)
+        n = model.num_params()
+        print(f"\n== {shape}: {n / 1e6:.1f}M parameters, {enc.n_vocab:,}-token vocabulary, context {model.config.block_size}")
+        rows, health, server_mb = serve_levels(shape, args)
+        report(shape, rows, health, server_mb, args)
+        # every weight is read once per token, except the position table (one row): wte is read whole by the tied lm_head
+        weight_bytes = (n - model.transformer.wpe.weight.numel()) * 4
+        bw = read_bandwidth_gbs()  # measured next to the decode (a shared machine's bandwidth drifts), best of 5
+        with torch.inference_mode(): rate, _ = decode_rate(model, enc, args.max_tokens)
+        bw = max(bw, read_bandwidth_gbs())
+        limit = bw * 1e9 / weight_bytes
+        print(f"batch-1 decode (engine, in-process, float32): {rate:.1f} tokens/s; read bandwidth (summing 1 GB of "
+              f"float32, best of 10 around it) {bw:.1f} GB/s / "
+              f"{weight_bytes / 1e6:.0f} MB a token = {limit:.1f} tokens/s; {rate / limit:.0%} of it "
+              f"(goal 50%: {'met' if rate / limit >= 0.5 else 'missed'})")
+        if not args.no_hf:
+            with torch.inference_mode(): same, ours, theirs = versus_transformers(model, enc, min(args.max_tokens, 16))
+            print(f"vs transformers, 8 prompts of different lengths, greedy, 16 tokens: same tokens in {same}/8 rows; "
+                  f"engine {ours:.1f} tokens/s, transformers generate {theirs:.1f} tokens/s ({ours / theirs:.2f}x)")
+    print(f"\npeak memory of this process (the in-process models): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     return 0
 
 

@@ -17,12 +17,10 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-class SlowGPT(GPT):
-    "15 ms a token, so that the page is seen mid-stream."
-    def stream(self, *args, **kwargs):
-        for tok in super().stream(*args, **kwargs):
-            time.sleep(0.015)
-            yield tok
+def slow(model, delay=0.015):
+    "15 ms more per forward pass, so that the page is seen mid-stream."
+    model.transformer.wte.register_forward_pre_hook(lambda module, args: time.sleep(delay))
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +31,7 @@ def server():
     models = {}
     for name, seed in (("base", 1), ("fine-tuned", 0)):
         torch.manual_seed(seed)
-        models[name] = (SlowGPT(GPTConfig.from_preset("tiny", vocab_size=enc.n_vocab, block_size=256)).eval(), enc)
+        models[name] = (slow(GPT(GPTConfig.from_preset("tiny", vocab_size=enc.n_vocab, block_size=256)).eval()), enc)
     try:
         with ServerThread(create_app(models, max_queue=16)) as s:
             yield s

@@ -5,6 +5,7 @@ import io, subprocess, sys
 import pytest, tiktoken, torch
 
 from nanogpt_course.model import GPT, GPTConfig
+from nanogpt_course import serve
 from nanogpt_course.serve import SamplingParams, chat_loop
 from nanogpt_course.sft import format_chat
 from helpers import save_course_checkpoint
@@ -26,11 +27,15 @@ def greedy_answer(model, enc, messages, max_tokens):
     return enc.decode(out[:out.index(enc.eot_token)] if enc.eot_token in out else out)
 
 
-class Recorder(GPT):
-    "Remembers every prompt it was asked to continue."
-    def stream(self, idx, *args, **kwargs):
-        self.prompts.append(idx[0].tolist())
-        yield from super().stream(idx, *args, **kwargs)
+@pytest.fixture
+def prompts(monkeypatch):
+    "Every prompt the chat submits to its engine (token ids), recorded on the way in."
+    seen, submit = [], serve.Engine.submit
+    def recording_submit(engine, job):
+        seen.append(job.prompt_ids)
+        return submit(engine, job)
+    monkeypatch.setattr(serve.Engine, "submit", recording_submit)
+    return seen
 
 
 def run_chat(checkpoint, stdin, *extra):
@@ -77,16 +82,15 @@ def test_chat_cli_errors(tmp_path, checkpoint):
     assert r.returncode == 2 and "temperature" in r.stderr
 
 
-def test_history_reset_and_context_overflow(enc):
-    model = Recorder(GPTConfig.from_preset("tiny", vocab_size=enc.n_vocab, block_size=96)).eval()
-    model.prompts = []
+def test_history_reset_and_context_overflow(enc, prompts):
+    model = GPT(GPTConfig.from_preset("tiny", vocab_size=enc.n_vocab, block_size=96)).eval()
     out = io.StringIO()
     turns = ["First question here?", "Second one?", "/reset", "Third?", "/nonsense", "word " * 200, "Still there?",
              "alpha " * 30, "beta " * 30]
     rc = chat_loop(model, enc, SamplingParams(max_tokens=6, temperature=0), stdin=io.StringIO("\n".join(turns) + "\n"), stdout=out)
     text = out.getvalue()
     assert rc == 0
-    p = [enc.decode(ids) for ids in model.prompts]
+    p = [enc.decode(ids) for ids in prompts]
     assert len(p) == text.count("bot> ") == 6
     assert "First question here?" in p[1] and "Second one?" in p[1]  # the second turn sees the first
     assert "First question here?" not in p[2] and "Third?" in p[2]  # /reset forgot it
@@ -94,4 +98,31 @@ def test_history_reset_and_context_overflow(enc):
     assert "shorten it" in text  # the 200-word message cannot fit in 96 tokens: refused, not crashed...
     assert "Third?" in p[3] and "Still there?" in p[3]  # ...and the conversation before it is kept
     assert "dropped the" in text and "Third?" not in p[5] and "beta" in p[5]  # the oldest turns make room for new ones
-    assert all(len(ids) < 96 for ids in model.prompts)
+    assert all(len(ids) < 96 for ids in prompts)
+
+
+def test_chat_cli_penalties(checkpoint, enc):
+    "--presence-penalty and --frequency-penalty reach the sampler with OpenAI's definition; out of range is refused."
+    path, model = checkpoint
+    ids = enc.encode(format_chat([{"role": "user", "content": "Say it again and again."}]), disallowed_special=())
+    out, counts = [], torch.zeros(enc.n_vocab)
+    for _ in range(10):  # greedy with the penalties, the slow obvious way
+        with torch.no_grad(): logits = model(torch.tensor([ids + out]))[0][0, -1, :enc.n_vocab]
+        tok = int((logits - counts * 1.5 - (counts > 0).float() * 0.5).argmax())
+        out.append(tok); counts[tok] += 1
+    if enc.eot_token in out: out = out[:out.index(enc.eot_token)]
+    r = run_chat(path, "Say it again and again.\n", "--temperature", "0", "--max-tokens", "10",
+                 "--presence-penalty", "0.5", "--frequency-penalty", "1.5")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("bot> ")[1] == enc.decode(out) + "\n"  # the whole answer, then the line break
+    r = run_chat(path, "hi\n", "--frequency-penalty", "3")
+    assert r.returncode == 2 and "--frequency-penalty must be in [-2, 2], got 3.0" in r.stderr, r.stderr
+    assert r.stderr.startswith("usage:") and "nanogpt-course chat: error:" in r.stderr
+
+
+def test_typed_endoftext_is_text(enc, prompts):
+    "A user who types <|endoftext|> gets its characters into the prompt, never the control token (defect 7)."
+    model = GPT(GPTConfig.from_preset("tiny", vocab_size=enc.n_vocab, block_size=96)).eval()
+    chat_loop(model, enc, SamplingParams(max_tokens=2, temperature=0), stdin=io.StringIO("end <|endoftext|> here\n"),
+              stdout=io.StringIO())
+    assert len(prompts) == 1 and enc.eot_token not in prompts[0] and "<|endoftext|>" in enc.decode(prompts[0])
