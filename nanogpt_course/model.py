@@ -336,7 +336,9 @@ def sample_next(
     "Choose the next token for each row: (B, V) logits -> (B, 1) ids."
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    # subtract the max first: a tiny temperature (1e-40) would otherwise turn every logit into inf and softmax into NaN
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) the k-th largest logit
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -345,6 +347,7 @@ def sample_next(
         probs = sorted_logits.softmax(dim=-1)
         # drop a token when the tokens before it already reach top_p (the most likely one always stays)
         drop = probs.cumsum(dim=-1) - probs >= top_p
+        drop[..., 0] = False  # a top_p that rounds to 0 in float32 (1e-300) would otherwise drop every token
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return torch.multinomial(logits.softmax(dim=-1), num_samples=1, generator=generator)
 
