@@ -10,11 +10,12 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['INSTRUCTION_HEADER', 'CONTEXT_HEADER', 'RESPONSE_HEADER', 'EOT', 'PROMPT_TEMPLATE', 'CONTEXT_BLOCK',
-           'DOLLY_CATEGORIES', 'IGNORE_INDEX', 'format_prompt', 'format_example', 'format_chat', 'InstructionSet',
-           'guess_category', 'load_alpaca', 'load_dolly', 'load_instructions', 'builtin_instructions',
-           'instruction_data', 'tokenize_example', 'SFTDataset', 'collate', 'LoRALinear', 'count_parameters',
-           'apply_lora', 'merge_lora', 'has_lora', 'stratified_split', 'sft_lr', 'response_loss', 'load_sft_model',
-           'finetune', 'generate_response', 'cli', 'answer_table']
+           'DOLLY_CATEGORIES', 'DOLLY_HF', 'DOLLY_FILE', 'IGNORE_INDEX', 'format_prompt', 'format_example',
+           'format_chat', 'InstructionSet', 'guess_category', 'load_alpaca', 'load_dolly', 'load_instructions',
+           'describe_data', 'builtin_instructions', 'instruction_data', 'tokenize_example', 'SFTDataset', 'collate',
+           'LoRALinear', 'count_parameters', 'apply_lora', 'merge_lora', 'has_lora', 'stratified_split', 'sft_lr',
+           'response_loss', 'check_finetune_args', 'load_sft_model', 'finetune', 'generate_response', 'cli',
+           'answer_table']
 
 # %% ../nbs/05_sft.ipynb #20c5e2f9
 INSTRUCTION_HEADER = "### Instruction:\n"
@@ -132,16 +133,23 @@ def _normalise(obj, schema):
     rec["category"] = cat.strip() if isinstance(cat, str) and cat.strip() else guess_category(rec["instruction"], rec["context"])
     return rec, None
 
+def _schema_of(obj) -> str:
+    "A record's own schema: Alpaca when it has Alpaca's keys (`output` or `input`), else Dolly."
+    return "alpaca" if isinstance(obj, dict) and ("output" in obj or "input" in obj) else "dolly"
+
 def _load(rows, schema, source, strict=False, report=None):
+    "Normalise (number, object) rows in `schema`, or each in its own (`schema='auto'`); skip and count the bad ones."
     report = report if report is not None else {}
-    recs, skipped = [], Counter()
+    recs, skipped, schemas = [], Counter(), Counter()
     for no, obj in rows:
-        rec, why = _normalise(obj, schema)
+        s = _schema_of(obj) if schema == "auto" else schema
+        if isinstance(obj, dict): schemas[s] += 1
+        rec, why = _normalise(obj, s)
         if rec is None:
             if strict: raise ValueError(f"{source}: record {no} skipped: {why}")
             skipped[why] += 1
         else: recs.append(rec)
-    report.update(source=str(source), schema=schema, kept=len(recs), skipped=dict(skipped),
+    report.update(source=str(source), schema="+".join(sorted(schemas)) or schema, kept=len(recs), skipped=dict(skipped),
                   n_skipped=sum(skipped.values()))
     report.setdefault("malformed", [])
     return InstructionSet(recs, report)
@@ -154,30 +162,45 @@ def load_alpaca(path: str | os.PathLike,  # JSON list or jsonl of {"instruction"
     report = {}
     return _load(_read_json_records(path, report, strict), "alpaca", path, strict, report)
 
+DOLLY_HF, DOLLY_FILE = "databricks/databricks-dolly-15k", "databricks-dolly-15k.jsonl"  # the dataset and its one file
+
+def _dolly_unavailable(why: str) -> RuntimeError:
+    return RuntimeError(f"Dolly-15k cannot be downloaded ({why}): download {DOLLY_FILE} from "
+                        f"https://huggingface.co/datasets/{DOLLY_HF} and pass it with --data FILE (in Python: "
+                        f"load_dolly(FILE)), or put it in $NANOGPT_COURSE_DATA, where --data dolly finds it")
+
 def load_dolly(path: str | os.PathLike | None = None,  # local Dolly jsonl/json; None downloads databricks/databricks-dolly-15k
                strict: bool = False,  # raise on the first bad record/line instead of skipping and counting it
                cache_dir: str | None = None,  # `datasets` cache folder when downloading
               ) -> InstructionSet:
     "Load Databricks Dolly-15k (from the Hugging Face Hub, or a local file in its schema) into normalised records."
     if path is None:
-        try:
-            import datasets
-            ds = datasets.load_dataset("databricks/databricks-dolly-15k", split="train", cache_dir=cache_dir)
-        except Exception as e:
-            raise RuntimeError("could not download databricks/databricks-dolly-15k "
-                               f"({type(e).__name__}: {e}); pass path= to a local copy of "
-                               "databricks-dolly-15k.jsonl, or use load_alpaca / builtin_instructions()") from e
-        return _load(((i + 1, r) for i, r in enumerate(ds)), "dolly", "databricks/databricks-dolly-15k", strict)
+        from nanogpt_course.data import hub_reachable  # notebook 04a
+        if not hub_reachable(): raise _dolly_unavailable("huggingface.co is not reachable")
+        try: import datasets
+        except ImportError: raise _dolly_unavailable("the `datasets` package is not installed") from None
+        try: ds = datasets.load_dataset(DOLLY_HF, split="train", cache_dir=cache_dir)
+        except Exception as e:  # offline `datasets` fails in many ways; each ends in the same advice
+            raise _dolly_unavailable(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}") from None
+        return _load(((i + 1, r) for i, r in enumerate(ds)), "dolly", DOLLY_HF, strict)
     report = {}
     return _load(_read_json_records(path, report, strict), "dolly", path, strict, report)
 
-def load_instructions(path: str | os.PathLike,  # a Dolly- or Alpaca-schema file; the schema is read from its first record
+def load_instructions(path: str | os.PathLike,  # a Dolly- or Alpaca-schema file, or one mixing both
                       strict: bool = False,  # raise instead of skipping bad records
                      ) -> InstructionSet:
-    "Load a file in either schema, telling them apart by their keys (`output` means Alpaca)."
-    rows = list(_read_json_records(path, report := {}, strict))
-    first = next((o for _, o in rows if isinstance(o, dict)), {})
-    return _load(rows, "alpaca" if "output" in first else "dolly", path, strict, report)
+    "Load a file in either schema, deciding per record by its keys (`output` or `input` means Alpaca)."
+    report = {}
+    return _load(_read_json_records(path, report, strict), "auto", path, strict, report)
+
+def describe_data(report: dict,  # an InstructionSet's `.report`
+                 ) -> str:
+    "One line for the console: source, schema, records kept, skipped by reason, malformed lines."
+    sk, schema = report.get("skipped") or {}, report.get("schema")
+    line = f"{report.get('source')}{f' ({schema})' if schema else ''}: {report.get('kept', 0)} records kept, {sum(sk.values())} skipped"
+    if sk: line += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(sk.items())) + ")"
+    if report.get("malformed"): line += f", {len(report['malformed'])} malformed lines"
+    return line
 
 # %% ../nbs/05_sft.ipynb #0e50c072
 _BUILTIN = [  # (category, instruction, context, response): tiny, hand-written, so the notebook runs with no data at all
@@ -223,16 +246,18 @@ def builtin_instructions() -> InstructionSet:
 
 def instruction_data(source: str = "auto",  # "auto", "dolly", "alpaca" (the NANOGPT_COURSE_DATA file), "builtin", or a file path
                     ) -> InstructionSet:
-    "The best instruction set available: Dolly-15k online, else the offline Alpaca file, else the built-in one."
+    "The best instruction set available: Dolly-15k (a local copy, else online), else the offline Alpaca file, else the built-in one."
     if source not in ("auto", "dolly", "alpaca", "builtin"): return load_instructions(source)
     from nanogpt_course.data import hub_reachable  # notebook 04a
+    root = os.environ.get("NANOGPT_COURSE_DATA")
+    local = Path(root) / DOLLY_FILE if root else None  # where the offline message tells you to put it
+    if source in ("auto", "dolly") and local is not None and local.exists(): return load_dolly(local)
     if source == "dolly" or (source == "auto" and hub_reachable()):
         try: return load_dolly()
         except RuntimeError as e:
             if source == "dolly": raise
             warnings.warn(str(e))
     if source in ("auto", "alpaca"):
-        root = os.environ.get("NANOGPT_COURSE_DATA")
         f = Path(root) / "alpaca-format-instructions.json" if root else None
         if f is not None and f.exists(): return load_alpaca(f)
         if source == "alpaca":
@@ -416,6 +441,89 @@ def response_loss(model,  # a GPT
     model.train(was_training)
     return total / max(count, 1)
 
+# %% ../nbs/05_sft.ipynb #ae3d8453
+_FLAGS = {"out_dir": "--out"}  # command-line names that are not simply --argument-with-dashes
+
+def _name(arg: str, flags: bool) -> str:
+    "How to name `arg` in a message: as the command-line flag, or as finetune's argument."
+    return _FLAGS.get(arg, "--" + arg.replace("_", "-")) if flags else arg
+
+def _check_device(device, flags: bool = False):
+    "Refuse a device this machine does not have, before any work."
+    d, name = str(device), _name("device", flags)
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", d):
+        raise ValueError(f"{name} {d!r} is not a device the course runs on; use cpu, cuda, cuda:N or mps")
+    if d.startswith("cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0: raise ValueError(f"{name} {d}: CUDA is not available on this machine "
+                                    f"({'this torch is built without CUDA' if torch.version.cuda is None else 'no GPU is visible'}); use cpu")
+        if ":" in d and int(d.split(":")[1]) >= n:
+            raise ValueError(f"{name} {d}: this machine has {n} CUDA devices, cuda:0 to cuda:{n - 1}")
+    if d == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"{name} mps: Apple's MPS backend is not available on this machine; use cpu")
+
+_OTHER_RUNS = ("ckpt_*.pt", "log.jsonl", "meta.json", "train_*.bin", "val_*.bin")  # a pretraining run's or `prepare`'s files
+_OURS = ("sft.pt", "sft_log.jsonl", "summary.json")  # what finetune writes
+
+def _is_sft_summary(p: Path) -> bool:
+    try: s = json.loads(p.read_text())
+    except (OSError, ValueError): return False
+    return isinstance(s, dict) and (s.get("kind") == "sft" or "val_loss_before" in s)
+
+def _check_out_dir(out_dir, overwrite: bool = False, flags: bool = False):
+    "Refuse an output folder where fine-tuning would lose work: a file, another run's folder, or (unless `overwrite`) an earlier fine-tuning run."
+    d, name = Path(out_dir), _name("out_dir", flags)
+    if d.exists() and not d.is_dir(): raise FileExistsError(f"{name} {d} is a file, not a folder; choose a folder")
+    if not d.is_dir(): return
+    ours = [f for f in _OURS if (d / f).exists()]
+    theirs = sorted({p.name for pat in _OTHER_RUNS for p in d.glob(pat)})
+    if "summary.json" in ours and not {"sft.pt", "sft_log.jsonl"} & set(ours) and not _is_sft_summary(d / "summary.json"):
+        theirs.append("summary.json")
+    if theirs:
+        raise FileExistsError(f"{name} {d} holds another run's files ({', '.join(theirs[:4])}); fine-tuning never writes "
+                              f"there: choose a new folder, e.g. {d / 'sft'}")
+    if ours and not overwrite:
+        raise FileExistsError(f"{name} {d} already holds a fine-tuning run ({', '.join(ours)}); choose a new folder, "
+                              f"or pass {_name('overwrite', flags)}{'' if flags else '=True'} to replace it")
+
+# %% ../nbs/05_sft.ipynb #910cc69f
+_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+_RANGES = {  # finetune argument: (allowed?, the allowed values in words)
+    "steps": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "epochs": (lambda v: _num(v) and v > 0, "a number > 0"),
+    "batch_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "lr": (lambda v: _num(v) and v > 0, "a number > 0"),
+    "warmup_steps": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "min_lr_ratio": (lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "schedule": (lambda v: v in ("cosine", "linear", "constant"), "'cosine', 'linear' or 'constant'"),
+    "weight_decay": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "grad_clip": (lambda v: _num(v) and v >= 0, "a number >= 0 (0: off)"),
+    "val_frac": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "eval_every": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "eval_batches": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "overlong": (lambda v: v in ("truncate", "drop"), "'truncate' or 'drop'"),
+    "lora_r": (lambda v: _int(v) and v >= 0, "an integer >= 0 (0: full fine-tuning)"),
+    "lora_alpha": (lambda v: _num(v) and v > 0, "a number > 0"),
+    "lora_dropout": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "max_seconds": (lambda v: _num(v) and v > 0, "a number > 0"),
+    "seed": (lambda v: _int(v) and 0 <= v < 2**63, "an integer in [0, 2**63)"),
+}
+_MAY_BE_NONE = {"steps", "warmup_steps", "eval_every", "eval_batches", "max_seconds"}  # None: finetune picks
+
+def check_finetune_args(flags: bool = False,  # name arguments as command-line flags (`--batch-size`) in messages
+                        **args,  # any of finetune's keyword arguments; device and out_dir (with overwrite) are checked too
+                       ) -> None:
+    "Raise a ValueError (FileExistsError for the output folder) naming the first argument `finetune` cannot use."
+    for k, v in args.items():
+        if k not in _RANGES or (v is None and k in _MAY_BE_NONE): continue
+        ok, allowed = _RANGES[k]
+        if not ok(v): raise ValueError(f"{_name(k, flags)} must be {allowed}, got {v!r}")
+    if args.get("lora_r", 0) > 0 and "lora_targets" in args and not args["lora_targets"]:
+        raise ValueError(f"{_name('lora_targets', flags)} is empty; name the linear layers to adapt, e.g. c_attn")
+    if "device" in args: _check_device(args["device"], flags)
+    if "out_dir" in args and args.get("save", True): _check_out_dir(args["out_dir"], args.get("overwrite", False), flags)
+
 # %% ../nbs/05_sft.ipynb #87edf34c
 def _resolve_data(data, report_sources: list) -> list[dict]:
     "Records from a source name, a path, a list of paths/names, or a list of records."
@@ -427,10 +535,17 @@ def _resolve_data(data, report_sources: list) -> list[dict]:
     for item in items:
         s = instruction_data(str(item)) if not isinstance(item, dict) else None
         report_sources.append(s.report); out += s
-    if not out: raise ValueError(f"no usable instruction records in {data!r}")
+    if not out: raise ValueError(f"no usable instruction records in {data!r}: " + "; ".join(describe_data(r) for r in report_sources))
     return out
 
 from .train import load_model, save_checkpoint, configure_optimizer, make_config  # notebook 04: one loader, one atomic save, one optimizer
+
+def _no_nan(o):
+    "`o` with every non-finite float replaced by None: NaN (no validation set) is not JSON."
+    if isinstance(o, float) and not math.isfinite(o): return None
+    if isinstance(o, dict): return {k: _no_nan(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return [_no_nan(v) for v in o]
+    return o
 
 def _load_init(init, device):
     if isinstance(init, tuple) and len(init) == 2: return init[0].to(device), init[1]
@@ -465,9 +580,10 @@ def finetune(init,  # base model: course checkpoint / run dir / HF dir / HF id (
              lora_dropout: float = 0.0,  # dropout on the adapters' input
              max_seconds: float | None = None,  # stop training after this wall time (checkpoint still written)
              seed: int = 0,  # split, shuffling and init seed
-             device: str = "cpu",  # "cpu", "cuda", "mps"
+             device: str = "cpu",  # "cpu", "cuda", "cuda:N", "mps"
              save: bool = True,  # write the checkpoint, log and summary
-             progress: bool = True,  # show a tqdm progress bar
+             overwrite: bool = False,  # replace an earlier fine-tuning run in out_dir (never another kind of run)
+             progress: bool = True,  # show a tqdm progress bar, and print what data was loaded and skipped
             ) -> dict:
     "Instruction-tune a GPT on the prompt template; returns a summary dict (losses, counts, checkpoint path)."
     import copy, dataclasses
@@ -475,12 +591,15 @@ def finetune(init,  # base model: course checkpoint / run dir / HF dir / HF id (
     args = {k: v for k, v in locals().items() if k not in ("init", "data", "copy", "dataclasses", "tokenizer_state")}
     args.update(init=init if isinstance(init, (str, os.PathLike)) else "<in-memory model>", out_dir=str(out_dir),
                 data=data if isinstance(data, str) else "<records or list>", lora_targets=list(lora_targets))
+    check_finetune_args(**args)  # every argument, the device and the output folder, before any work
+    sources = []
+    records = _resolve_data(data, sources)
+    if progress:
+        for r in sources: print("data:", describe_data(r))
     torch.manual_seed(seed)
     model, enc = _load_init(init, device)
     if isinstance(init, tuple): model = copy.deepcopy(model)
     block_size = model.config.block_size
-    sources = []
-    records = _resolve_data(data, sources)
     train_recs, val_recs = stratified_split(records, val_frac, seed)
     train_ds = SFTDataset(train_recs, enc, block_size, overlong)
     val_ds = SFTDataset(val_recs, enc, block_size, overlong)
@@ -499,7 +618,7 @@ def finetune(init,  # base model: course checkpoint / run dir / HF dir / HF id (
     if save: out_dir.mkdir(parents=True, exist_ok=True)
     log = open(out_dir / "sft_log.jsonl", "w") if save else None
     def _log(**kw):
-        if log: log.write(json.dumps(kw) + "\n"); log.flush()
+        if log: log.write(json.dumps(_no_nan(kw)) + "\n"); log.flush()
     val_loss = lambda: response_loss(model, val_ds, batch_size, device, eval_batches) if len(val_ds) else float("nan")
     val_before = val_loss()
     val_losses, train_losses = [[0, val_before]], []
@@ -557,14 +676,14 @@ def finetune(init,  # base model: course checkpoint / run dir / HF dir / HF id (
                 "sft": {"args": args, "counts": counts}, "lora": lora_info}
         ckpt_path = str(out_dir / "sft.pt")
         save_checkpoint(ckpt_path, ckpt)
-    summary = {"checkpoint": ckpt_path, "val_loss_before": val_before, "val_loss_after": val_losses[-1][1],
+    summary = {"kind": "sft", "checkpoint": ckpt_path, "val_loss_before": val_before, "val_loss_after": val_losses[-1][1],
                "train_losses": train_losses, "val_losses": val_losses, "data": sources, "counts": counts,
                "steps": step, "planned_steps": steps, "seconds": seconds, "tokens": tokens,
                "tokens_per_s": tokens / max(seconds, 1e-9), "trainable_params": trainable, "total_params": total,
                "lora": None if lora_info is None else {k: v for k, v in lora_info.items() if k != "adapters"},
                "args": args}
     if log: log.close()
-    if save: (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    if save: (out_dir / "summary.json").write_text(json.dumps(_no_nan(summary), indent=1, default=str))
     return summary
 
 # %% ../nbs/05_sft.ipynb #672e2970
@@ -581,6 +700,9 @@ def generate_response(model,  # a GPT
                       with_stop: bool = False,  # also return whether the answer ended with `<|endoftext|>`
                      ) -> str | tuple[str, bool]:
     "The model's answer to `instruction` in the course's prompt template (text before `<|endoftext|>`)."
+    if enc.n_vocab > model.config.vocab_size:
+        raise ValueError(f"the tokenizer has {enc.n_vocab:,} tokens but the model's vocab_size is {model.config.vocab_size:,}: "
+                         "they do not belong together; load both from one checkpoint")
     ids = enc.encode_ordinary(format_prompt(instruction, context))
     room = model.config.block_size - len(ids)
     if room < 1:
@@ -590,7 +712,8 @@ def generate_response(model,  # a GPT
     gen = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
     was_training = model.training; model.eval()
     out = model.generate(torch.tensor([ids], device=dev), min(max_new_tokens, room), temperature=temperature,
-                         top_k=top_k, top_p=top_p, eos_token_id=enc.eot_token, generator=gen)
+                         top_k=top_k, top_p=top_p, eos_token_id=enc.eot_token, generator=gen,
+                         n_vocab=enc.n_vocab)  # a padded vocabulary's extra rows (50,304 for 50,257) are never chosen
     model.train(was_training)
     new = out[0, len(ids):].tolist()
     stop = enc.eot_token in new
@@ -631,22 +754,26 @@ def cli(argv: list[str] | None = None) -> int:
     r.add_argument("--eval-batches", type=int, default=None, help="cap on validation batches")
     r.add_argument("--max-seconds", type=float, default=None, help="stop training after this many seconds")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", default="cpu", help="cpu, cuda, mps")
+    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps")
+    r.add_argument("--overwrite", action="store_true", help="replace an earlier fine-tuning run in --out (never a pretraining run)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
+    kw = dict(steps=a.steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps,
+              min_lr_ratio=a.min_lr_ratio, schedule=a.schedule, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
+              val_frac=a.val_frac, eval_every=a.eval_every, eval_batches=a.eval_batches, overlong=a.overlong,
+              lora_r=a.lora_r, lora_alpha=a.lora_alpha, lora_targets=tuple(t.strip() for t in a.lora_targets.split(",") if t.strip()),
+              lora_dropout=a.lora_dropout, max_seconds=a.max_seconds, seed=a.seed, device=a.device, overwrite=a.overwrite,
+              progress=not a.no_progress)
     try:
-        s = finetune(a.init, a.data or "auto", a.out, steps=a.steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                     warmup_steps=a.warmup_steps, min_lr_ratio=a.min_lr_ratio, schedule=a.schedule,
-                     weight_decay=a.weight_decay, grad_clip=a.grad_clip, val_frac=a.val_frac, eval_every=a.eval_every,
-                     eval_batches=a.eval_batches, overlong=a.overlong, lora_r=a.lora_r, lora_alpha=a.lora_alpha,
-                     lora_targets=tuple(t.strip() for t in a.lora_targets.split(",") if t.strip()),
-                     lora_dropout=a.lora_dropout, max_seconds=a.max_seconds, seed=a.seed, device=a.device,
-                     progress=not a.no_progress)
+        check_finetune_args(flags=True, out_dir=a.out, **kw)  # named as flags, before any work
+        s = finetune(a.init, a.data or "auto", a.out, **kw)
     except (ValueError, OSError, RuntimeError) as e:  # bad data, missing files, unreachable hub: a message, not a traceback
         print(f"nanogpt-course sft: error: {e}", file=sys.stderr)
         return 2
+    if a.no_progress:  # with progress on, finetune printed these before training
+        for d in s["data"]: print("data:", describe_data(d))
     c = s["counts"]
-    print(f"data: {', '.join(str(d.get('source')) for d in s['data'])}; train {c['train_records']} / val {c['val_records']} records; "
+    print(f"split: train {c['train_records']} / val {c['val_records']} records; "
           f"truncated {c['train']['truncated'] + c['val']['truncated']}, dropped {c['train']['dropped'] + c['val']['dropped']}")
     print(f"val loss on response tokens: {s['val_loss_before']:.4f} -> {s['val_loss_after']:.4f} in {s['steps']} steps "
           f"({s['seconds']:.1f}s); checkpoint {s['checkpoint']}")

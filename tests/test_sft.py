@@ -310,3 +310,151 @@ def test_answer_table_uses_generate_response(enc, capsys):
     assert (rows[0]["m"], rows[0]["m_stop"]) == sft.generate_response(model, enc, "Q?", max_new_tokens=3, with_stop=True)
     assert rows[1]["m"] == "(prompt too long)" and rows[1]["m_stop"] is False
     assert "[summarization]" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------- bad input (issue 11)
+BAD_FLAGS = [("--steps", "0"), ("--steps", "-3"), ("--batch-size", "0"), ("--batch-size", "-1"), ("--lora-r", "-1"),
+             ("--epochs", "0"), ("--lr", "0"), ("--lr", "nan"), ("--warmup-steps", "-5"), ("--min-lr-ratio", "5"),
+             ("--weight-decay", "-0.1"), ("--grad-clip", "-1"), ("--val-frac", "1"), ("--eval-every", "0"),
+             ("--eval-every", "-1"), ("--eval-batches", "0"), ("--lora-alpha", "0"), ("--lora-dropout", "1"),
+             ("--max-seconds", "0"), ("--max-seconds", "inf"), ("--seed", "-1")]
+
+
+@pytest.mark.parametrize("flag,value", BAD_FLAGS)
+def test_cli_checks_every_number_before_any_work(flag, value, tmp_path, capsys):
+    "The flag is named with its allowed range; nothing is loaded first (the model and data do not even exist) and --out is not made."
+    rc = sft.cli(["--init", str(tmp_path / "no-model.pt"), "--data", str(tmp_path / "no-data.jsonl"),
+                  "--out", str(tmp_path / "out"), flag, value, "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"nanogpt-course sft: error: {flag} must be "), err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kw,name", [(dict(steps=0), "steps must be an integer >= 1"),
+                                     (dict(batch_size=-1), "batch_size must be an integer >= 1"),
+                                     (dict(lora_r=-1), "lora_r must be an integer >= 0"),
+                                     (dict(steps=2.5), "steps must be an integer"),
+                                     (dict(lr=float("inf")), "lr must be a number > 0"),
+                                     (dict(schedule="step"), "schedule must be"),
+                                     (dict(lora_r=2, lora_targets=()), "lora_targets is empty")])
+def test_finetune_checks_its_arguments_before_loading(kw, name, tmp_path):
+    with pytest.raises(ValueError, match=name):
+        finetune(str(tmp_path / "no-model.pt"), str(tmp_path / "no-data.jsonl"), tmp_path / "out", progress=False, **kw)
+    assert not (tmp_path / "out").exists()
+
+
+def test_device_that_is_not_there_is_a_message(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without CUDA, even on a GPU machine
+    for dev, want in [("cuda", "--device cuda: CUDA is not available"), ("cuda:1", "--device cuda:1: CUDA is not available"),
+                      ("tpu", "--device 'tpu' is not a device"), ("cuda0", "--device 'cuda0' is not a device")]:
+        rc = sft.cli(["--init", str(tmp_path / "no-model.pt"), "--data", "builtin", "--out", str(tmp_path / "out"),
+                      "--device", dev, "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and want in err and "use cpu" in err and "Traceback" not in err, err
+    with pytest.raises(ValueError, match="device 'tpu' is not a device"):
+        finetune(str(tmp_path / "no-model.pt"), "builtin", tmp_path / "out", device="tpu", progress=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match="has 2 CUDA devices, cuda:0 to cuda:1"):
+        finetune(str(tmp_path / "no-model.pt"), "builtin", tmp_path / "out", device="cuda:2", progress=False)
+
+
+def test_out_never_replaces_a_run_without_overwrite(enc, tmp_path, capsys):
+    quick = dict(steps=1, batch_size=2, eval_batches=1, progress=False)
+    base = tiny_model(enc)
+    s = finetune((base, enc), "builtin", tmp_path / "sft", **quick)
+    before = (tmp_path / "sft" / "sft.pt").read_bytes()
+    with pytest.raises(FileExistsError, match=r"already holds a fine-tuning run \(sft.pt, sft_log.jsonl, summary.json\).*overwrite=True"):
+        finetune((base, enc), "builtin", tmp_path / "sft", seed=1, **quick)
+    assert (tmp_path / "sft" / "sft.pt").read_bytes() == before
+    s2 = finetune((base, enc), "builtin", tmp_path / "sft", seed=1, overwrite=True, **quick)  # asked for: replaced
+    assert s2["checkpoint"] == s["checkpoint"] and (tmp_path / "sft" / "sft.pt").read_bytes() != before
+    assert json.loads((tmp_path / "sft" / "summary.json").read_text())["kind"] == "sft"
+    # a pretraining run's folder: refused even with --overwrite, and its files are untouched
+    run = tmp_path / "pretrain"; run.mkdir()
+    write_base_checkpoint(run / "ckpt_0000010.pt", enc)
+    (run / "log.jsonl").write_text('{"step": 10, "loss": 3.0}\n')
+    (run / "summary.json").write_text(json.dumps({"steps": 10, "val_loss": 3.1}))
+    files = {p.name: p.read_bytes() for p in run.iterdir()}
+    for extra in ([], ["--overwrite"]):
+        rc = sft.cli(["--init", str(run), "--data", "builtin", "--out", str(run), "--steps", "1", "--no-progress", *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"--out {run} holds another run's files (ckpt_0000010.pt, log.jsonl, summary.json)" in err, err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == files
+    # a folder holding only someone else's summary.json (the main job's run folder) is not ours either
+    main = tmp_path / "main"; main.mkdir(); (main / "summary.json").write_text(json.dumps({"stages": {}}))
+    with pytest.raises(FileExistsError, match="holds another run's files \\(summary.json\\)"):
+        finetune((base, enc), "builtin", main, overwrite=True, **quick)
+    rc = sft.cli(["--init", str(run), "--data", "builtin", "--out", str(run / "log.jsonl"), "--no-progress"])
+    assert rc == 2 and "is a file, not a folder" in capsys.readouterr().err
+    rc = sft.cli(["--init", str(run), "--data", "builtin", "--out", str(tmp_path / "sft"), "--steps", "1", "--no-progress"])
+    assert rc == 2 and "pass --overwrite to replace it" in capsys.readouterr().err
+
+
+def test_instruction_schema_is_decided_per_record(enc, tmp_path, capsys):
+    "A first record without `output` does not make 40 good Alpaca records unusable; skips are counted and printed."
+    good = [{"instruction": f"Say the number {i}.", "input": "", "output": f"{i}."} for i in range(40)]
+    (tmp_path / "a.json").write_text(json.dumps([{"instruction": "Broken.", "input": ""}] + good))
+    recs = load_instructions(tmp_path / "a.json")
+    assert len(recs) == 40 and recs.report["skipped"] == {"missing_output": 1} and recs.report["schema"] == "alpaca"
+    mixed = [dolly_rows()[0], good[0], dolly_rows()[3]]  # Dolly, Alpaca, Dolly without a response
+    (tmp_path / "mixed.jsonl").write_text("\n".join(json.dumps(r) for r in mixed))
+    m = load_instructions(tmp_path / "mixed.jsonl")
+    assert [r["response"] for r in m] == ["William Shakespeare.", "0."] and m.report["skipped"] == {"missing_response": 1}
+    assert m.report["schema"] == "alpaca+dolly"
+    write_base_checkpoint(tmp_path / "base.pt", enc)
+    rc = sft.cli(["--init", str(tmp_path / "base.pt"), "--data", str(tmp_path / "a.json"), "--out", str(tmp_path / "out"),
+                  "--steps", "1", "--batch-size", "2", "--eval-batches", "1", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and f"{tmp_path / 'a.json'} (alpaca): 40 records kept, 1 skipped (missing_output: 1)" in out, out
+    (tmp_path / "none.json").write_text(json.dumps([{"instruction": "x"}] * 3))
+    rc = sft.cli(["--init", str(tmp_path / "base.pt"), "--data", str(tmp_path / "none.json"), "--out", str(tmp_path / "o2")])
+    assert rc == 2 and "0 records kept, 3 skipped (missing_response: 3)" in capsys.readouterr().err
+
+
+def test_dolly_offline_is_one_sentence_naming_the_file(tmp_path, capsys, monkeypatch):
+    import nanogpt_course.data as D
+    datasets = pytest.importorskip("datasets")
+    def unreachable(*a, **k): raise ConnectionError("Couldn't reach 'databricks/databricks-dolly-15k' on the Hub")
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    monkeypatch.delenv("NANOGPT_COURSE_DATA", raising=False)
+    for reachable in (False, True):  # offline, or the hub answers a ping but the download fails
+        monkeypatch.setattr(D, "hub_reachable", lambda *a, **k: reachable)
+        with pytest.raises(RuntimeError) as e:
+            load_dolly()
+        msg = str(e.value)
+        assert "download databricks-dolly-15k.jsonl from https://huggingface.co/datasets/databricks/databricks-dolly-15k" in msg
+        assert "--data FILE" in msg and e.value.__cause__ is None  # no chained ConnectionError traceback either:
+        assert e.value.__context__ is None or e.value.__suppress_context__
+        rc = sft.cli(["--init", str(tmp_path / "no-model.pt"), "--data", "dolly", "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and "databricks-dolly-15k.jsonl" in err and "Traceback" not in err, err
+    # the file, once downloaded, is found where the message says
+    monkeypatch.setenv("NANOGPT_COURSE_DATA", str(tmp_path))
+    (tmp_path / "databricks-dolly-15k.jsonl").write_text("\n".join(json.dumps(r) for r in dolly_rows()))
+    assert len(sft.instruction_data("dolly")) == 2 and len(sft.instruction_data("auto")) == 2
+
+
+def test_generate_response_never_picks_a_padding_id():
+    "GPT-2's tokenizer (50,257 ids) with the padded 50,304-row vocabulary: padding rows made the most likely still decode."
+    import tiktoken
+    gpt2 = tiktoken.get_encoding("gpt2")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=50304, n_layer=1, n_head=2, n_embd=16)).eval()
+    with torch.no_grad():  # every position's final state is all ones, and the padding rows point along it
+        model.transformer.ln_f.weight.zero_(); model.transformer.ln_f.bias.fill_(1.0)
+        model.lm_head.weight[gpt2.n_vocab:] = 1.0
+    ids = gpt2.encode_ordinary(format_prompt("Q?"))
+    assert model.generate(torch.tensor([ids]), 1, temperature=0)[0, -1] >= gpt2.n_vocab  # unguarded, a padding id wins
+    text, _ = sft.generate_response(model, gpt2, "Q?", max_new_tokens=4, with_stop=True)
+    assert isinstance(text, str)
+    assert isinstance(sft.generate_response(model, gpt2, "Q?", max_new_tokens=4, temperature=1.0, seed=0), str)
+
+
+def test_no_validation_set_writes_no_nan(enc, tmp_path):
+    "val_frac=0 leaves no validation loss: the summary and the log say null, never NaN (which is not JSON)."
+    s = finetune((tiny_model(enc), enc), "builtin", tmp_path / "run", steps=2, batch_size=2, val_frac=0.0, progress=False)
+    def strict(text): return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} written into JSON"))
+    summary = strict((tmp_path / "run" / "summary.json").read_text())
+    assert summary["val_loss_before"] is None and summary["val_loss_after"] is None and s["counts"]["val_records"] == 0
+    assert [strict(line) for line in (tmp_path / "run" / "sft_log.jsonl").read_text().splitlines()][0]["val_loss"] is None
