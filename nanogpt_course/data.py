@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['MAGIC', 'VERSION', 'HEADER_BYTES', 'FINEWEB_EDU', 'ShardError', 'dtype_for_vocab', 'write_shard', 'read_header',
            'read_shard', 'hub_reachable', 'DataUnavailable', 'iter_documents', 'prepare', 'shard_files', 'TokenLoader',
-           'dataset_tokenizer', 'data_source', 'cli']
+           'dataset_tokenizer', 'heldout_text', 'data_source', 'cli']
 
 # %% ../nbs/04a_data.ipynb #07547f5a
 import os, sys, json, zlib, struct, time, socket, itertools, argparse, numbers
@@ -585,6 +585,15 @@ def dataset_tokenizer(folder: str | Path # a folder written by `prepare`
             raise ShardError(f"{f} was made by a tokenizer with eot {h['eot']} and vocab_size {h['vocab_size']:,}, but {named} has eot "
                              f"{enc.eot_token} and vocab_size {enc.n_vocab:,}, so a model would learn the wrong vocabulary; {redo}")
     return enc, enc.n_vocab
+
+# %% ../nbs/04a_data.ipynb #6ae9938d
+def heldout_text(folder: str | Path, # a folder written by `prepare`
+                 enc,                # the tokenizer the shards were made with (`dataset_tokenizer`)
+                 max_tokens: int = 200_000, # read at most this many tokens of the first validation shard
+                ) -> str:
+    "The validation shard's text (never trained on), documents separated by blank lines."
+    toks = read_shard(shard_files(folder, "val")[0])[:max_tokens].tolist()  # shard_files names a folder without one
+    return "\n\n".join(d.strip() for d in enc.decode(toks).split("<|endoftext|>") if d.strip())
 
 # %% ../nbs/04a_data.ipynb #69f4fd97
 def data_source() -> str:

@@ -412,7 +412,7 @@ def evaluate(model,              # a GPT (or a Hugging Face causal LM); put in e
             "examples_per_s": len(mine) / max(secs, 1e-9)}
 
 # %% ../nbs/06_hellaswag.ipynb #f1ff1933
-def make_mc_examples(text: str,     # held-out text (not seen in training), e.g. the last 10% of the corpus
+def make_mc_examples(text: str,     # held-out text (not seen in training), e.g. the validation shard's (`data.heldout_text`)
                      enc,           # the tokenizer the model will be scored with (distractors are matched to the true ending's token count)
                      n: int = 200,  # number of examples
                      seed: int = 0, # same text, n and seed: same examples

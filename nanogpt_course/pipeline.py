@@ -157,13 +157,6 @@ def _stage(summary, name, out, fn):
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return res
 
-def _heldout_text(shards: Path, enc, max_tokens: int = 200_000) -> str:
-    "Validation-shard text (never trained on), documents separated by blank lines."
-    val = sorted(shards.glob("val_*.bin"))
-    if not val: raise FileNotFoundError(f"no validation shard in {shards}")
-    toks = D.read_shard(val[0])[:max_tokens].tolist()
-    return "\n\n".join(d.strip() for d in enc.decode(toks).split("<|endoftext|>") if d.strip())
-
 # %% ../nbs/09_pipeline.ipynb #cea4b67e
 def default_out_dir() -> str:
     "A new run directory, `runs/main-YYYYmmdd-HHMMSS`."
@@ -223,7 +216,7 @@ def run(out_dir: str | None = None,     # everything the run writes goes here; m
     _stage(summary, "shards", out, shards)
 
     # 06 · a HellaSwag-format multiple-choice set from the held-out text, scored during pretraining and after
-    examples = H.make_mc_examples(_heldout_text(out / "data", enc), enc, n=mc_examples, seed=seed)
+    examples = H.make_mc_examples(D.heldout_text(out / "data", enc), enc, n=mc_examples, seed=seed)
     mc_path = out / "mc_heldout.jsonl"
     mc_path.write_text("".join(json.dumps({"ctx": e["ctx"], "endings": e["endings"], "label": e["label"]}) + "\n" for e in examples))
 
