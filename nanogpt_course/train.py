@@ -660,7 +660,7 @@ launch:
 def cli(argv: list[str] | None = None, # e.g. ["--preset", "tiny", "--data", "data/shakespeare"]; sys.argv[1:] when None
         hooks=None,                         # passed to `pretrain`: `nanogpt-course pretrain` (notebook 10) adds HellaSwag's
        ) -> int:
-    "`nanogpt-course pretrain` / `python -m nanogpt_course.train` (also under torchrun)."
+    "`nanogpt-course pretrain` (also under torchrun, `-m nanogpt_course.cli pretrain`); `python -m nanogpt_course.train` runs it without later lessons' hooks."
     p = argparse.ArgumentParser(prog="nanogpt-course pretrain", description="Pretrain a GPT on token shards; under torchrun, with DDP.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG)
     p.add_argument("--preset", default="tiny", choices=sorted(TRAIN_PRESETS), help="training preset; the flags below override it")
