@@ -52,3 +52,19 @@ def pytest_make_collect_report(collector):
         item = SkippedAtImport.from_parent(collector, name="<module skipped at import>", message=_message(collector.nodeid, _reason(rep)))
         rep = pytest.CollectReport(rep.nodeid, "passed", None, [item])
     return rep
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    "Shards of a small synthetic corpus, tokenized with a 320-token BPE trained here (pretraining tests share them)."
+    import random
+    from nanogpt_course.data import prepare
+    from nanogpt_course.tokenizer import BPETokenizer
+    d = tmp_path_factory.mktemp("pretrain")
+    rnd = random.Random(0)
+    words = "the cat sat on a mat while some dog ran to its home and every bird sang in morning light".split()
+    docs = [" ".join(rnd.choice(words) for _ in range(rnd.randint(20, 120))) + "." for _ in range(1500)]
+    tok = BPETokenizer.train("\n".join(docs[:300]), 320)
+    tok.save(d / "tok.json")
+    prepare(docs, d / "data", tokenizer=d / "tok.json", shard_tokens=30_000, val_tokens=4_000, num_proc=1, progress=False)
+    return d

@@ -16,3 +16,8 @@ def save_course_checkpoint(path, model, enc, kind: str = "pretrain", step: int =
     save_checkpoint(path, {"model": model.state_dict(), "config": dataclasses.asdict(model.config),
                            "tokenizer": tokenizer_state(enc), "kind": kind, "step": step})
     return path
+
+
+# a tiny model and batch: 2 layers, 32 wide, a 320-token vocabulary; each step is a few ms
+RUN = dict(preset="tiny", n_embd=32, batch_size=4, seq_len=32, total_batch_tokens=512, max_steps=9, lr=3e-3,
+           warmup_steps=2, eval_every=3, eval_batches=2, sample_every=0, save_every=3, keep_last=2, progress=False)

@@ -5,14 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanogpt_course.data import prepare
-from nanogpt_course.tokenizer import BPETokenizer
+from helpers import RUN
 from nanogpt_course.train import (CheckpointError, list_checkpoints, load_checkpoint, load_model, pretrain, read_log)
 
 ROOT = Path(__file__).resolve().parents[1]
-# a tiny model and batch: 2 layers, 32 wide, a 320-token vocabulary; each step is a few ms
-RUN = dict(preset="tiny", n_embd=32, batch_size=4, seq_len=32, total_batch_tokens=512, max_steps=9, lr=3e-3,
-           warmup_steps=2, eval_every=3, eval_batches=2, sample_every=0, save_every=3, keep_last=2, progress=False)
 
 
 def _flags(d: dict) -> list[str]:
@@ -21,20 +17,6 @@ def _flags(d: dict) -> list[str]:
         flag = "--" + k.replace("_", "-")
         out += ([flag] if v else [f"--no-{k.replace('_', '-')}"]) if isinstance(v, bool) else [flag, str(v)]
     return out
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    "Shards of a small synthetic corpus, tokenized with a 320-token BPE trained here."
-    d = tmp_path_factory.mktemp("pretrain")
-    import random
-    rnd = random.Random(0)
-    words = "the cat sat on a mat while some dog ran to its home and every bird sang in morning light".split()
-    docs = [" ".join(rnd.choice(words) for _ in range(rnd.randint(20, 120))) + "." for _ in range(1500)]
-    tok = BPETokenizer.train("\n".join(docs[:300]), 320)
-    tok.save(d / "tok.json")
-    prepare(docs, d / "data", tokenizer=d / "tok.json", shard_tokens=30_000, val_tokens=4_000, num_proc=1, progress=False)
-    return d
 
 
 def _losses(run_dir):

@@ -1,7 +1,7 @@
 """torch.compile in pretraining (its own file: it needs inductor, and a C++ compiler for the CPU)."""
 import pytest
 from nanogpt_course.train import pretrain, read_log
-from test_train import RUN, data  # noqa: F401  (the shared fixture: tokenizer + shards built in the test)
+from helpers import RUN  # `data` is conftest.py's fixture: tokenizer + shards built in the test
 
 
 def test_compile_keeps_eval_and_sampling_working(data):
