@@ -451,14 +451,24 @@ def _predict_parser(sub):
     q.add_argument("texts", nargs="+", help="the messages to classify")
     q.add_argument("--batch-size", type=int, default=32); q.add_argument("--device", default="cpu")
 
+def _serve_parser(sub):
+    s = sub.add_parser("serve", help="serve a classifier at POST /v1/classifications", description="Serve a classifier over "
+                       "notebook 07's HTTP API: POST /v1/classifications {'model', 'input'} -> a label and the probability of each label.")
+    s.add_argument("--model", required=True, help="classifier.pt, or the run folder holding it")
+    s.add_argument("--name", default=None, help="the classifier's id in requests (default: its run folder's name)")
+    s.add_argument("--checkpoint", default=None, help="a language model served beside it (course checkpoint, run folder, HF folder, gpt2)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
+    s.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
+    s.add_argument("--batch-size", type=int, default=32); s.add_argument("--device", default="cpu")
+
 def cli(argv: list[str] | None = None # e.g. ["predict", "--model", "runs/classify", "WIN a prize!"]; sys.argv[1:] when None
        ) -> int:
-    "`nanogpt-course classify train ...` and `nanogpt-course classify predict --model M TEXT...`."
+    "`nanogpt-course classify train ...`, `classify predict --model M TEXT...` and `classify serve --model M`."
     p = argparse.ArgumentParser(prog="nanogpt-course classify", description="Classification fine-tuning: a spam filter (notebook 12).")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,predict}")
-    _train_parser(sub); _predict_parser(sub)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,predict,serve}")
+    _train_parser(sub); _predict_parser(sub); _serve_parser(sub)
     a = p.parse_args(argv)
-    try: return _train_cli(a) if a.command == "train" else _predict_cli(a)
+    try: return {"train": _train_cli, "predict": _predict_cli, "serve": _serve_cli}[a.command](a)
     except (ValueError, OSError, RuntimeError) as e:  # bad flags, files, checkpoints, no network: one message, no traceback
         print(f"nanogpt-course classify {a.command}: error: {e}", file=sys.stderr)
         return 2
@@ -483,4 +493,30 @@ def _predict_cli(a) -> int:
     if not Path(a.model).exists(): raise FileNotFoundError(f"--model {a.model} does not exist; give classifier.pt or its run folder")
     model, enc = load_classifier(a.model, a.device)
     for text, r in zip(a.texts, predict(model, enc, a.texts, a.batch_size)): print(json.dumps({**r, "text": text}))
+    return 0
+
+# %% ../nbs/12_classify.ipynb #8eec6c45
+def _check_serve_args(a):
+    "Every `classify serve` flag, checked before anything loads."
+    if not 0 <= a.port <= 65535: raise ValueError(f"--port must be in [0, 65535], got {a.port}")
+    if a.batch_size < 1: raise ValueError(f"--batch-size must be an integer >= 1, got {a.batch_size}")
+    check_device(a.device)
+    if not Path(a.model).exists(): raise FileNotFoundError(f"--model {a.model} does not exist; give classifier.pt or its run folder")
+    c = a.checkpoint
+    if c and not Path(c).exists() and (c.endswith((".pt", ".pth")) or os.sep in c) and not re.fullmatch(r"[\w.-]+/[\w.-]+", c):
+        raise FileNotFoundError(f"--checkpoint {c} does not exist; give a course checkpoint or run folder, a Hugging Face folder, or gpt2")
+
+def _serve_cli(a) -> int:
+    from nanogpt_course import serve  # notebook 07: the same app, limits and errors as the language models'
+    _check_serve_args(a)
+    model, enc = load_classifier(a.model, a.device)
+    p = Path(a.model)
+    name = a.name or (p.parent if p.is_file() else p).resolve().name  # runs/spam/classifier.pt and runs/spam are both 'spam'
+    models = serve.load_models(a.checkpoint, device=a.device) if a.checkpoint else {}
+    app = serve.create_app(models, classifiers={name: lambda texts: predict(model, enc, texts, a.batch_size)})
+    url = f"http://{'localhost' if a.host in ('0.0.0.0', '::') else a.host}:{a.port}"
+    print(f"serving classifier {name}" + (f" and {', '.join(models)}" if models else "") +
+          f"\n  POST {url}/v1/classifications  {{\"model\": \"{name}\", \"input\": [\"text\", ...]}}", flush=True)
+    import uvicorn
+    uvicorn.run(app, host=a.host, port=a.port, log_level="info")
     return 0

@@ -19,6 +19,7 @@ COMMANDS = {  # command: (module, function, what it does)
     'serve':      ('nanogpt_course.serve',      'cli',      'OpenAI-compatible HTTP API and a web page (07)'),
     'chat':       ('nanogpt_course.serve',      'chat_cli', 'chat with a model in the terminal (07)'),
     'playground': ('nanogpt_course.playground', 'cli',      'how to open the ipywidgets playground (08)'),
+    'classify':   ('nanogpt_course.classify',   'cli',      'classification fine-tuning: `classify train|predict|serve` (12)'),
 }
 
 # %% ../nbs/10_cli.ipynb #de206dd2

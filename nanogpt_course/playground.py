@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['CHECKPOINT_SUFFIXES', 'CHECKPOINTS_ENV', 'NONE', 'gpt2_encoding', 'demo_model', 'token_text', 'TokenStep',
-           'top_alternatives', 'token_step', 'prob_colour', 'fmt_prob', 'tokens_html', 'legend_html',
+__all__ = ['CHECKPOINT_SUFFIXES', 'CHECKPOINTS_ENV', 'NOT_LANGUAGE_MODELS', 'NONE', 'gpt2_encoding', 'demo_model', 'token_text',
+           'TokenStep', 'top_alternatives', 'token_step', 'prob_colour', 'fmt_prob', 'tokens_html', 'legend_html',
            'alternatives_html', 'attention_matrix', 'attention_figure', 'figure_png', 'prompt_attention',
            'find_checkpoints', 'gpt2_cached', 'model_choices', 'load_choice', 'Playground', 'playground', 'SlowModel',
            'notebook_path', 'cli']
@@ -165,6 +165,7 @@ def prompt_attention(model, enc, ids:list, layer:int=0, head:int=0, max_tokens:i
 # %% ../nbs/08_playground.ipynb #cc9b5653
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 CHECKPOINTS_ENV = "NANOGPT_COURSE_PLAYGROUND_CHECKPOINTS"
+NOT_LANGUAGE_MODELS = ("classifier.pt",)  # notebook 12's classifiers: they label text and cannot generate
 
 def _default_paths() -> list:
     "The paths in `$NANOGPT_COURSE_PLAYGROUND_CHECKPOINTS`, else `runs/` here or one folder up (notebooks run from `nbs/`)."
@@ -186,7 +187,7 @@ def find_checkpoints(paths:list|None=None, # files or folders to search; default
         elif (p / "config.json").is_file() and (p / "model.safetensors").is_file(): found[_label_for(p)] = str(p)
         elif p.is_dir():
             for f in sorted(p.rglob("*")):
-                if f.name.startswith("."): continue  # e.g. a checkpoint being written (.ckpt.pt.tmp-123)
+                if f.name.startswith(".") or f.name in NOT_LANGUAGE_MODELS: continue  # a checkpoint being written (.ckpt.pt.tmp-123), a classifier
                 if f.is_file() and f.suffix in CHECKPOINT_SUFFIXES: found[_label_for(f)] = str(f)
                 elif f.name == "config.json" and (f.parent / "model.safetensors").is_file(): found[_label_for(f.parent)] = str(f.parent)
     return found

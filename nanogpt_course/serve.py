@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['APIError', 'SamplingParams', 'parse_sampling', 'render_chat', 'encode_prompt', 'fit_context', 'TextStream',
            'sample_token', 'RaggedKVCache', 'extend', 'Job', 'Seq', 'Batch', 'QueueFull', 'Engine', 'sse', 'read_body',
-           'parse_json', 'CheckedRequest', 'check_request', 'create_app', 'ServerThread', 'load_models', 'cli',
-           'chat_loop', 'chat_cli']
+           'parse_json', 'CheckedRequest', 'check_request', 'check_classification', 'create_app', 'ServerThread',
+           'load_models', 'cli', 'chat_loop', 'chat_cli']
 
 # %% ../nbs/07_serve.ipynb #c62cfd30
 import argparse, asyncio, codecs, json, math, queue, secrets, socket, sys, threading, time, uuid
@@ -464,11 +464,10 @@ class QueueFull(Exception):
 class Engine:
     "A worker thread that steps one Batch per model, with a bounded queue of jobs in front of it."
     def __init__(self,
-                 models: dict,  # name -> (GPT, tiktoken.Encoding)
+                 models: dict,  # name -> (GPT, tiktoken.Encoding); may be empty (a server of classifiers only)
                  max_queue: int = 64,  # most requests waiting or running; more get 503
                  max_active: int = 16,  # most sequences generating at once (rows of the batches, all models together)
                  prefill_chunk: int = 256):  # most prompt tokens (padding included) read between two decode steps
-        if not models: raise ValueError("no models to serve: give at least one {name: (model, encoding)}")
         if min(max_queue, max_active, prefill_chunk) < 1: raise ValueError("max_queue, max_active and prefill_chunk must be at least 1")
         self.models, self.max_queue, self.max_active, self.prefill_chunk = models, max_queue, max_active, prefill_chunk
         for m, _ in models.values(): m.eval()
@@ -639,6 +638,10 @@ def check_request(raw: bytes, chat: bool, models: dict, default_model: str, defa
                   max_tokens_limit: int, max_n: int) -> CheckedRequest:
     "Parse and check a request body, tokenize and fit its prompt (CPU work: the app runs it in a thread)."
     body = parse_json(raw)
+    if not models:
+        raise APIError("this server has no language model, only classifiers (POST /v1/classifications); serve one with "
+                       "`nanogpt-course serve --checkpoint ...` or `classify serve --checkpoint ...`", status=404,
+                       param="model", code="model_not_found")
     name = body.get("model")
     if name is None: name = default_model
     if not isinstance(name, str): raise _bad(f"'model' must be a string, got {type(name).__name__}", "model", "invalid_type")
@@ -737,7 +740,7 @@ async def _answer_events(job: Job, request, engine: Engine, head: dict, chat: bo
             yield sse("[DONE]")
 
 # %% ../nbs/07_serve.ipynb #0b8bd928
-def _add_info_routes(app, models: dict, engine: Engine, max_tokens_limit: int, created: int):
+def _add_info_routes(app, models: dict, engine: Engine, max_tokens_limit: int, created: int, classifiers: dict | None = None):
     "GET (and HEAD) /v1/models, /v1/models/{name}, /health and the web page /."
     from fastapi.responses import HTMLResponse
     def model_card(name):
@@ -758,11 +761,58 @@ def _add_info_routes(app, models: dict, engine: Engine, max_tokens_limit: int, c
 
     @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
-        return {"status": "ok", "models": list(models), "in_flight": engine.in_flight, "active": engine.active,
+        return {"status": "ok", "models": list(models), "classifiers": list(classifiers or {}), "in_flight": engine.in_flight, "active": engine.active,
                 "max_queue": engine.max_queue, "max_active": engine.max_active, **engine.stats}
 
     @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     async def page(): return HTMLResponse((_static_dir() / "index.html").read_text(encoding="utf-8"))
+
+# %% ../nbs/07_serve.ipynb #9d601a67
+def check_classification(raw: bytes,  # the request body
+                         classifiers: dict,  # name -> fn(list[str]) -> [{'label', 'probabilities'}]
+                         ) -> tuple[str, list[str]]:
+    "Parse and check a classification request: the classifier's name and the texts, or an APIError."
+    body = parse_json(raw)
+    if not classifiers:
+        raise APIError("this server has no classifier; serve one made by `nanogpt-course classify train` with "
+                       "`nanogpt-course classify serve --model RUN`", status=404, param="model", code="model_not_found")
+    name = body.get("model")
+    if name is None: name = next(iter(classifiers))
+    if not isinstance(name, str): raise _bad(f"'model' must be a string, got {type(name).__name__}", "model", "invalid_type")
+    if name not in classifiers:
+        raise APIError(f"the classifier '{name[:60]}' does not exist here; available: {', '.join(classifiers)}",
+                       status=404, param="model", code="model_not_found")
+    inp = body.get("input")
+    if inp is None: raise _bad("'input' is required: a string or a list of strings to classify", "input", "missing_required_parameter")
+    texts = [inp] if isinstance(inp, str) else inp
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise _bad(f"'input' must be a string or a non-empty list of strings, got {json.dumps(inp)[:60]}", "input", "invalid_type")
+    if len(texts) > 256: raise _bad(f"'input' holds {len(texts)} texts; send at most 256 per request", "input")
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty: raise _bad(f"input {empty[0]} is empty or only whitespace; give the text to classify", "input")
+    return name, texts
+
+def _add_classification_route(app, classifiers: dict, max_queue: int, max_body_bytes: int, body_timeout: float):
+    "POST /v1/classifications: {'model', 'input': a string or a list} -> a label and each label's probability, per input."
+    from fastapi import Request
+    busy = [0]  # requests being classified: at most max_queue, like the engine's queue (only the event loop touches it)
+    def run(raw):
+        name, texts = check_classification(raw, classifiers)
+        return name, classifiers[name](texts)
+
+    @app.post("/v1/classifications")
+    async def classifications(request: Request):
+        raw = await read_body(request, max_body_bytes, body_timeout)
+        if busy[0] >= max_queue:
+            raise APIError(f"the server is busy: {max_queue} classification requests are already running; retry after 1 s",
+                           status=503, type="server_error", code="queue_full", headers={"Retry-After": "1"})
+        busy[0] += 1
+        try: name, out = await asyncio.to_thread(run, raw)  # JSON, tokenizing and the forward pass, off the event loop
+        except APIError: raise
+        except Exception as e: raise APIError(f"internal error: {type(e).__name__}: {e}", status=500, type="server_error") from e
+        finally: busy[0] -= 1
+        return {"id": "clf-" + uuid.uuid4().hex[:24], "object": "classification", "created": int(time.time()), "model": name,
+                "data": [{"index": i, **r} for i, r in enumerate(out)]}
 
 # %% ../nbs/07_serve.ipynb #62b90d17
 def create_app(models: dict,  # name -> (GPT, tiktoken.Encoding); the first is the default model
@@ -774,11 +824,13 @@ def create_app(models: dict,  # name -> (GPT, tiktoken.Encoding); the first is t
                prefill_chunk: int = 256,  # most prompt tokens (padding included) read between two decode steps
                max_body_bytes: int = 1_000_000,  # larger request bodies get 413
                body_timeout: float = 10.0,  # seconds a request body may take to arrive; then 408
+               classifiers: dict | None = None,  # name -> fn(list[str]) -> [{'label', 'probabilities'}], at POST /v1/classifications
                ):
-    "The FastAPI app: OpenAI-compatible completions, chat completions, models, health and the web page."
+    "The FastAPI app: OpenAI-compatible completions, chat completions, models, health, classifications and the web page."
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse, HTMLResponse
     from contextlib import asynccontextmanager
+    if not models and not classifiers: raise ValueError("nothing to serve: give at least one model {name: (GPT, encoding)} or classifier")
     if default_model is not None and default_model not in models:
         raise ValueError(f"default_model {default_model!r} is not one of the served models {list(models)}")
     engine = Engine(models, max_queue=max_queue, max_active=max_active, prefill_chunk=prefill_chunk)
@@ -795,7 +847,7 @@ def create_app(models: dict,  # name -> (GPT, tiktoken.Encoding); the first is t
 
     async def respond(request, chat: bool):
         raw = await read_body(request, max_body_bytes, body_timeout)
-        req = await asyncio.to_thread(check_request, raw, chat, models, default_model or next(iter(models)),
+        req = await asyncio.to_thread(check_request, raw, chat, models, default_model or next(iter(models), None),
                                       defaults["chat" if chat else "completions"], max_tokens_limit, max_active)
         job = Job(req.model, req.prompt_ids, req.params, loop=asyncio.get_running_loop())
         try: engine.submit(job)
@@ -819,7 +871,8 @@ def create_app(models: dict,  # name -> (GPT, tiktoken.Encoding); the first is t
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request): return await guarded(request, chat=True)
-    _add_info_routes(app, models, engine, max_tokens_limit, created)
+    _add_info_routes(app, models, engine, max_tokens_limit, created, classifiers)
+    _add_classification_route(app, classifiers or {}, max_queue, max_body_bytes, body_timeout)
     return app
 
 # %% ../nbs/07_serve.ipynb #9df91976

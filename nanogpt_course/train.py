@@ -318,7 +318,10 @@ def load_model(path_or_name: str | Path, # checkpoint file, run folder, Hugging 
         if p.is_dir():
             cp, ckpt = latest_checkpoint(p)
             if ckpt is None: raise FileNotFoundError(f"{p} holds no checkpoint (ckpt_*.pt) and no config.json")
-        else: ckpt = load_checkpoint(p)
+        else: cp, ckpt = p, load_checkpoint(p)
+        if ckpt.get("kind") == "classifier":  # notebook 12's: a label head, no language-model head to load
+            raise CheckpointError(f"{cp} is a classifier (notebook 12): it labels text and does not generate; load it with "
+                                  "nanogpt_course.classify.load_classifier, or serve it at POST /v1/classifications")
         model = GPT(GPTConfig(**ckpt["config"]))
         model.load_state_dict(_clean_state_dict(ckpt["model"]))
         enc = get_tokenizer(ckpt.get("tokenizer", "gpt2"))

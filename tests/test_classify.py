@@ -357,3 +357,77 @@ def test_cli_usage_errors_exit_2(capsys):
         with pytest.raises(SystemExit) as e: cli(argv)
         assert e.value.code == 2
     assert "nanogpt-course classify" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- a classifier among language models
+def test_load_model_refuses_a_classifier_by_name(tmp_path, enc):
+    "train.load_model used to fail deep in load_state_dict (size mismatch); it names the file and the right loader."
+    from nanogpt_course.train import load_model
+    train_classifier((tiny_gpt(enc), enc), _records(), tmp_path / "run", epochs=1, progress=False)
+    ck = tmp_path / "run" / "classifier.pt"
+    for spec in (ck, tmp_path / "run"):  # the file, and the run folder (whose only *.pt is classifier.pt)
+        with pytest.raises(CheckpointError) as e: load_model(spec)
+        msg = str(e.value)
+        assert msg.startswith(f"{ck} is a classifier") and "nanogpt_course.classify.load_classifier" in msg
+        assert "POST /v1/classifications" in msg
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--port", "70000"], "--port must be in [0, 65535], got 70000"),
+    (["--port", "-1"], "--port must be in [0, 65535], got -1"),
+    (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+    (["--device", "tpu"], "--device must be auto, cpu, cuda"),
+    (["--model", "{tmp}/nowhere"], "--model {tmp}/nowhere does not exist"),
+    (["--checkpoint", "{tmp}/lm.pt"], "--checkpoint {tmp}/lm.pt does not exist"),
+])
+def test_cli_serve_checks_every_flag_before_any_work(tmp_path, base_ckpt, capsys, monkeypatch, argv, msg):
+    monkeypatch.setattr(classify, "load_classifier", lambda *a, **k: pytest.fail("classifier loaded before the flags were checked"))
+    monkeypatch.setattr(classify, "load_model", lambda *a, **k: pytest.fail("model loaded before the flags were checked"))
+    fill = lambda s: s.replace("{tmp}", str(tmp_path))
+    rc = cli(["serve", "--model", str(tmp_path)] + [fill(a) for a in argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("nanogpt-course classify serve: error: ") and fill(msg) in err and "Traceback" not in err
+
+
+def test_cli_serve_errors_name_the_file(tmp_path, base_ckpt, enc, capsys):
+    assert cli(["serve", "--model", str(base_ckpt)]) == 2  # a language model is no classifier
+    assert "is a pretrain checkpoint, not a classifier" in capsys.readouterr().err
+    train_classifier((tiny_gpt(enc), enc), _records(), tmp_path / "run", epochs=1, progress=False)
+    ck = tmp_path / "run" / "classifier.pt"
+    assert cli(["serve", "--model", str(ck), "--checkpoint", str(ck)]) == 2  # nor a classifier a language model
+    err = capsys.readouterr().err
+    assert f"{ck} is a classifier" in err and "Traceback" not in err
+
+
+def test_cli_serve_answers_classifications(tmp_path, base_ckpt, enc):
+    "`nanogpt-course classify serve` (through the dispatcher) serves POST /v1/classifications on a real port, beside a language model."
+    import subprocess, sys, time, httpx
+    from helpers import free_port
+    s = train_classifier((tiny_gpt(enc), enc), _records(), tmp_path / "spam", epochs=1, progress=False)
+    m, e = load_classifier(s["checkpoint"])
+    port = free_port()
+    code = "import sys; from nanogpt_course.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "classify", "serve", "--model", s["checkpoint"], "--checkpoint", str(base_ckpt),
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    try:
+        url, t0 = f"http://127.0.0.1:{port}", time.monotonic()
+        while True:
+            try: h = httpx.get(url + "/health", timeout=2).json(); break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() - t0 < 90, "the server did not come up"
+                time.sleep(0.3)
+        assert h["classifiers"] == ["spam"] and h["models"] == ["base"]  # named after the run folder and the checkpoint
+        texts = ["WINNER! Call 09061701461 now", "see you at 7"]
+        r = httpx.post(url + "/v1/classifications", json={"model": "spam", "input": texts}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["data"] == [{"index": i, **p} for i, p in enumerate(predict(m, e, texts))]  # what predict says
+        r = httpx.post(url + "/v1/classifications", json={"model": "spam", "input": 3}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+        r = httpx.post(url + "/v1/completions", json={"model": "base", "prompt": "ok", "max_tokens": 2}, timeout=30)
+        assert r.status_code == 200 and r.json()["model"] == "base"
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert proc.returncode in (0, -15), out  # uvicorn shuts down cleanly, then re-raises SIGTERM
+    assert "serving classifier spam and base" in out and f"127.0.0.1:{port}/v1/classifications" in out, out

@@ -1,5 +1,5 @@
 """The playground's command line, a real course checkpoint through `train.load_model`, and the notebook served by Voilà."""
-import os, shutil, subprocess, sys, time, urllib.request
+import dataclasses, os, shutil, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 import pytest, torch
@@ -58,6 +58,28 @@ def test_app_on_a_real_checkpoint_found_by_env(tmp_path, monkeypatch):
     ids = enc.encode("Hello there")
     want = model.generate(torch.tensor([ids]), 6, temperature=0, eos_token_id=enc.eot_token)[0, len(ids):].tolist()
     assert [s.id for s in app.steps[0]] == want
+
+
+def test_classifier_checkpoints_are_not_offered_as_language_models(tmp_path, monkeypatch):
+    "A classification run under runs/ (notebook 12's classifier.pt) sorted first and became the default model; Generate failed."
+    from nanogpt_course.classify import GPTClassifier
+    from nanogpt_course.playground import playground, find_checkpoints, load_choice, gpt2_encoding, CHECKPOINTS_ENV
+    from nanogpt_course.train import save_checkpoint, CheckpointError
+    from nanogpt_course.tokenizer import tokenizer_state
+    model, ck = _course_checkpoint(tmp_path)
+    clf = GPTClassifier.from_gpt(model)
+    spam = tmp_path / "runs" / "12_classify" / "last" / "classifier.pt"  # sorts before runs/demo
+    save_checkpoint(spam, {"model": clf.state_dict(), "config": dataclasses.asdict(clf.config), "kind": "classifier",
+                           "tokenizer": tokenizer_state(gpt2_encoding()), "labels": list(clf.labels), "max_len": clf.max_len})
+    assert list(find_checkpoints([tmp_path / "runs"]).values()) == [str(ck)]
+    monkeypatch.setenv(CHECKPOINTS_ENV, str(tmp_path / "runs"))
+    app = playground(gpt2=False, max_tokens=3, temperature=0.0, prompt="Hello").app
+    assert list(app.choices) == [k for k in app.choices if "ckpt_000010.pt" in k] and "ckpt_000010.pt" in app.model_a.value
+    app.generate_button.click()
+    assert app.wait(60) and app.last_error is None, app.status.value
+    named = find_checkpoints([spam])  # named as a file, it is listed; choosing it says what it is
+    assert list(named.values()) == [str(spam)]
+    with pytest.raises(CheckpointError, match="is a classifier .*load_classifier"): load_choice(str(spam))
 
 
 def _chromium():

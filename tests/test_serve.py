@@ -745,3 +745,116 @@ def test_padding_ids_of_a_padded_vocabulary_are_never_picked(enc):
         assert all(t < enc.n_vocab for j in jobs for t in j.choices[0].tokens)
     finally:
         eng.close()
+
+
+# ---------------------------------------------------------------------------------------------- POST /v1/classifications
+# notebook 12's classifiers, served by notebook 07's app: serve takes a plain function, `classify serve` builds it
+@pytest.fixture(scope="module")
+def spam_classifier(enc):
+    from nanogpt_course.classify import GPTClassifier, predict
+    m = GPTClassifier.from_gpt(tiny_model(enc, block_size=64)).eval()  # an untrained head: real forward passes, any labels
+    return m, lambda texts: predict(m, enc, texts)
+
+
+@pytest.fixture(scope="module")
+def clf_server(models, spam_classifier):
+    with ServerThread(create_app(models, classifiers={"spam": spam_classifier[1]}, max_body_bytes=50_000, body_timeout=0.5)) as s:
+        yield s
+
+
+def test_classifications_label_each_input_in_order(clf_server, spam_classifier, enc):
+    from nanogpt_course.classify import LABELS, predict
+    with httpx.Client(base_url=clf_server.url, timeout=30) as http:
+        r = http.post("/v1/classifications", json={"model": "spam", "input": "WIN a FREE phone now"})
+        assert r.status_code == 200, r.text
+        j = r.json()
+        assert j["object"] == "classification" and j["model"] == "spam" and j["id"].startswith("clf-") and len(j["data"]) == 1
+        d = j["data"][0]
+        assert d["index"] == 0 and d["label"] in LABELS and set(d["probabilities"]) == set(LABELS)
+        assert math.isclose(sum(d["probabilities"].values()), 1, abs_tol=1e-6)
+        texts = ["see you at 7", "URGENT! Claim your prize", "ok"]
+        r = http.post("/v1/classifications", json={"input": texts})  # no model named: the first classifier
+        assert r.status_code == 200 and r.json()["model"] == "spam"
+        want = predict(spam_classifier[0], enc, texts)
+        assert r.json()["data"] == [{"index": i, **w} for i, w in enumerate(want)]  # in order, what predict says
+        assert http.get("/health").json()["classifiers"] == ["spam"]
+        assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["tiny-base", "tiny"]  # models stay language models
+        assert http.post("/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 2}).status_code == 200
+
+
+@pytest.mark.parametrize("what, body, status, param, words", [
+    ("a number as input", {"input": 3}, 400, "input", "must be a string or a non-empty list of strings"),
+    ("an empty string", {"input": ""}, 400, "input", "input 0 is empty"),
+    ("whitespace in a list", {"input": ["ok", "  \n"]}, 400, "input", "input 1 is empty"),
+    ("an empty list", {"input": []}, 400, "input", "non-empty list"),
+    ("a list holding a number", {"input": ["ok", 5]}, 400, "input", "non-empty list of strings"),
+    ("no input", {"model": "spam"}, 400, "input", "'input' is required"),
+    ("too many texts", {"input": ["hi"] * 257}, 400, "input", "holds 257 texts; send at most 256"),
+    ("a model that is a list", {"model": ["spam"], "input": "hi"}, 400, "model", "'model' must be a string"),
+    ("an unknown classifier", {"model": "tiny", "input": "hi"}, 404, "model", "the classifier 'tiny' does not exist here; available: spam"),
+])
+def test_classifications_bad_input_gets_4xx_then_still_serves(clf_server, what, body, status, param, words):
+    with httpx.Client(base_url=clf_server.url, timeout=30) as http:
+        r = http.post("/v1/classifications", json=body)
+        err = r.json()["error"]
+        assert r.status_code == status and err["param"] == param and words in err["message"], (what, r.text)
+        assert err["type"] == "invalid_request_error" and set(err) == {"message", "type", "param", "code"}
+        assert http.post("/v1/classifications", json={"input": "still here"}).status_code == 200
+
+
+def test_classifications_share_the_body_limits(clf_server):
+    "415, 413 and 408 come from the same body reader as the completion routes'; malformed JSON is a 400."
+    url = clf_server.url + "/v1/classifications"
+    r = httpx.post(url, content=b'{"input": "hi"}', headers={"Content-Type": "text/plain"}, timeout=30)
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+    r = httpx.post(url, json={"input": ["hello " * 1000] * 20}, timeout=30)  # 120 kB over a 50 kB limit
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    r = httpx.post(url, content=b'{"input": ', headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    reply = raw_http(clf_server.url, b"POST /v1/classifications HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"input\"", wait=5)
+    assert reply.startswith(b"HTTP/1.1 408") and b"did not arrive within 0.5 s" in reply, reply[:300]
+
+
+def test_classifiers_only_and_no_classifier(enc, spam_classifier):
+    "A server of classifiers only: an empty `models`; its completion routes, and a server without classifiers, answer 404."
+    with pytest.raises(ValueError, match="nothing to serve"): create_app({})
+    with ServerThread(create_app({}, classifiers={"spam": spam_classifier[1]})) as s, httpx.Client(base_url=s.url, timeout=30) as http:
+        assert http.post("/v1/classifications", json={"input": "hi"}).status_code == 200
+        for path, body in (("/v1/completions", {"prompt": "hi"}), ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})):
+            r = http.post(path, json=body)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", r.text
+            assert "no language model" in r.json()["error"]["message"]
+        h = http.get("/health").json()
+        assert h["models"] == [] and h["classifiers"] == ["spam"]
+        assert http.get("/v1/models").json()["data"] == []
+    with ServerThread(create_app({"tiny": (tiny_model(enc), enc)})) as s:
+        r = httpx.post(s.url + "/v1/classifications", json={"input": "hi"}, timeout=30)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+        assert "has no classifier" in r.json()["error"]["message"] and "classify serve" in r.json()["error"]["message"]
+
+
+def test_classifying_runs_off_the_event_loop_and_is_bounded(enc):
+    "A slow classifier leaves /health answering; past max_queue running requests, 503 + Retry-After; a failure is a 500."
+    release, started = threading.Event(), threading.Semaphore(0)
+    def slow(texts):
+        started.release(); release.wait(20)
+        if texts == ["boom"]: raise RuntimeError("simulated failure")
+        return [{"label": "ham", "probabilities": {"ham": 1.0, "spam": 0.0}} for _ in texts]
+    with ServerThread(create_app({}, classifiers={"slow": slow}, max_queue=2)) as s:
+        results = []
+        def post(text): results.append(httpx.post(s.url + "/v1/classifications", json={"input": text}, timeout=30))
+        threads = [threading.Thread(target=post, args=(t,)) for t in ("a", "boom")]
+        for t in threads: t.start()
+        assert started.acquire(timeout=10) and started.acquire(timeout=10)  # both are in the classifier now
+        t0 = time.monotonic()
+        assert httpx.get(s.url + "/health", timeout=10).status_code == 200 and time.monotonic() - t0 < 0.8
+        r = httpx.post(s.url + "/v1/classifications", json={"input": "third"}, timeout=10)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1" and r.json()["error"]["code"] == "queue_full"
+        release.set()
+        for t in threads: t.join(30)
+        by_status = sorted(r.status_code for r in results)
+        assert by_status == [200, 500], [r.text for r in results]
+        err = next(r for r in results if r.status_code == 500).json()["error"]
+        assert err["type"] == "server_error" and "simulated failure" in err["message"]
+        assert httpx.post(s.url + "/v1/classifications", json={"input": "after"}, timeout=10).status_code == 200  # places freed
