@@ -8,7 +8,7 @@ import os, re, sys, json, math, inspect, contextlib, time, random, shutil, argpa
 from pathlib import Path
 import torch
 import torch.nn.functional as F
-from .train import EvalHook
+from .train import EvalHook, check_device, to_json
 
 # %% auto #0
 __all__ = ['HELLASWAG_URLS', 'HF_DATASET', 'default_cache_dir', 'parse_example', 'read_jsonl', 'download_hellaswag',
@@ -494,34 +494,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/06_hellaswag.ipynb #9d4c2e61
-def _check_device(spec: str # what --device says: cpu, cuda, cuda:N or mps
-                 ) -> torch.device:
-    "torch.device(spec) when this machine has it, else a ValueError that says what to use instead."
-    try: d = torch.device(spec)
-    except RuntimeError: d = None  # "tpu", "gpu", "": not a device type torch knows
-    if d is None or d.type not in ("cpu", "cuda", "mps"): raise ValueError(f"--device must be cpu, cuda, cuda:N or mps, got {spec!r}")
-    n = torch.cuda.device_count() if d.type == "cuda" and torch.cuda.is_available() else 0
-    if d.type == "cuda" and n == 0: raise ValueError(f"--device {spec}: this machine has no CUDA GPU that torch can use; use --device cpu")
-    if d.type == "cuda" and (d.index or 0) >= n: raise ValueError(f"--device {spec}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
-    if d.type == "mps" and not torch.backends.mps.is_available(): raise ValueError(f"--device {spec}: MPS is not available here; use --device cpu")
-    return d
-
 def _check_args(args: argparse.Namespace):
     "Every numeric flag, --device and --json, before any work: a ValueError that names the flag and what it accepts."
     for flag, v in (("--batch-size", args.batch_size), ("--limit", args.limit), ("--n", args.n)):
         if v is not None and v < 1: raise ValueError(f"{flag} must be an integer >= 1, got {v}")
     if not 0 < args.heldout <= 1: raise ValueError(f"--heldout must be a fraction in (0, 1], the share of --text at its end, got {args.heldout}")
-    if args.device is not None: _check_device(args.device)
+    if args.device is not None: check_device(args.device)  # notebook 04b's: one rule for every command
     if args.json and Path(args.json).is_dir(): raise ValueError(f"--json {args.json} is a folder; give a file name, e.g. {Path(args.json) / 'hellaswag.json'}")
     parent = next((p for p in Path(args.json or ".").absolute().parents if p.exists()), None)
     if args.json and parent is not None and not parent.is_dir(): raise ValueError(f"--json {args.json}: {parent} is a file, not a folder")
-
-def _json_safe(x):
-    "`x` with every NaN or infinity replaced by None (JSON null): the file the course writes must be valid JSON."
-    if isinstance(x, float) and not math.isfinite(x): return None
-    if isinstance(x, dict): return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return [_json_safe(v) for v in x]
-    return x
 
 # %% ../nbs/06_hellaswag.ipynb #c0e85d93
 def _load_model(spec: str, device: str):
@@ -570,7 +551,7 @@ def cli(argv: list[str] | None = None # e.g. ["hellaswag", "--model", "gpt2"]; `
             out = {"task": args.task, "model": args.model, "data": data, "style": args.style, "dtype": args.dtype, "world_size": world, **res}
             try:
                 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json).write_text(json.dumps(_json_safe(out), indent=1, allow_nan=False))
+                Path(args.json).write_text(to_json(out, indent=1))  # notebook 04b's: null, never NaN
             except OSError as e:
                 print(f"nanogpt-course eval: error: could not write --json {args.json} ({e}); the scores are printed above", file=sys.stderr)
                 return 1

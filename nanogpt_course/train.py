@@ -117,12 +117,16 @@ _RANGES = {  # field: (test, what it must be); None always passes for the option
 def _flag(name: str) -> str: return "--" + name.replace("_", "-")
 
 def check_device(device: str) -> str:
-    "`device` if this machine has it ('auto' and 'cpu' always pass), else a ValueError that says what to use instead."
+    "`device` if this machine has it ('auto' and 'cpu' always pass), else a ValueError that says what to use instead (every command uses it)."
     kind = device.split(":")[0]
     if kind not in ("auto", "cpu", "cuda", "mps"):
         raise ValueError(f"--device must be auto, cpu, cuda (or cuda:N) or mps, got {device!r}")
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: this PyTorch sees no CUDA GPU (torch.cuda.is_available() is False); use --device cpu or auto")
+    if kind == "cuda" and ":" in device:
+        idx, n = device.split(":", 1)[1], torch.cuda.device_count()
+        if not idx.isdigit() or int(idx) >= n:
+            raise ValueError(f"--device {device}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
     if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError(f"--device mps: Apple's MPS backend is not available here; use --device cpu or auto")
     return device
