@@ -4,17 +4,18 @@
 
 # %% ../nbs/08_playground.ipynb #da66d317
 from __future__ import annotations
-import argparse, html, io, os, shutil, subprocess, sys, threading, time
+import argparse, dataclasses, html, io, os, queue, shutil, subprocess, sys, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from .serve import Engine, Job, SamplingParams
 
 # %% auto #0
 __all__ = ['CHECKPOINT_SUFFIXES', 'CHECKPOINTS_ENV', 'NOT_LANGUAGE_MODELS', 'NONE', 'gpt2_encoding', 'demo_model', 'token_text',
            'TokenStep', 'top_alternatives', 'token_step', 'prob_colour', 'fmt_prob', 'tokens_html', 'legend_html',
            'alternatives_html', 'attention_matrix', 'attention_figure', 'figure_png', 'prompt_attention',
-           'find_checkpoints', 'gpt2_cached', 'model_choices', 'load_choice', 'Playground', 'playground', 'SlowModel',
+           'find_checkpoints', 'gpt2_cached', 'model_choices', 'load_choice', 'Playground', 'playground',
            'notebook_path', 'cli']
 
 # %% ../nbs/08_playground.ipynb #f4daa222
@@ -229,6 +230,7 @@ class Playground:
                  prompt:str="",         # initial prompt
                  max_tokens:int=64,     # initial number of new tokens
                  temperature:float=0.8, top_k:int=50, top_p:float=1.0, seed:int=0,
+                 presence_penalty:float=0.0, frequency_penalty:float=0.0, # OpenAI's penalties, -2..2
                  device:str="cpu",      # where loaded models live
                  max_tokens_limit:int=2048, # upper bound of the max-tokens box
                  update_every:float=0.05,   # seconds between HTML refreshes while streaming
@@ -238,6 +240,7 @@ class Playground:
         self.choices, self.device, self.update_every = dict(models), device, update_every
         self._loaded = {k: v for k, v in self.choices.items() if isinstance(v, tuple)}
         self._load_lock, self._stop, self._thread = threading.Lock(), threading.Event(), None
+        self.engine, self._jobs = None, []  # notebook 07's engine, made on first use; the running generation's jobs
         self.steps, self.prompts, self.prompt_ids, self.history = [[], []], ["", ""], [[], []], [[], []]
         self.figure, self.attention, self.last_error = None, None, None
         names = list(self.choices)
@@ -251,6 +254,9 @@ class Playground:
         self.temperature = W.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05, description="temperature", **wide)
         self.top_k = W.IntSlider(value=top_k, min=0, max=200, description="top-k", tooltip="0 = off", **wide)
         self.top_p = W.FloatSlider(value=top_p, min=0.05, max=1.0, step=0.05, description="top-p", tooltip="1 = off", **wide)
+        pen = dict(min=-2.0, max=2.0, step=0.1, **wide)
+        self.presence_penalty = W.FloatSlider(value=presence_penalty, description="presence penalty", tooltip="> 0: avoid tokens already used", **pen)
+        self.frequency_penalty = W.FloatSlider(value=frequency_penalty, description="frequency penalty", tooltip="> 0: avoid tokens used often", **pen)
         self.max_tokens = W.BoundedIntText(value=max_tokens, min=1, max=max_tokens_limit, description="max tokens", **wide)
         self.seed = W.BoundedIntText(value=seed, min=-1, max=2**31 - 1, description="seed", tooltip="-1 = random", **wide)
         self.generate_button = W.Button(description="Generate", button_style="primary", icon="play")
@@ -272,7 +278,8 @@ class Playground:
         self.widget = W.VBox([
             W.HTML("<h3>nanogpt-course playground</h3>"),
             W.HBox([self.model_a, self.model_b]), self.mode, self.prompt, self.context,
-            W.HBox([self.temperature, self.top_k, self.top_p]), W.HBox([self.max_tokens, self.seed]),
+            W.HBox([self.temperature, self.top_k, self.top_p]), W.HBox([self.presence_penalty, self.frequency_penalty]),
+            W.HBox([self.max_tokens, self.seed]),
             W.HBox([self.generate_button, self.stop_button, self.clear_button]), self.status,
             W.HTML(legend_html()), W.HBox(self.panes), tabs])
         self.widget.app = self
@@ -340,94 +347,37 @@ class Playground:
             what = "a prompt" if self.mode.value == "text" else "an instruction"
             self._set_status(f"Write {what} first: the box is empty.", "error"); return False
         names = [self.model_a.value] + ([self.model_b.value] if self.model_b.value != NONE else [])
-        opts = dict(max_new_tokens=int(self.max_tokens.value), temperature=float(self.temperature.value),
-                    top_k=int(self.top_k.value) or None, top_p=float(self.top_p.value) if self.top_p.value < 1 else None)
-        self.last_error = None
+        seed = int(self.seed.value)
+        params = SamplingParams(max_tokens=int(self.max_tokens.value), temperature=float(self.temperature.value),
+                                top_k=int(self.top_k.value) or None, top_p=float(self.top_p.value), seed=seed if seed >= 0 else None,
+                                presence_penalty=float(self.presence_penalty.value), frequency_penalty=float(self.frequency_penalty.value))
+        self.last_error, self._jobs = None, []
         self._stop.clear()
         self.generate_button.disabled, self.stop_button.disabled = True, False
         inputs = dict(text=self.prompt.value, context=self.context.value, mode=self.mode.value)
-        self._thread = threading.Thread(target=self._run, args=(names, opts, int(self.seed.value), inputs),
+        self._thread = threading.Thread(target=self._run, args=(names, params, inputs),
                                         name="playground-generate", daemon=True)
         self._thread.start()
         return True
 
     def stop(self):
-        "Ask the running generation to stop after its current token (the Stop button)."
+        "Cancel the running generation's jobs (the Stop button): the engine ends them at its next step."
         if self.running:
             self._stop.set(); self._set_status("Stopping…", "warn")
+            for job in self._jobs: self.engine.cancel(job)  # jobs not yet submitted: _run cancels them when it sees _stop
 
     def wait(self, timeout:float|None=None) -> bool:
         "Wait for the running generation to finish; True when nothing is running any more."
         if self._thread is not None: self._thread.join(timeout)
         return not self.running
 
-    # -- the background thread ---------------------------------------------------------------
-    def _prepare(self, names:list, seed:int, inputs:dict):
-        "Load the models, build and check each pane's prompt; raises ValueError with a message for the user."
-        panes = []
-        for i, name in enumerate(names):
-            self._set_status(f"Loading {name}…")
-            try: model, enc = self.get_model(name)
-            except Exception as e: raise ValueError(f"could not load model {name!r}: {e}") from e
-            text = self.build_prompt(i, **inputs)
-            special = "all" if inputs["mode"] != "text" else set()
-            ids = enc.encode(text, allowed_special=special, disallowed_special=())
-            bs = model.config.block_size
-            if len(ids) > bs:
-                raise ValueError(f"the prompt is {len(ids)} tokens but {name!r} reads at most {bs} (its block_size); "
-                                 f"shorten it by {len(ids) - bs} tokens or pick a model with a longer context")
-            device = next(model.parameters()).device
-            gen = torch.Generator(device=device)
-            if seed >= 0: gen.manual_seed(seed)
-            else: gen.seed()
-            panes.append(dict(name=name, model=model, enc=enc, text=text, ids=ids, device=device, gen=gen))
-        return panes
+    def close(self):
+        "Stop the engine's worker thread (a later Generate starts it again)."
+        if self.engine is not None: self.engine.close()
 
+    # -- the background thread (its methods follow: _serve, _prepare, _follow, _run) ----------------
     def _render(self, i:int, p:dict):
         self.outputs[i].value = tokens_html(self.steps[i], p["text"], p["enc"].eot_token)
-
-    def _run(self, names:list, opts:dict, seed:int, inputs:dict):
-        streams, t0, stopped = [], time.perf_counter(), False
-        try:
-            panes = self._prepare(names, seed, inputs)
-            for i, p in enumerate(panes):
-                self.steps[i], self.prompts[i], self.prompt_ids[i] = [], p["text"], p["ids"]
-                self.headers[i].value = f"<b>{html.escape(p['name'])}</b> ({len(p['ids'])} prompt tokens)"
-                self._render(i, p)
-                idx = torch.tensor([p["ids"]], dtype=torch.long, device=p["device"])
-                streams.append(p["model"].stream(idx, eos_token_id=p["enc"].eot_token, generator=p["gen"],
-                                                 with_logits=True, n_vocab=p["enc"].n_vocab, **opts))
-            self._set_status("Generating…")
-            # two different models advance in turn; the same model twice runs one pane after the other,
-            # so that two streams never share one model's KV cache
-            interleave = len({id(p["model"]) for p in panes}) == len(panes)
-            active, last = list(range(len(panes))), 0.0
-            while active:
-                if self._stop.is_set(): stopped = True; break
-                for i in (list(active) if interleave else active[:1]):
-                    try: tok, logits = next(streams[i])
-                    except StopIteration: active.remove(i); continue
-                    self.steps[i].append(token_step(tok, logits, panes[i]["enc"]))
-                now = time.perf_counter()
-                if now - last >= self.update_every:
-                    for i, p in enumerate(panes): self._render(i, p)
-                    last = now
-            for i, p in enumerate(panes): self._render(i, p)
-            n, dt = sum(len(s) for s in self.steps[:len(panes)]), time.perf_counter() - t0
-            if inputs["mode"] == "chat":
-                for i, p in enumerate(panes):
-                    answer = p["enc"].decode([s.id for s in self.steps[i] if s.id != p["enc"].eot_token])
-                    self.history[i] += [{"role": "user", "content": inputs["text"].strip()}, {"role": "assistant", "content": answer}]
-            self._after_generation(panes)
-            if stopped: self._set_status(f"Stopped after {n} tokens ({dt:.1f} s).", "warn")
-            else: self._set_status(f"Done: {n} tokens in {dt:.1f} s ({n / max(dt, 1e-9):.0f} tokens/s).", "ok")
-        except ValueError as e:
-            self._set_status(str(e), "error")
-        except Exception as e:  # a failure deep in a model still ends as a message, not a dead thread
-            self._set_status(f"{type(e).__name__}: {e}", "error")
-        finally:
-            for s in streams: s.close()
-            self.generate_button.disabled, self.stop_button.disabled = False, True
 
     def _after_generation(self, panes:list):
         if self.model_b.value == NONE: self.outputs[1].value, self.headers[1].value, self.steps[1] = "", "", []
@@ -475,15 +425,89 @@ def playground(models=None,          # {name: (model, enc) or path}, a list of p
         choices = {"tiny (random init)": demo_model()}
     return Playground(choices, compare=compare, **kwargs).widget
 
-# %% ../nbs/08_playground.ipynb #4e236395
-class SlowModel:
-    "Wraps a GPT so that its `stream` pauses `delay` seconds per token (for demos and tests of Stop)."
-    def __init__(self, model, delay:float=0.05): self.model, self.delay, self.config = model, delay, model.config
-    def parameters(self): return self.model.parameters()
-    def attention_maps(self, idx): return self.model.attention_maps(idx)
-    def stream(self, *args, **kwargs):
-        for x in self.model.stream(*args, **kwargs):
-            time.sleep(self.delay); yield x
+# %% ../nbs/08_playground.ipynb #c7672852
+def _serve(self:Playground, name:str):
+    "The `(model, enc)` of a choice, loaded on first use and added to the app's one engine (made on first use)."
+    model, enc = self.get_model(name)
+    with self._load_lock:
+        if self.engine is None: self.engine = Engine({}, max_queue=4, max_active=2)  # two panes, one row each
+        if name not in self.engine.models: self.engine.add_model(name, model, enc)
+    return model, enc
+
+def _prepare(self:Playground, names:list, params:SamplingParams, inputs:dict) -> list:
+    "Load the models, build and check each pane's prompt, fit its max_tokens; raises ValueError with a message for the user."
+    panes = []
+    for i, name in enumerate(names):
+        self._set_status(f"Loading {name}…")
+        try: model, enc = self._serve(name)
+        except Exception as e: raise ValueError(f"could not load model {name!r}: {e}") from e
+        text = self.build_prompt(i, **inputs)
+        ids = enc.encode(text, allowed_special="all" if inputs["mode"] != "text" else set(), disallowed_special=())
+        bs = model.config.block_size
+        if len(ids) >= bs:
+            raise ValueError(f"the prompt is {len(ids)} tokens but {name!r} reads at most {bs} (its block_size), leaving no room "
+                             f"for an answer; shorten it by {len(ids) - bs + 1} tokens or pick a model with a longer context")
+        p = dataclasses.replace(params, max_tokens=min(params.max_tokens, bs - len(ids)))
+        panes.append(dict(name=name, model=model, enc=enc, text=text, ids=ids, params=p))
+    return panes
+
+Playground._serve, Playground._prepare = _serve, _prepare
+
+# %% ../nbs/08_playground.ipynb #e05499e2
+def _follow(self:Playground, jobs:list, panes:list) -> str|None:
+    "Turn the jobs' token events into `TokenStep`s as they come, redrawing the panes; return the first error, if any."
+    open_, last, error = set(range(len(jobs))), 0.0, None
+    while open_:
+        idle = True
+        for i in list(open_):
+            while True:
+                try: kind, value = jobs[i].events.get_nowait()
+                except queue.Empty: break
+                idle = False
+                if kind == "token": self.steps[i].append(token_step(value[1], value[2], panes[i]["enc"]))
+                if kind == "error": error = error or value
+                if kind in ("done", "error"): open_.discard(i); break
+        if time.perf_counter() - last >= self.update_every or not open_:
+            for i, p in enumerate(panes): self._render(i, p)
+            last = time.perf_counter()
+        if idle: time.sleep(0.005)
+    return error
+
+# %% ../nbs/08_playground.ipynb #a874a9d2
+def _run(self:Playground, names:list, params:SamplingParams, inputs:dict):
+    jobs, t0 = [], time.perf_counter()
+    try:
+        panes = self._prepare(names, params, inputs)
+        for i, p in enumerate(panes):
+            self.steps[i], self.prompts[i], self.prompt_ids[i] = [], p["text"], p["ids"]
+            self.headers[i].value = f"<b>{html.escape(p['name'])}</b> ({len(p['ids'])} prompt tokens)"
+            self._render(i, p)
+        self._set_status("Generating…")
+        self._jobs = jobs = [self.engine.submit(Job(p["name"], p["ids"], p["params"], return_logits=True)) for p in panes]
+        if self._stop.is_set():  # Stop was pressed before the jobs existed
+            for job in jobs: self.engine.cancel(job)
+        error = self._follow(jobs, panes)
+        if error: self._set_status(f"Generation failed: {error}", "error"); return
+        n, dt = sum(len(s) for s in self.steps[:len(panes)]), time.perf_counter() - t0
+        if inputs["mode"] == "chat":
+            for i, p in enumerate(panes):
+                answer = p["enc"].decode([s.id for s in self.steps[i] if s.id != p["enc"].eot_token])
+                self.history[i] += [{"role": "user", "content": inputs["text"].strip()}, {"role": "assistant", "content": answer}]
+        self._after_generation(panes)
+        cut = "".join(f" {p['name']} stops at {p['params'].max_tokens} tokens, where its context ends." for i, p in enumerate(panes)
+                      if p["params"].max_tokens < params.max_tokens and len(self.steps[i]) == p["params"].max_tokens)
+        if self._stop.is_set(): self._set_status(f"Stopped after {n} tokens ({dt:.1f} s).", "warn")
+        else: self._set_status(f"Done: {n} tokens in {dt:.1f} s ({n / max(dt, 1e-9):.0f} tokens/s).{cut}", "ok")
+    except ValueError as e:
+        self._set_status(str(e), "error")
+    except Exception as e:  # a failure in the app's own code still ends as a message, not a dead thread
+        self._set_status(f"{type(e).__name__}: {e}", "error")
+    finally:
+        for job in jobs:  # none is left generating for nobody
+            if not job.finished.is_set(): self.engine.cancel(job); job.finished.wait(10)
+        self.generate_button.disabled, self.stop_button.disabled = False, True
+
+Playground._follow, Playground._run = _follow, _run
 
 # %% ../nbs/08_playground.ipynb #d64bf1c6
 def notebook_path() -> Path|None:

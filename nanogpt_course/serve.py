@@ -328,8 +328,10 @@ class Job:
                  model_name: str,  # which of the engine's models answers
                  prompt_ids: list[int],  # the prompt's token ids
                  params: SamplingParams,  # how to sample; params.n choices share the prompt
-                 loop=None):  # the asyncio loop that reads the events (None: a thread-safe queue.Queue)
+                 loop=None,  # the asyncio loop that reads the events (None: a thread-safe queue.Queue)
+                 return_logits: bool = False):  # also send each token with its logits (the playground's colours); a server never asks
         self.model_name, self.prompt_ids, self.params, self.loop = model_name, list(prompt_ids), params, loop
+        self.return_logits = return_logits
         self.cancel, self.finished = threading.Event(), threading.Event()
         self.events = asyncio.Queue() if loop is not None else queue.Queue()
         self.choices: list = []  # one Seq per choice, made when its prompt has been read
@@ -339,7 +341,7 @@ class Job:
     def completion_tokens(self) -> int: return sum(len(s.tokens) for s in self.choices)
 
     def emit(self, kind: str, value=None):
-        "Hand an event to whoever waits: ('delta', (choice, text)), ('end', choice), then 'done' or ('error', message)."
+        "Hand an event to whoever waits: [('token', (choice, id, logits)),] ('delta', (choice, text)), ('end', choice), then 'done' or ('error', message)."
         if self.loop is None: return self.events.put((kind, value))
         try: self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
         except RuntimeError: self.cancel.set()  # the event loop is gone: nobody listens any more
@@ -366,6 +368,8 @@ class Seq:
         "Pick and send the next token; return True when this choice has finished."
         tok = sample_token(logits, self.p, self.gen, self.counts)
         self.tokens.append(tok)
+        if self.job.return_logits:  # a copy on the CPU: the (rows, vocab) tensor of the step is not kept alive
+            self.job.emit("token", (self.index, tok, logits.detach().to("cpu", torch.float32, copy=True)))
         if self.counts is not None: self.counts[tok] += 1
         if tok == self.enc.eot_token: return self.finish("stop")
         delta = self.text.feed(tok)
@@ -562,6 +566,16 @@ def _close(self: Engine):
 
 Engine._work, Engine._finish, Engine._fail, Engine.close = _work, _finish, _fail, _close
 Engine._done = lambda self, job: self._finish(job, "done")
+
+# %% ../nbs/07_serve.ipynb #f449b6d5
+def _add_model(self: Engine, name: str, model, enc):
+    "Serve one more model, under `name`, from the next step on (the engine may be running)."
+    if name in self.models: raise ValueError(f"the engine already serves a model named {name!r}")
+    batch = Batch(model.eval(), enc, self.max_active, self._done)
+    with self._cv: self.models, self.batches = {**self.models, name: (model, enc)}, {**self.batches, name: batch}
+
+Engine.add_model = _add_model
+
 
 # %% ../nbs/07_serve.ipynb #666f520d
 def sse(data) -> str:

@@ -82,6 +82,116 @@ def test_classifier_checkpoints_are_not_offered_as_language_models(tmp_path, mon
     with pytest.raises(CheckpointError, match="is a classifier .*load_classifier"): load_choice(str(spam))
 
 
+# ------------------------------------------------------------------------- the app generates on notebook 07's engine
+def _demo_app(models, **kw):
+    from nanogpt_course.playground import Playground
+    app = Playground(models, **kw)
+    app.prompt.value = "Once upon a time"
+    return app
+
+
+def _alone(model, enc, prompt, **kw):
+    "The tokens of one Job on an engine of its own: what a pane must hold."
+    from nanogpt_course.serve import Engine, Job, SamplingParams
+    eng = Engine({"m": (model, enc)}, max_queue=1, max_active=1)
+    try:
+        job = eng.submit(Job("m", enc.encode(prompt), SamplingParams(**kw)))
+        assert job.finished.wait(60)
+        return job.choices[0].tokens
+    finally: eng.close()
+
+
+def test_side_by_side_panes_are_jobs_of_one_engine_with_the_penalties():
+    "Two models compared run in the app's one engine; the penalty widgets reach the jobs; each pane is its Job alone."
+    from nanogpt_course.playground import demo_model
+    models = {"a": demo_model(seed=0), "b": demo_model(seed=1)}
+    app = _demo_app(models, compare="b", max_tokens=30, temperature=0.0)
+    try:
+        app.frequency_penalty.value, app.presence_penalty.value = 2.0, 1.0
+        app.generate_button.click()
+        assert app.wait(60) and app.last_error is None, app.status.value
+        assert list(app.engine.models) == ["a", "b"] and app.engine.stats["completed"] == 2
+        for i, name in enumerate("ab"):
+            m, e = models[name]
+            got = [s.id for s in app.steps[i]]
+            assert got == _alone(m, e, "Once upon a time", max_tokens=30, temperature=0, frequency_penalty=2.0, presence_penalty=1.0)
+            assert got != _alone(m, e, "Once upon a time", max_tokens=30, temperature=0)  # the penalties changed the answer
+            assert all(s.alternatives and 0 < s.prob <= 1 for s in app.steps[i])  # coloured from the logits events
+    finally: app.close()
+
+
+def test_stop_cancels_the_engine_jobs_of_both_panes():
+    "The same model in both panes (two rows of one batch), slowed by a forward hook; Stop cancels both jobs."
+    from nanogpt_course.playground import demo_model
+    model, enc = demo_model(seed=0)
+    model.transformer.wte.register_forward_pre_hook(lambda module, args: time.sleep(0.05))
+    app = _demo_app({"slow": (model, enc)}, compare="slow", max_tokens=50, temperature=1.0, seed=3)
+    try:
+        app.generate_button.click()
+        t0 = time.time()
+        while min(len(s) for s in app.steps) < 2 and time.time() - t0 < 30: time.sleep(0.01)
+        app.stop_button.click()
+        assert app.wait(30) and "Stopped after" in app.status.value, app.status.value
+        assert [j.choices[0].finish_reason for j in app._jobs] == ["cancelled", "cancelled"]
+        assert app.engine.stats["cancelled"] == 2 and app.engine.in_flight == 0
+        assert all(2 <= len(s) < 50 for s in app.steps)
+        ids = [[s.id for s in steps] for steps in app.steps]
+        n = min(map(len, ids))
+        assert ids[0][:n] == ids[1][:n]  # same model, same seed: same tokens
+    finally: app.close()
+
+
+def test_a_failing_model_is_a_message_and_the_app_still_works():
+    "A forward pass that fails mid-answer (like running out of memory) ends as 'Generation failed: ...', not a dead thread."
+    from nanogpt_course.playground import demo_model
+    model, enc = demo_model(seed=0)
+    calls = [0]
+    def fail(module, args):
+        calls[0] += 1
+        if calls[0] == 4: raise RuntimeError("simulated failure")
+    hook = model.transformer.wte.register_forward_pre_hook(fail)
+    app = _demo_app({"m": (model, enc)}, max_tokens=10, temperature=0.0)
+    try:
+        app.generate_button.click()
+        assert app.wait(30) and "Generation failed: RuntimeError: simulated failure" in app.status.value, app.status.value
+        assert app.generate_button.disabled is False and app.stop_button.disabled is True
+        hook.remove()
+        app.generate_button.click()
+        assert app.wait(30) and app.last_error is None and len(app.steps[0]) == 10, app.status.value
+    finally: app.close()
+
+
+def test_max_tokens_is_cut_to_the_context_and_said():
+    "The engine generates within the context: 500 tokens asked of a 64-token model give what the prompt leaves, and the status says so."
+    from nanogpt_course.playground import demo_model
+    model, enc = demo_model(seed=0)
+    app = _demo_app({"m": (model, enc)}, max_tokens=500, temperature=0.0)
+    try:
+        app.generate_button.click()
+        assert app.wait(60) and app.last_error is None, app.status.value
+        room = model.config.block_size - len(enc.encode("Once upon a time"))
+        want = model.generate(torch.tensor([enc.encode("Once upon a time")]), room, temperature=0,
+                              eos_token_id=enc.eot_token)[0, -room:].tolist()
+        assert enc.eot_token not in want and [s.id for s in app.steps[0]] == want  # it ran to the end of the context
+        assert f"m stops at {room} tokens, where its context ends" in app.status.value
+        app.prompt.value = "hi " * model.config.block_size
+        app.generate_button.click()
+        assert app.wait(30) and "leaving no room for an answer" in app.status.value and "shorten it" in app.status.value
+    finally: app.close()
+
+
+def test_seed_minus_one_draws_a_fresh_seed_each_time():
+    from nanogpt_course.playground import demo_model
+    app = _demo_app({"m": demo_model(seed=0)}, max_tokens=20, temperature=1.0, seed=-1)
+    try:
+        runs = []
+        for _ in range(2):
+            app.generate_button.click(); assert app.wait(30) and app.last_error is None
+            runs.append([s.id for s in app.steps[0]])
+        assert runs[0] != runs[1]
+    finally: app.close()
+
+
 def _chromium():
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name): return shutil.which(name)

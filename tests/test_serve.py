@@ -858,3 +858,47 @@ def test_classifying_runs_off_the_event_loop_and_is_bounded(enc):
         err = next(r for r in results if r.status_code == 500).json()["error"]
         assert err["type"] == "server_error" and "simulated failure" in err["message"]
         assert httpx.post(s.url + "/v1/classifications", json={"input": "after"}, timeout=10).status_code == 200  # places freed
+
+
+def test_a_job_can_ask_for_each_tokens_logits(models, enc):
+    "return_logits: each token comes with the model's own next-token logits for its prefix; the tokens are the job's text."
+    model, _ = models["tiny"]
+    eng = Engine({"tiny": (model, enc)}, max_queue=4, max_active=4)
+    prompt = enc.encode("The logits of every step")
+    try:
+        job = eng.submit(Job("tiny", prompt, SamplingParams(max_tokens=10, temperature=0.9, seed=5, frequency_penalty=1.0),
+                             return_logits=True))
+        plain = eng.submit(Job("tiny", prompt, SamplingParams(max_tokens=10, temperature=0.9, seed=5, frequency_penalty=1.0)))
+        events = list(job.iter_events(timeout=30))
+        assert plain.finished.wait(30) and "token" not in [k for k, _ in plain.iter_events(timeout=5)]  # nobody asked
+    finally:
+        eng.close()
+    steps = [v for k, v in events if k == "token"]
+    text = "".join(v[1] for k, v in events if k == "delta")
+    tokens = [t for _, t, _ in steps]
+    assert len(steps) == 10 and all(c == 0 for c, _, _ in steps)
+    assert tokens == job.choices[0].tokens == plain.choices[0].tokens  # asking for logits changes no token
+    assert enc.decode(tokens) == text
+    kinds = [k for k, _ in events]
+    assert kinds.index("token") < kinds.index("delta")  # a token's logits come before its text
+    with torch.no_grad():
+        for i, (_, tok, logits) in enumerate(steps):
+            assert logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.shape == (enc.n_vocab,)
+            want = model(torch.tensor([prompt + tokens[:i]]))[0][0, -1, :enc.n_vocab]
+            torch.testing.assert_close(logits, want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_model_added_to_a_running_engine_serves(models, enc):
+    "add_model: the playground loads checkpoints one at a time into one engine, which may be running."
+    model, _ = models["tiny"]
+    eng = Engine({"tiny-base": models["tiny-base"]}, max_queue=4, max_active=2)
+    prompt = enc.encode("Added later")
+    try:
+        first = eng.submit(Job("tiny-base", prompt, SamplingParams(max_tokens=4, temperature=0)))
+        assert first.finished.wait(30)
+        eng.add_model("tiny", model, enc)
+        job = eng.submit(Job("tiny", prompt, SamplingParams(max_tokens=8, temperature=0)))
+        assert job.finished.wait(30) and job.choices[0].tokens == alone(model, enc, prompt, 8)
+        with pytest.raises(ValueError, match="already serves"): eng.add_model("tiny", model, enc)
+    finally:
+        eng.close()
