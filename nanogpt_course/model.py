@@ -436,19 +436,18 @@ def _stream(self,
             eos_token_id: int | None = None,  # stop after yielding this token
             use_cache: bool = True,  # KV cache
             generator: torch.Generator | None = None,  # for reproducible sampling
-            with_logits: bool = False,  # yield (id, raw next-token logits (n_vocab or V,)) instead of id
             n_vocab: int | None = None,  # the tokenizer's size: ids >= n_vocab (padding rows) are never chosen
-           ) -> Iterator[int | tuple[int, torch.Tensor]]:
+           ) -> Iterator[int]:
     "Yield the new token ids one at a time, as they are generated (one sequence)."
     if isinstance(idx, torch.Tensor) and idx.dim() == 2 and idx.size(0) != 1:
         raise ValueError(f"stream generates one sequence; idx has batch size {idx.size(0)} (use generate for batches)")
     steps = self._steps(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, n_vocab)  # runs nothing yet
     while True:
         with torch.inference_mode():  # only around model work: the consumer's code runs outside it
-            try: nxt, logits = next(steps)
+            try: nxt, _ = next(steps)
             except StopIteration: return
         tok = int(nxt)
-        yield (tok, logits[0].clone()) if with_logits else tok
+        yield tok
         if eos_token_id is not None and tok == eos_token_id: return
 
 GPT._as_idx, GPT._steps, GPT.generate, GPT.stream = _as_idx, _steps, _generate, _stream
