@@ -214,26 +214,6 @@ def setup_distributed(device: str="auto" # "auto", "cpu", "cuda", "mps"
 class CheckpointError(ValueError):
     "A checkpoint file that cannot be used; the message names it and the way out."
 
-class _SlowWriter:
-    "File wrapper for the kill-during-save test: pauses once, mid-file (NANOGPT_COURSE_SAVE_PAUSE seconds)."
-    def __init__(self, f, pause): self.f, self.pause, self.n = f, pause, 0
-    def write(self, b):
-        n = self.f.write(b); self.n += len(b)
-        if self.pause and self.n > 4096:
-            self.f.flush(); print(f"[save paused at {self.n} bytes]", file=sys.stderr, flush=True)
-            time.sleep(self.pause); self.pause = 0
-        return n
-    def flush(self): self.f.flush()
-
-_SAVES = [0]
-def _save_pause() -> float:
-    "Test hook NANOGPT_COURSE_SAVE_PAUSE='SECONDS[:SKIP]': pause mid-write in each save after the first SKIP of this process."
-    spec = os.environ.get("NANOGPT_COURSE_SAVE_PAUSE", "")
-    if not spec: return 0.0
-    secs, _, skip = spec.partition(":")
-    _SAVES[0] += 1
-    return float(secs) if _SAVES[0] > int(skip or 0) else 0.0
-
 def _fsync_dir(d: Path):
     with contextlib.suppress(OSError):
         fd = os.open(d, os.O_RDONLY)
@@ -261,9 +241,8 @@ def save_checkpoint(path: str | Path, # final file name
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {**ckpt, "checksum": checksum(ckpt)}  # a flipped bit inside a tensor loads fine: only this catches it
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pause = _save_pause()
     with open(tmp, "wb") as f:
-        torch.save(ckpt, _SlowWriter(f, pause) if pause else f)
+        torch.save(ckpt, f)
         f.flush(); os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)

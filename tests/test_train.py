@@ -58,8 +58,9 @@ def test_resume_refuses_a_different_config(data, reference):
 def test_sigkill_during_save_leaves_a_loadable_checkpoint(data, reference):
     "SIGKILL a real training process in the middle of writing its second checkpoint; the first one loads and the run resumes exactly."
     out = data / "killed"
-    cmd = [sys.executable, "-m", "nanogpt_course.train", "--data", str(data / "data"), "--out", str(out), *_flags(RUN)]
-    env = {**os.environ, "NANOGPT_COURSE_SAVE_PAUSE": "120:1"}  # the 2nd save pauses half-written
+    # tests/slow_save_run.py: pretraining whose 2nd torch.save stops half-written and waits
+    cmd = [sys.executable, str(ROOT / "tests" / "slow_save_run.py"), "--data", str(data / "data"), "--out", str(out), *_flags(RUN)]
+    env = dict(os.environ)
     with open(data / "killed.err", "w") as err:
         p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.time() + 150
