@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_hellaswag.ipynb #3e273049
 from __future__ import annotations
-import os, re, sys, json, math, inspect, contextlib, time, random, shutil, argparse, http.client, urllib.request, urllib.error
+import os, re, sys, json, inspect, contextlib, time, random, shutil, argparse, http.client, urllib.request, urllib.error
 from pathlib import Path
 import torch
 import torch.nn.functional as F

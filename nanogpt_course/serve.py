@@ -842,7 +842,7 @@ def create_app(models: dict,  # name -> (GPT, tiktoken.Encoding); the first is t
                ):
     "The FastAPI app: OpenAI-compatible completions, chat completions, models, health, classifications and the web page."
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse, HTMLResponse
+    from fastapi.responses import JSONResponse, StreamingResponse
     from contextlib import asynccontextmanager
     if not models and not classifiers: raise ValueError("nothing to serve: give at least one model {name: (GPT, encoding)} or classifier")
     if default_model is not None and default_model not in models:

@@ -128,7 +128,7 @@ def check_device(device: str) -> str:
         if not idx.isdigit() or int(idx) >= n:
             raise ValueError(f"--device {device}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
     if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"--device mps: Apple's MPS backend is not available here; use --device cpu or auto")
+        raise ValueError("--device mps: Apple's MPS backend is not available here; use --device cpu or auto")
     return device
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
