@@ -146,3 +146,79 @@ def test_cli_refuses_a_budget_that_is_not_positive(tmp_path, capsys):
     assert e.value.code == 2
     assert "nanogpt-course run: error: --minutes must be a positive number of minutes, got 0.0" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # checked before any work
+
+
+# --- what the run taught, at a glance (issue 14) ---
+
+def test_precision_is_bf16_only_when_clearly_faster_on_a_cpu_with_bf16_units(monkeypatch):
+    "Made-up step times: bf16 1.3x faster is taken, 1.1x is not; a CPU without bf16 units is never timed in bf16."
+    cfg = P.GPTConfig.from_preset("tiny", vocab_size=300)
+    asked = []
+    def timings(f32, bf16):
+        def seconds_per_step(*a, dtype="float32", **k):
+            asked.append(dtype); return {"float32": f32, "bfloat16": bf16}[dtype]
+        return seconds_per_step
+    monkeypatch.setattr(P, "has_bf16_units", lambda: True)
+    monkeypatch.setattr(P, "seconds_per_step", timings(0.13, 0.10))
+    c = P.choose_precision(cfg, 8, 64)
+    assert c["dtype"] == "bfloat16" and c["seconds_per_step"] == 0.10 and c["speedup"] == 1.3 and "1.30x" in c["why"]
+    monkeypatch.setattr(P, "seconds_per_step", timings(0.11, 0.10))
+    c = P.choose_precision(cfg, 8, 64)
+    assert c["dtype"] == "float32" and c["seconds_per_step"] == 0.11 and "less than the 1.15x" in c["why"]
+    monkeypatch.setattr(P, "has_bf16_units", lambda: False)
+    asked.clear(); monkeypatch.setattr(P, "seconds_per_step", timings(0.13, 0.05))
+    c = P.choose_precision(cfg, 8, 64)
+    assert c["dtype"] == "float32" and asked == ["float32"] and "no bf16 units" in c["why"]
+
+
+def test_cpu_bf16_units_are_read_from_the_flags():
+    assert P.has_bf16_units("flags\t: fpu sse avx512f avx512_bf16 avx512_vnni\n")
+    assert P.has_bf16_units("flags\t: fpu amx_bf16 amx_tile\n")
+    assert not P.has_bf16_units("flags\t: fpu sse avx2 avx512f avx512_vnni\n")
+
+
+def _short_lines(n: int = 800) -> str:
+    "Documents of short lines (3 to 8 words): what the skill generator draws its items from."
+    rnd = random.Random(1)
+    words = "the cat sat on a mat while some dog ran to its home and every bird sang in morning light".split()
+    docs = ["\n".join(" ".join(rnd.choice(words) for _ in range(rnd.randint(3, 8))).capitalize() + rnd.choice(".?")
+                      for _ in range(rnd.randint(4, 12))) for _ in range(n // 8)]
+    return "\n\n".join(docs)
+
+
+def test_main_job_summary_holds_what_each_stage_taught(tmp_path, capsys):
+    "A tiny run with skills: summary.json has tokens, loss vs ln V, multiple choice, skills per family, stop rate, stage times and precision; no NaN."
+    (tmp_path / "corpus.txt").write_text(_short_lines())
+    P.run(str(tmp_path / "run"), minutes=0.25, corpus=str(tmp_path / "corpus.txt"), instructions="builtin", vocab_size=300,
+          preset="tiny", block_size=128, mc_examples=8, skill_items=20, serve=False, progress=False)
+    text = (tmp_path / "run" / "summary.json").read_text()
+    def no_nan(c): raise AssertionError(f"summary.json holds {c}")
+    s = json.loads(text, parse_constant=no_nan)
+    pre = s["stages"]["pretraining"]
+    assert s["tokens_seen"] == pre["tokens"] > 0
+    assert s["validation_loss"]["uniform_baseline"] == pytest.approx(__import__("math").log(300), abs=1e-3)
+    assert s["validation_loss"]["pretrained"] == pre["val_loss"]
+    assert set(s["multiple_choice"]) == {"untrained", "pretrained", "instruction-tuned"}
+    assert set(s["skills"]) == set(S.SKILLS) | {"mean"}
+    for f, v in s["skills"].items():
+        assert 0 <= v["pretrained"] <= 1 and 0 <= v["tuned"] <= 1 and v["n"] == (25 * len(S.SKILLS) if f == "mean" else 25)
+    assert set(s["stop_rate"]) == {"pretrained", "tuned"}
+    assert s["precision"]["dtype"] in ("float32", "bfloat16") and s["precision"]["why"]
+    st = s["stage_times"]
+    assert list(st) == ["tokenizer", "shards", "pretraining", "instruction tuning", "evaluation"]
+    assert st["pretraining"]["precision"] == st["instruction tuning"]["precision"] == s["precision"]["dtype"]
+    assert all(isinstance(v["cut"], bool) and isinstance(v["replanned"], bool) and v["seconds"] >= 0 for v in st.values())
+    assert s["stages"]["instruction tuning"]["skill_items"] == 20 * len(S.SKILLS)
+    ev = s["stages"]["evaluation"]
+    assert ev["sampling"]["seed"] is not None and ev["sampling"]["temperature"] > 0
+    assert all("greedy" in a for a in ev["answers"]) and any(a["context"] for a in ev["answers"])  # skill items shown too
+    out = capsys.readouterr().out
+    assert "skills:" in out and "stop rate:" in out and "precision:" in out and "ln V =" in out and "(greedy)" in out
+    assert "what tuning cost here: acc_norm" in out
+
+
+def test_cli_refuses_negative_skill_items(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        P.cli(["--skill-items", "-1", "--out", str(tmp_path / "r"), "--no-serve"])
+    assert e.value.code == 2 and "--skill-items must be an integer >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

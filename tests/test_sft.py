@@ -317,7 +317,7 @@ BAD_FLAGS = [("--steps", "0"), ("--steps", "-3"), ("--batch-size", "0"), ("--bat
              ("--epochs", "0"), ("--lr", "0"), ("--lr", "nan"), ("--warmup-steps", "-5"), ("--min-lr-ratio", "5"),
              ("--weight-decay", "-0.1"), ("--grad-clip", "-1"), ("--val-frac", "1"), ("--eval-every", "0"),
              ("--eval-every", "-1"), ("--eval-batches", "0"), ("--lora-alpha", "0"), ("--lora-dropout", "1"),
-             ("--max-seconds", "0"), ("--max-seconds", "inf"), ("--seed", "-1")]
+             ("--max-seconds", "0"), ("--max-seconds", "inf"), ("--seed", "-1"), ("--dtype", "fp8")]
 
 
 @pytest.mark.parametrize("flag,value", BAD_FLAGS)
@@ -458,3 +458,60 @@ def test_no_validation_set_writes_no_nan(enc, tmp_path):
     summary = strict((tmp_path / "run" / "summary.json").read_text())
     assert summary["val_loss_before"] is None and summary["val_loss_after"] is None and s["counts"]["val_records"] == 0
     assert [strict(line) for line in (tmp_path / "run" / "sft_log.jsonl").read_text().splitlines()][0]["val_loss"] is None
+
+
+# --- skills a small model can learn, scored exactly (issue 14) ---
+
+def _lines_text(n=400, seed=0):
+    import random
+    rnd = random.Random(seed)
+    words = "the cat sat on a mat while some dog ran to its home and every bird sang in morning light".split()
+    return "\n".join(" ".join(rnd.choice(words) for _ in range(rnd.randint(3, 8))).capitalize() + rnd.choice(".,;!?")
+                     for _ in range(n))
+
+
+def test_skill_tasks_hold_out_lines_no_training_item_uses():
+    text = _lines_text()
+    train, held = sft.skill_tasks(text, n_train=50, n_heldout=10, seed=3)
+    assert len(train) == 50 * len(sft.SKILLS) and len(held) == 10 * len(sft.SKILLS)
+    assert not {r["context"] for r in train} & {r["context"] for r in held}  # disjoint lines, whatever the family
+    assert len({r["context"] for r in held}) == len(held)  # every held-out item has a line of its own
+    assert {r["category"] for r in held} == {f"skill_{f}" for f in sft.SKILLS}
+    assert (train, held) == sft.skill_tasks(text, n_train=50, n_heldout=10, seed=3)  # the seed decides everything
+    assert held != sft.skill_tasks(text, n_train=50, n_heldout=10, seed=4)[1]
+    for r in held:  # each answer follows from its line
+        w = sft.line_words(r["context"])
+        want = {"skill_repeat": r["context"], "skill_first_word": w[0], "skill_last_word": w[-1],
+                "skill_first_last": f"{w[0]} / {w[-1]}", "skill_question": "yes" if r["context"].endswith("?") else "no"}[r["category"]]
+        assert r["response"] == want
+    answers = [r["response"] for r in held if r["category"] == "skill_question"]
+    assert answers.count("yes") == answers.count("no") == 5  # balanced: always "no" scores 50%, not 80%
+    assert sft.line_words("'Tis but his policy to counterfeit,") == ["Tis", "but", "his", "policy", "to", "counterfeit"]
+    with pytest.raises(ValueError, match="usable lines"):
+        sft.skill_tasks(text, n_train=1000, n_heldout=10)
+    with pytest.raises(ValueError, match="unknown skill families"):
+        sft.skill_tasks(text, families=("spelling",))
+
+
+def test_exact_match_and_skill_scores(enc, monkeypatch):
+    assert sft.exact_match(" O  /  good\n", "O / good") and not sft.exact_match("O/good", "O / good")
+    assert not sft.exact_match("good.", "good") and not sft.exact_match("", "good")
+    _, held = sft.skill_tasks(_lines_text(), n_train=10, n_heldout=4)
+    # a model that is right on `repeat` and `first_word` only, and stops on half the items
+    def fake(model, enc, instruction, context, max_new_tokens, with_stop=False, **kw):
+        right = next(r["response"] for r in held if r["instruction"] == instruction and r["context"] == context)
+        fam = next(f for f, (ins, _) in sft.SKILLS.items() if ins == instruction)
+        return (right if fam in ("repeat", "first_word") else "wrong"), fam in ("repeat", "last_word")
+    monkeypatch.setattr(sft, "generate_response", fake)
+    s = sft.skill_scores(None, enc, held)
+    assert {f: v["accuracy"] for f, v in s.items()} == {"repeat": 1.0, "first_word": 1.0, "last_word": 0.0,
+                                                        "first_last": 0.0, "question": 0.0, "mean": 0.4}
+    assert s["mean"]["stop_rate"] == 0.4 and s["mean"]["n"] == 20 and s["repeat"]["n"] == 4
+
+
+def test_finetune_in_bf16_on_the_cpu_and_dtype_checked(enc, tmp_path):
+    recs = builtin_instructions()
+    s = finetune((tiny_model(enc), enc), recs, tmp_path / "bf16", steps=2, batch_size=4, lr=1e-3, dtype="bfloat16", progress=False)
+    assert s["steps"] == 2 and s["args"]["dtype"] == "bfloat16" and all(map(lambda v: v == v, (l for _, l in s["train_losses"])))
+    with pytest.raises(ValueError, match="dtype must be 'auto', 'float32' or 'bfloat16', got 'fp8'"):
+        finetune(str(tmp_path / "no-model.pt"), str(tmp_path / "no-data.jsonl"), tmp_path / "out", dtype="fp8", progress=False)
