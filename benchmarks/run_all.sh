@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 mkdir -p benchmarks/results
-for b in tokenizer generate train_step pretrain hellaswag serve matmul microgpt; do
+for b in tokenizer generate train_step pretrain hellaswag serve matmul microgpt precision; do
   echo "== benchmarks/bench_$b.py"
   python benchmarks/bench_$b.py 2>&1 | tee "benchmarks/results/bench_$b.txt"
 done
