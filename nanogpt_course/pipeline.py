@@ -185,15 +185,8 @@ def tune_in_budget(init,                  # the pretrained model: a run folder o
 SHOWCASE = ["What is the capital of France?", "Give three tips for staying healthy.", "Write a short poem about the sea."]
 SAMPLING = dict(temperature=0.8, top_k=40, seed=0)  # how the before/after answers are sampled: what the model writes, not its greedy loop
 
-def _finite(o):
-    "`o` with every NaN or infinity replaced by None: they are not JSON."
-    if isinstance(o, float) and not math.isfinite(o): return None
-    if isinstance(o, dict): return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)): return [_finite(v) for v in o]
-    return o
-
 def _save(out, summary):
-    (out / "summary.json").write_text(json.dumps(_finite(summary), indent=1, default=str, allow_nan=False))
+    (out / "summary.json").write_text(json.dumps(T.json_safe(summary), indent=1, default=str, allow_nan=False))
 
 def _stage(summary, name, out, fn):
     "Run one stage, timing it and recording its result (and saving the summary so far)."
@@ -346,7 +339,7 @@ def run(out_dir: str | None = None,     # everything the run writes goes here; m
                                                         for name, m in models},
                     "greedy": {name: S.generate_response(m, enc, q, c, max_new_tokens=40) for name, m in models}} for q, c in asks]
         sk = {name: S.skill_scores(m, enc, skill_heldout) for name, m in models} if skill_heldout else None
-        (out / "eval.json").write_text(json.dumps(_finite({"multiple_choice": res, "answers": answers, "skills": sk}), indent=1))
+        (out / "eval.json").write_text(json.dumps(T.json_safe({"multiple_choice": res, "answers": answers, "skills": sk}), indent=1))
         return {"multiple_choice_from_heldout_text": res, "chance": 0.25, "answers": answers, "sampling": SAMPLING, "skill_scores": sk,
                 "validation_loss": {"pretraining": pre.get("val_loss"), "instruction_before": tuned["val_loss_before"],
                                     "instruction_after": tuned["val_loss_after"]}}

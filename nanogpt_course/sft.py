@@ -599,14 +599,7 @@ def _resolve_data(data, report_sources: list) -> list[dict]:
     if not out: raise ValueError(f"no usable instruction records in {data!r}: " + "; ".join(describe_data(r) for r in report_sources))
     return out
 
-from .train import load_model, save_checkpoint, configure_optimizer, make_config  # notebook 04: one loader, one atomic save, one optimizer
-
-def _no_nan(o):
-    "`o` with every non-finite float replaced by None: NaN (no validation set) is not JSON."
-    if isinstance(o, float) and not math.isfinite(o): return None
-    if isinstance(o, dict): return {k: _no_nan(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)): return [_no_nan(v) for v in o]
-    return o
+from .train import load_model, save_checkpoint, configure_optimizer, make_config, json_safe  # notebook 04: one loader, one atomic save, one optimizer
 
 def _load_init(init, device):
     if isinstance(init, tuple) and len(init) == 2: return init[0].to(device), init[1]
@@ -680,7 +673,7 @@ def finetune(init,  # base model: course checkpoint / run dir / HF dir / HF id (
     if save: out_dir.mkdir(parents=True, exist_ok=True)
     log = open(out_dir / "sft_log.jsonl", "w") if save else None
     def _log(**kw):
-        if log: log.write(json.dumps(_no_nan(kw)) + "\n"); log.flush()
+        if log: log.write(json.dumps(json_safe(kw)) + "\n"); log.flush()
     val_loss = lambda: response_loss(model, val_ds, batch_size, device, eval_batches) if len(val_ds) else float("nan")
     val_before = val_loss()
     val_losses, train_losses = [[0, val_before]], []
@@ -745,7 +738,7 @@ def finetune(init,  # base model: course checkpoint / run dir / HF dir / HF id (
                "lora": None if lora_info is None else {k: v for k, v in lora_info.items() if k != "adapters"},
                "args": args}
     if log: log.close()
-    if save: (out_dir / "summary.json").write_text(json.dumps(_no_nan(summary), indent=1, default=str))
+    if save: (out_dir / "summary.json").write_text(json.dumps(json_safe(summary), indent=1, default=str))
     return summary
 
 # %% ../nbs/05_sft.ipynb #672e2970

@@ -6,8 +6,8 @@
 __all__ = ['RESUME_KEYS', 'TRAIN_PRESETS', 'PEAK_FLOPS', 'TrainConfig', 'make_config', 'config_diff', 'check_device',
            'check_config', 'configure_optimizer', 'get_lr', 'peak_flops_for', 'peak_flops', 'flops_per_token',
            'setup_distributed', 'CheckpointError', 'checksum', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints',
-           'latest_checkpoint', 'load_model', 'EvalHook', 'to_json', 'estimate_val_loss', 'train', 'sample_text',
-           'read_log', 'plot_log', 'pretrain', 'cli']
+           'latest_checkpoint', 'load_model', 'EvalHook', 'json_safe', 'to_json', 'estimate_val_loss', 'train',
+           'sample_text', 'read_log', 'plot_log', 'pretrain', 'cli']
 
 # %% ../nbs/04b_pretrain.ipynb #959bcdc6
 import os, sys, json, math, time, random, argparse, contextlib, re, zlib
@@ -335,16 +335,16 @@ class EvalHook:
     every: int  # run at step 0, every `every` steps and at the last step (0: never)
     fn: object  # called on every rank (it may shard its work across them); rank 0 logs what it returns
 
-def _finite(x):
+def json_safe(x):
     "x, with NaN and infinities (anywhere inside dicts and lists) replaced by None: JSON has no NaN."
     if isinstance(x, float) and not math.isfinite(x): return None
-    if isinstance(x, dict): return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return [_finite(v) for v in x]
+    if isinstance(x, dict): return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return [json_safe(v) for v in x]
     return x
 
 def to_json(obj, **kw) -> str:
     "json.dumps that writes null for NaN/inf (valid JSON everywhere) and refuses anything else non-standard."
-    return json.dumps(_finite(obj), allow_nan=False, **kw)
+    return json.dumps(json_safe(obj), allow_nan=False, **kw)
 
 def _append_log(path: Path, rec: dict):
     with open(path, "a") as f: f.write(to_json(rec) + "\n")
@@ -354,7 +354,7 @@ def _finished_summary(out: Path, cp: Path, ckpt: dict) -> dict:
     with contextlib.suppress(OSError, ValueError):
         s = json.loads((out / "summary.json").read_text())
         if isinstance(s, dict): return {**s, "already_finished": True}
-    return dict(steps=ckpt["step"], tokens=ckpt["tokens"], train_loss=None, val_loss=_finite(ckpt.get("val_loss")), checkpoint=str(cp),
+    return dict(steps=ckpt["step"], tokens=ckpt["tokens"], train_loss=None, val_loss=json_safe(ckpt.get("val_loss")), checkpoint=str(cp),
                 out_dir=str(out), log=str(out / "log.jsonl"), seconds=0.0, already_finished=True)
 
 @torch.no_grad()
@@ -515,7 +515,7 @@ def train(cfg: TrainConfig,        # the run
         text = sample_text(raw, enc, cfg.sample_prompt, cfg.sample_tokens, device, seed=cfg.seed)
         _append_log(log_path, dict(step=step + 1, sample=text))
     steps_done = step + 1 if cfg.max_steps > step0 else step0
-    summary = dict(steps=steps_done, tokens=tokens_seen, train_loss=_finite(loss_item), val_loss=val_loss, checkpoint=str(last_ckpt) if last_ckpt else None,
+    summary = dict(steps=steps_done, tokens=tokens_seen, train_loss=json_safe(loss_item), val_loss=val_loss, checkpoint=str(last_ckpt) if last_ckpt else None,
                    out_dir=str(out), log=str(log_path), seconds=round(time.time() - t_start, 2), params=raw.num_params(),
                    world_size=world, stopped_early=stopped, preset=cfg.model)
     if master:
