@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from .model import GPT
 from .train import configure_optimizer, make_config, load_model, to_json  # notebook 04: one optimizer, one loader
-from .sft import (IGNORE_INDEX, SFTDataset, collate, stratified_split, sft_lr, response_loss, generate_response,
+from .sft import (SFTDataset, sft_parser, collate, stratified_split, sft_lr, response_loss, generate_response,
                                 check_finetune_args, instruction_data, describe_data)  # notebook 05: data, template, labels, metric
 
 # %% auto #0
@@ -211,31 +211,8 @@ def text_metrics(model, enc,  # a course GPT and its tokenizer
 # %% ../nbs/13_hf.ipynb #e9ad3382
 def cli(argv: list[str] | None = None) -> int:
     "`nanogpt-course sft --trainer hf`: notebook 05's instruction fine-tuning run by Hugging Face's Trainer."
-    import argparse
-    p = argparse.ArgumentParser(prog="nanogpt-course sft --trainer hf", description=cli.__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("model and data")
-    g.add_argument("--init", required=True, help="base model: course checkpoint, run directory, Hugging Face directory, or HF id (gpt2)")
-    g.add_argument("--data", action="append", default=None, help="auto | dolly | alpaca | builtin | a Dolly/Alpaca file; repeat to mix")
-    g.add_argument("--out", default="runs/sft-hf", help="output folder: a Hugging Face GPT-2 folder plus summary.json")
-    g.add_argument("--val-frac", type=float, default=0.1, help="held-out fraction of each category")
-    g.add_argument("--overlong", choices=("truncate", "drop"), default="truncate", help="examples longer than the context")
-    o = p.add_argument_group("optimisation (as notebook 05)")
-    o.add_argument("--steps", type=int, default=None, help="optimizer steps (default: --epochs passes)")
-    o.add_argument("--epochs", type=float, default=1.0, help="passes over the training set when --steps is not given")
-    o.add_argument("--batch-size", type=int, default=8, help="examples per step")
-    o.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
-    o.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps (default 5%% of steps)")
-    o.add_argument("--schedule", choices=("cosine", "linear", "constant"), default="cosine", help="decay after warmup")
-    o.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr as a fraction of the peak")
-    o.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay on 2-D weights")
-    o.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (0: off)")
-    r = p.add_argument_group("run")
-    r.add_argument("--eval-batches", type=int, default=None, help="cap on validation batches")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps")
-    r.add_argument("--overwrite", action="store_true", help="replace an earlier `sft --trainer hf` run in --out")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p, _ = sft_parser("nanogpt-course sft --trainer hf", "runs/sft-hf", "output folder: a Hugging Face GPT-2 folder plus summary.json",
+                      cli.__doc__)  # notebook 05's flags; LoRA, --eval-every, --max-seconds and --dtype are 05's loop only
     a = p.parse_args(argv)
     kw = {k: getattr(a, k) for k in ("steps", "epochs", "batch_size", "lr", "warmup_steps", "schedule", "min_lr_ratio", "weight_decay",
                                       "grad_clip", "val_frac", "overlong", "eval_batches", "seed", "device", "overwrite")}

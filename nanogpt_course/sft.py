@@ -15,7 +15,8 @@ __all__ = ['INSTRUCTION_HEADER', 'CONTEXT_HEADER', 'RESPONSE_HEADER', 'EOT', 'PR
            'load_instructions', 'describe_data', 'builtin_instructions', 'instruction_data', 'line_words',
            'skill_lines', 'skill_tasks', 'tokenize_example', 'SFTDataset', 'collate', 'LoRALinear', 'count_parameters',
            'apply_lora', 'merge_lora', 'has_lora', 'stratified_split', 'sft_lr', 'response_loss', 'check_finetune_args',
-           'load_sft_model', 'finetune', 'generate_response', 'exact_match', 'skill_scores', 'cli', 'answer_table']
+           'load_sft_model', 'finetune', 'generate_response', 'exact_match', 'skill_scores', 'sft_parser', 'cli',
+           'answer_table']
 
 # %% ../nbs/05_sft.ipynb #20c5e2f9
 INSTRUCTION_HEADER = "### Instruction:\n"
@@ -799,16 +800,19 @@ def skill_scores(model,                  # a GPT
                             "stop_rate": round(sum(by[f][2] for f in fam) / max(1, n), 4)}}
 
 # %% ../nbs/05_sft.ipynb #e688f412
-def cli(argv: list[str] | None = None) -> int:
-    "`nanogpt-course sft`: instruction fine-tuning from a course checkpoint or GPT-2 weights."
-    import argparse, sys
-    p = argparse.ArgumentParser(prog="nanogpt-course sft", description=cli.__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def sft_parser(prog: str,         # the command's name in --help
+               out_default: str,  # default --out
+               out_help: str,     # what --out holds
+               doc: str = "",     # the description
+              ):
+    "The flags every instruction-tuning command shares (model and data, optimisation, run): (parser, its 'run' group)."
+    import argparse
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("model and data")
     g.add_argument("--init", required=True, help="base model: course checkpoint, run directory, Hugging Face directory, or HF id (gpt2)")
     g.add_argument("--data", action="append", default=None,
                    help="auto | dolly | alpaca ($NANOGPT_COURSE_DATA file) | builtin | a Dolly/Alpaca json/jsonl file; repeat to mix")
-    g.add_argument("--out", default="runs/sft", help="output directory (sft.pt, sft_log.jsonl, summary.json)")
+    g.add_argument("--out", default=out_default, help=out_help)
     g.add_argument("--val-frac", type=float, default=0.1, help="held-out fraction of each category")
     g.add_argument("--overlong", choices=("truncate", "drop"), default="truncate", help="what to do with examples longer than the context")
     o = p.add_argument_group("optimisation")
@@ -821,20 +825,26 @@ def cli(argv: list[str] | None = None) -> int:
     o.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr as a fraction of the peak")
     o.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay on 2-D weights")
     o.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (0: off)")
+    r = p.add_argument_group("run")
+    r.add_argument("--eval-batches", type=int, default=None, help="cap on validation batches")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps")
+    r.add_argument("--overwrite", action="store_true", help="replace an earlier fine-tuning run in --out (never a pretraining run)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p, r
+
+def cli(argv: list[str] | None = None) -> int:
+    "`nanogpt-course sft`: instruction fine-tuning from a course checkpoint or GPT-2 weights."
+    import sys
+    p, r = sft_parser("nanogpt-course sft", "runs/sft", "output directory (sft.pt, sft_log.jsonl, summary.json)", cli.__doc__)
     l = p.add_argument_group("LoRA")
     l.add_argument("--lora-r", type=int, default=0, help="LoRA rank (0: full fine-tuning)")
     l.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha (update scaled by alpha/r)")
     l.add_argument("--lora-targets", default="c_attn", help="comma-separated linear layers: c_attn,c_proj,c_fc")
     l.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input")
-    r = p.add_argument_group("run")
     r.add_argument("--eval-every", type=int, default=None, help="validation every N steps (default: 5 times)")
-    r.add_argument("--eval-batches", type=int, default=None, help="cap on validation batches")
     r.add_argument("--max-seconds", type=float, default=None, help="stop training after this many seconds")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps")
     r.add_argument("--dtype", default="auto", help="auto (bf16 autocast on CUDA), float32 or bfloat16")
-    r.add_argument("--overwrite", action="store_true", help="replace an earlier fine-tuning run in --out (never a pretraining run)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     kw = dict(steps=a.steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps,
               min_lr_ratio=a.min_lr_ratio, schedule=a.schedule, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
