@@ -329,7 +329,7 @@ def _run_epoch(model, opt, enc, train, batch_size, step, total, lr, warmup, gen,
         opt.zero_grad(set_to_none=True); loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
         step += 1; losses.append(loss.item()); log(step=step, loss=losses[-1])
-        if deadline and time.time() > deadline: break
+        if deadline and time.monotonic() > deadline: break
     return step, sum(losses) / len(losses)
 
 # %% ../nbs/12_classify.ipynb #3f75b9d3
@@ -357,7 +357,7 @@ def train_classifier(init,                      # base model: course checkpoint 
                 batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_frac=warmup_frac, max_len=max_len, lora_r=lora_r,
                 lora_alpha=lora_alpha, lora_targets=list(lora_targets), max_seconds=max_seconds, seed=seed, device=device)
     check_classify_args(**{**args, "init": init, "data": data}, save=save, overwrite=overwrite)  # before any work
-    t_start = time.time()
+    t_start = time.monotonic()
     records = _check_records(data) if isinstance(data, (list, tuple)) else load_sms(data)
     counts = {LABELS[c]: sum(r[1] == c for r in records) for c in range(len(LABELS))}
     train, val, test = split_sms(balance(records, seed), seed=seed)
@@ -374,14 +374,14 @@ def train_classifier(init,                      # base model: course checkpoint 
     if progress: print(f"train {len(train)} / validation {len(val)} / test {len(test)} messages; trainable {n_train:,} of {n_total:,} "
                        f"parameters ({trainable}); validation accuracy before training {before['accuracy']:.3f}")
     steps_per_epoch = math.ceil(len(train) / batch_size); total = epochs * steps_per_epoch
-    gen, step, t0 = torch.Generator().manual_seed(seed), 0, time.time()
+    gen, step, t0 = torch.Generator().manual_seed(seed), 0, time.monotonic()
     deadline = t0 + max_seconds if max_seconds else None
     for epoch in range(1, epochs + 1):
         step, train_loss = _run_epoch(model, opt, enc, train, batch_size, step, total, lr, max(1, round(warmup_frac * total)), gen, log, deadline)
         v = evaluate(model, enc, val); log(step=step, epoch=epoch, val_accuracy=v["accuracy"], val_loss=v["loss"])
-        if progress: print(f"epoch {epoch}: train loss {train_loss:.3f} | validation loss {v['loss']:.3f}, accuracy {v['accuracy']:.3f} | {time.time() - t0:.0f}s")
-        if deadline and time.time() > deadline: break
-    train_seconds = time.time() - t0
+        if progress: print(f"epoch {epoch}: train loss {train_loss:.3f} | validation loss {v['loss']:.3f}, accuracy {v['accuracy']:.3f} | {time.monotonic() - t0:.0f}s")
+        if deadline and time.monotonic() > deadline: break
+    train_seconds = time.monotonic() - t0
     if trainable == "lora": merge_lora(model)  # a plain classifier again: same outputs, no adapters to carry
     model.eval()
     metrics = {"validation": evaluate(model, enc, val), "test": evaluate(model, enc, test)}
@@ -389,7 +389,7 @@ def train_classifier(init,                      # base model: course checkpoint 
                    val_accuracy_before=before["accuracy"], metrics=metrics, labels=list(LABELS), counts=counts,
                    balanced_per_class=len(train + val + test) // len(LABELS), split=dict(train=len(train), validation=len(val), test=len(test)),
                    truncated=encode_texts([t for t, _ in train + val + test], enc, model.max_len)[1], max_len=model.max_len, lr=lr, steps=step,
-                   epochs_done=epoch, train_seconds=round(train_seconds, 2), seconds=round(time.time() - t_start, 2),
+                   epochs_done=epoch, train_seconds=round(train_seconds, 2), seconds=round(time.monotonic() - t_start, 2),
                    trainable_params=n_train, total_params=n_total, args=args, checkpoint=None)
     if save: _save_run(out, model, enc, summary, records_log)
     return summary

@@ -4,7 +4,7 @@ checkpoint, and the `nanogpt-course classify` command line (its `cli` function).
 
 Self-contained: the messages are written here and a tiny BPE tokenizer is trained inside the tests (no data folder,
 no tiktoken cache, no network)."""
-import dataclasses, json, math, re, zipfile
+import dataclasses, json, math, re, types, zipfile
 from pathlib import Path
 
 import pytest
@@ -229,7 +229,10 @@ def test_lora_run_saves_a_plain_classifier(tmp_path, enc):
     assert evaluate(m, e, split_sms(balance(_records(), 0), seed=0)[2])["accuracy"] == s["test_accuracy"]
 
 
-def test_max_seconds_stops_early_and_still_saves(tmp_path, enc):
+def test_max_seconds_stops_early_and_still_saves(tmp_path, enc, monkeypatch):
+    # a clock that moves 1 s per reading: the deadline passes after the first step whatever the machine's speed
+    clock = iter(range(10**6))
+    monkeypatch.setattr(classify, "time", types.SimpleNamespace(monotonic=lambda: float(next(clock))))
     s = train_classifier((tiny_gpt(enc), enc), _records(), tmp_path / "t", epochs=50, max_seconds=0.01, progress=False)
     assert s["epochs_done"] == 1 and Path(s["checkpoint"]).exists()
 
