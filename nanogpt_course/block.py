@@ -47,12 +47,15 @@ class MLP(nn.Module):
 # %% ../nbs/02_block.ipynb #a9681c3b
 class Block(nn.Module):
     "Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."
-    def __init__(self, config):  # any object with n_embd, n_head, dropout, bias
+    def __init__(self,
+                 config,  # any object with n_embd, n_head, dropout, bias
+                 mlp: nn.Module | None = None,  # the feed-forward part; None: GPT-2's MLP (appendix A4 brings a mixture of experts)
+                ):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config) if mlp is None else mlp
 
     def forward(self,
                 x: torch.Tensor,  # (B, T, C) residual stream

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_model.ipynb #ff38e92a
 from __future__ import annotations
-import json, math, os, warnings
+import importlib, json, math, os, warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
@@ -15,7 +15,7 @@ from .attention import KVCache
 from .block import Block
 
 # %% auto #0
-__all__ = ['PRESETS', 'GPTConfig', 'cross_entropy', 'GPT', 'config_from_hf', 'sample_next']
+__all__ = ['PRESETS', 'MLP_KINDS', 'GPTConfig', 'make_mlp', 'cross_entropy', 'GPT', 'config_from_hf', 'sample_next']
 
 # %% ../nbs/03_model.ipynb #395708b9
 @dataclass
@@ -28,6 +28,9 @@ class GPTConfig:
     n_embd: int = 768  # width of the residual stream
     dropout: float = 0.0  # GPT-2 used 0.1; nanoGPT uses 0 for pretraining on lots of data, 0.1+ for fine-tuning small sets
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2; nanoGPT finds False a little faster and no worse
+    n_expert: int = 0  # 0: one dense MLP per block, as GPT-2; E > 0: a mixture of E expert MLPs (appendix A4)
+    n_expert_active: int = 1  # with experts: how many each token is routed to (top-k)
+    aux_loss_coef: float = 0.01  # with experts: weight of the load-balancing loss added to the training loss (Switch Transformer's 0.01)
 
     def __post_init__(self):
         for f in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -38,6 +41,13 @@ class GPTConfig:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        E, k = self.n_expert, self.n_expert_active
+        if not isinstance(E, int) or isinstance(E, bool) or E < 0:
+            raise ValueError(f"GPTConfig.n_expert must be an integer >= 0 (0: a dense MLP), got {E!r}")
+        if E and (not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= E):
+            raise ValueError(f"GPTConfig.n_expert_active must be an integer in 1..n_expert={E}, got {k!r}")
+        if not 0.0 <= self.aux_loss_coef < math.inf:
+            raise ValueError(f"GPTConfig.aux_loss_coef must be a number >= 0, got {self.aux_loss_coef}")
 
     @classmethod
     def from_preset(cls,
@@ -63,6 +73,15 @@ PRESETS: dict[str, dict] = {
     "small": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),   # the notebooks' runs
     "mini":  dict(n_layer=6, n_head=6, n_embd=192, block_size=256),   # the main job (notebook 09): samples that read like text
 }
+
+# each block's feed-forward part: GPT-2's dense MLP (notebook 02) or, with n_expert > 0, appendix A4's mixture of experts.
+# Found by name, the way transformers' Auto classes find a model type, so this lesson never imports a later one.
+MLP_KINDS: dict[str, str] = {"dense": "nanogpt_course.block:MLP", "moe": "nanogpt_course.moe:MoE"}
+
+def make_mlp(config: GPTConfig) -> nn.Module:
+    "The feed-forward module that a block of `config` gets."
+    module, name = MLP_KINDS["moe" if config.n_expert else "dense"].split(":")
+    return getattr(importlib.import_module(module), name)(config)
 
 # %% ../nbs/03_model.ipynb #cf4520fb
 class _ChunkedCrossEntropy(torch.autograd.Function):
@@ -119,7 +138,7 @@ class GPT(nn.Module):
             wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
             wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, mlp=make_mlp(config)) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -198,6 +217,8 @@ class GPT(nn.Module):
             if targets.shape != idx.shape:
                 raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
             loss = cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+            aux = [b.mlp.aux_loss for b in self.transformer.h if getattr(b.mlp, "aux_loss", None) is not None]
+            if aux: loss = loss + self.config.aux_loss_coef * torch.stack(aux).mean()  # experts' load balancing (appendix A4)
         return logits, loss
 
     @torch.no_grad()
@@ -302,6 +323,9 @@ def _save_pretrained(self,
                     ):
     "Write a Hugging Face GPT-2 directory (config.json + model.safetensors) that transformers loads."
     from safetensors.torch import save_file
+    if self.config.n_expert:
+        raise ValueError(f"this model has {self.config.n_expert} experts per block (appendix A4); GPT-2's Hugging Face format has "
+                         "one dense MLP per block and no router, so it cannot hold them: keep the course checkpoint (load_model reads it)")
     d = Path(save_dir); d.mkdir(parents=True, exist_ok=True)
     c = self.config
     if eos_token_id is None and c.vocab_size > 50256: eos_token_id = 50256

@@ -31,6 +31,8 @@ class TrainConfig:
     n_embd: int | None = None
     block_size: int | None = None
     dropout: float | None = None
+    n_expert: int | None = None        # experts per block (appendix A4's mixture of experts; 0 or None: GPT-2's dense MLP)
+    n_expert_active: int | None = None # experts per token (top-k) when n_expert > 0
     vocab_size: int | None = None      # default: the tokenizer's; OpenAI's GPT-2 has 50,257 rows, nanoGPT/build-nanogpt pad to 50,304 (a multiple of 64: faster kernels)
     batch_size: int = 8                # sequences per micro-batch per process
     seq_len: int | None = None         # tokens per sequence; default block_size
@@ -61,7 +63,7 @@ class TrainConfig:
     progress: bool = True              # tqdm bar (rank 0)
 
 # the settings a resumed run must share with its checkpoint: they decide which numbers it computes
-RESUME_KEYS = ("data", "model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "vocab_size", "seq_len",
+RESUME_KEYS = ("data", "model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "n_expert", "n_expert_active", "vocab_size", "seq_len",
                "total_batch_tokens", "max_steps", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "beta1", "beta2",
                "grad_clip", "seed")
 
@@ -106,6 +108,7 @@ _RANGES = {  # field: (test, what it must be); None always passes for the option
     **{k: (lambda v: v >= 1, "an integer >= 1") for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "batch_size",
         "seq_len", "total_batch_tokens", "max_steps", "eval_batches", "sample_tokens", "keep_last", "stop_after")},
     **{k: (lambda v: v >= 0, "an integer >= 0 (0: never)") for k in ("eval_every", "sample_every", "hellaswag_every")},
+    "n_expert": (lambda v: v >= 0, "an integer >= 0 (0: a dense MLP)"), "n_expert_active": (lambda v: v >= 1, "an integer >= 1"),
     "save_every": (lambda v: v >= 0, "an integer >= 0 (0: only at the end)"), "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
     "seed": (lambda v: 0 <= v < 2**63, "an integer in 0..2**63-1"), "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "lr": (lambda v: 0 < v < math.inf, "a number > 0"), "min_lr_ratio": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
@@ -142,6 +145,8 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.dtype not in ("auto", "float32", "bfloat16"):  # a typo must not train in float32 silently
         raise ValueError(f"--dtype must be auto, float32 or bfloat16, got {cfg.dtype!r}")
     check_device(cfg.device)
+    if cfg.n_expert_active is not None and not (cfg.n_expert or 0) >= cfg.n_expert_active:
+        raise ValueError(f"--n-expert-active {cfg.n_expert_active} needs --n-expert of at least that many experts, got {cfg.n_expert}")
     if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
         raise ValueError(f"--out {cfg.out_dir} is a file; give a folder for the run (checkpoints, log.jsonl, summary.json)")
     return cfg
@@ -388,7 +393,8 @@ def train(cfg: TrainConfig,        # the run
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".*.tmp-*"): stale.unlink()  # left by a process killed mid-save
     enc, data_vocab = dataset_tokenizer(cfg.data)  # meta.json, every shard header and the tokenizer, checked against each other
-    overrides = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout") if getattr(cfg, k) is not None}
+    overrides = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout", "n_expert", "n_expert_active")
+                 if getattr(cfg, k) is not None}
     mcfg = GPTConfig.from_preset(cfg.model, vocab_size=cfg.vocab_size or data_vocab, **overrides)
     need = max(data_vocab, enc.n_vocab)
     if mcfg.vocab_size < need:
@@ -618,6 +624,7 @@ def pretrain(data=None,                  # shards folder from `prepare`, or a so
 _HELP = dict(
     data="folder of shards from `nanogpt-course prepare`", out_dir="output folder", model="model preset (notebook 03)",
     n_layer="layers", n_head="attention heads", n_embd="embedding width", block_size="context length", dropout="dropout",
+    n_expert="experts per block (appendix A4; 0: GPT-2's dense MLP)", n_expert_active="experts each token is routed to (top-k)",
     vocab_size="vocabulary size (default: the tokenizer's)", batch_size="sequences per micro-batch per process",
     seq_len="tokens per sequence (default block_size)", total_batch_tokens="tokens per optimizer step (gradient accumulation fills it)",
     max_steps="optimizer steps", lr="peak learning rate", min_lr_ratio="final lr as a fraction of the peak", warmup_steps="linear warmup steps",
@@ -627,7 +634,7 @@ _HELP = dict(
     hellaswag_every="HellaSwag-format evaluation every N steps (notebook 06; 0: never)", hellaswag="HellaSwag jsonl file",
     compile="torch.compile the model", device="auto, cpu, cuda or mps", dtype="auto (bf16 on CUDA), float32 or bfloat16", seed="random seed",
     max_time="stop and save after this many seconds", stop_after="stop and save after this step", progress="progress bar")
-_GROUPS = {"model": ["model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "vocab_size"],
+_GROUPS = {"model": ["model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "n_expert", "n_expert_active", "vocab_size"],
            "batch": ["batch_size", "seq_len", "total_batch_tokens"],
            "optimisation": ["max_steps", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip"],
            "evaluation and samples": ["eval_every", "eval_batches", "sample_every", "sample_prompt", "sample_tokens", "hellaswag_every", "hellaswag"],
