@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from .model import GPT, GPTConfig
 from .data import DataUnavailable
 from .tokenizer import get_tokenizer, tokenizer_state
-from .train import load_model, load_checkpoint, save_checkpoint, configure_optimizer, make_config, check_device, to_json, CheckpointError
+from .checkpoint import load_model, load_checkpoint, save_checkpoint, checkpoint_dict, CheckpointError
+from .train import configure_optimizer, make_config, check_device, to_json
 from .sft import apply_lora, merge_lora, count_parameters, sft_lr
 
 # %% auto #0
@@ -396,13 +397,11 @@ def train_classifier(init,                      # base model: course checkpoint 
 
 # %% ../nbs/12_classify.ipynb #f7fe9ca8
 def _save_run(out: Path, model, enc, summary: dict, log: list[dict]):
-    "classifier.pt (through train.save_checkpoint: atomic, with a checksum), summary.json, log.jsonl and confusion.png in `out`."
+    "classifier.pt (notebook 03b's schema and atomic save, with a checksum), summary.json, log.jsonl and confusion.png in `out`."
     out.mkdir(parents=True, exist_ok=True)
     summary["checkpoint"], summary["plot"] = str(out / "classifier.pt"), str(out / "confusion.png")
-    save_checkpoint(out / "classifier.pt", dict(model={k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    config=asdict(model.config), tokenizer=tokenizer_state(enc), kind="classifier", labels=list(model.labels),
-                    max_len=model.max_len, step=summary["steps"], metrics=json.loads(to_json(summary["metrics"])),
-                    args=json.loads(to_json(summary["args"]))))
+    save_checkpoint(out / "classifier.pt", checkpoint_dict(model, enc, "classifier", summary["steps"], labels=list(model.labels),
+                    max_len=model.max_len, metrics=json.loads(to_json(summary["metrics"])), args=json.loads(to_json(summary["args"]))))
     (out / "log.jsonl").write_text("".join(to_json(r) + "\n" for r in log))
     plot_confusion({k: v["confusion"] for k, v in summary["metrics"].items()}, model.labels, save=out / "confusion.png")
     (out / "summary.json").write_text(to_json(summary, indent=1))  # to_json: null, never NaN

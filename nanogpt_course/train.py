@@ -5,9 +5,8 @@
 # %% auto #0
 __all__ = ['RESUME_KEYS', 'TRAIN_PRESETS', 'PEAK_FLOPS', 'TrainConfig', 'make_config', 'config_diff', 'check_device',
            'check_config', 'configure_optimizer', 'get_lr', 'peak_flops_for', 'peak_flops', 'flops_per_token',
-           'setup_distributed', 'CheckpointError', 'checksum', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints',
-           'latest_checkpoint', 'load_model', 'EvalHook', 'json_safe', 'to_json', 'estimate_val_loss', 'train',
-           'sample_text', 'read_log', 'plot_log', 'pretrain', 'cli']
+           'setup_distributed', 'EvalHook', 'json_safe', 'to_json', 'estimate_val_loss', 'train', 'sample_text',
+           'read_log', 'plot_log', 'pretrain', 'cli']
 
 # %% ../nbs/04b_pretrain.ipynb #959bcdc6
 import os, sys, json, math, time, random, argparse, contextlib, re, zlib
@@ -18,6 +17,9 @@ import torch
 import torch.distributed as dist
 from .model import GPT, GPTConfig, PRESETS
 from .data import TokenLoader, shard_files, read_header, data_source, dataset_tokenizer
+# notebook 03b's checkpoints (imported here too, so `from nanogpt_course.train import load_model` keeps working)
+from .checkpoint import (CheckpointError, checksum, save_checkpoint, load_checkpoint, list_checkpoints,
+                                       latest_checkpoint, load_model, checkpoint_dict, _clean_state_dict)
 
 # %% ../nbs/04b_pretrain.ipynb #0d262493
 @dataclass
@@ -215,110 +217,6 @@ def setup_distributed(device: str="auto" # "auto", "cpu", "cuda", "mps"
     if not dist.is_initialized(): dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return rank, local_rank, world, dev
 
-# %% ../nbs/04b_pretrain.ipynb #fa8aaa97
-class CheckpointError(ValueError):
-    "A checkpoint file that cannot be used; the message names it and the way out."
-
-def _fsync_dir(d: Path):
-    with contextlib.suppress(OSError):
-        fd = os.open(d, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-
-def checksum(obj, crc: int = 0) -> int:
-    "CRC-32 of every tensor's dtype, shape and bytes and every plain value in `obj` (nested dicts, lists, tuples), in order."
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous().reshape(-1)
-        crc = zlib.crc32(f"{t.dtype}{tuple(obj.shape)}".encode(), crc)
-        return zlib.crc32(t.view(torch.uint8).numpy(), crc) if t.numel() else crc
-    if isinstance(obj, dict):
-        for k, v in obj.items(): crc = checksum(v, zlib.crc32(repr(k).encode(), crc))
-        return crc
-    if isinstance(obj, (list, tuple)):
-        for v in obj: crc = checksum(v, crc)
-        return crc
-    return zlib.crc32(repr(obj).encode(), crc)
-
-def save_checkpoint(path: str | Path, # final file name
-                    ckpt: dict,       # at least model, config, tokenizer, kind, step
-                   ) -> Path:
-    "torch.save `ckpt` with its checksum to `path` atomically (temporary file, fsync, rename, fsync of the folder)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    ckpt = {**ckpt, "checksum": checksum(ckpt)}  # a flipped bit inside a tensor loads fine: only this catches it
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return path
-
-def load_checkpoint(path: str | Path,       # a checkpoint file
-                    map_location="cpu",     # where tensors land
-                   ) -> dict:
-    "Load a course checkpoint; CheckpointError (naming the file) if it is truncated, corrupt or not a checkpoint."
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"checkpoint {path} does not exist")
-    way_out = "use an earlier checkpoint of the run (`load_model(run_dir)` and --resume pick the newest good one)"
-    with open(path, "rb") as f: head = f.read(4)
-    if head[:2] != b"PK":  # torch.save writes a zip archive
-        raise CheckpointError(f"{path} is not a checkpoint: it is not a PyTorch file (it starts with {head!r}, not a zip archive's 'PK')")
-    try: ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path} is not a loadable checkpoint (truncated or corrupt: {str(e).splitlines()[0][:120]}); {way_out}") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise CheckpointError(f"{path} is a torch file but not a course checkpoint (no 'model'/'config' entries)")
-    saved = ckpt.pop("checksum", None)  # checkpoints written before checksums have none
-    if saved is not None and checksum(ckpt) != saved:
-        raise CheckpointError(f"{path} is corrupt: its contents do not match the checksum saved with them; {way_out}")
-    return ckpt
-
-def _clean_state_dict(sd: dict) -> dict:
-    "Strip the prefixes torch.compile (`_orig_mod.`) and DDP (`module.`) add."
-    return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in sd.items()}
-
-def list_checkpoints(run_dir: str | Path # a run's out_dir
-                    ) -> list[Path]:
-    "The run's checkpoints, newest (highest step) first."
-    d = Path(run_dir)
-    ck = sorted(d.glob("ckpt_*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[-1]), reverse=True)
-    return ck or sorted((p for p in d.glob("*.pt") if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime, reverse=True)
-
-def latest_checkpoint(run_dir: str | Path, # a run's out_dir
-                      map_location="cpu",
-                     ) -> tuple[Path, dict] | tuple[None, None]:
-    "(path, checkpoint) of the newest checkpoint that loads, skipping damaged ones with a warning."
-    for p in list_checkpoints(run_dir):
-        try: return p, load_checkpoint(p, map_location)
-        except CheckpointError as e: print(f"warning: skipping {e}", file=sys.stderr)
-    return None, None
-
-# %% ../nbs/04b_pretrain.ipynb #7479694e
-def load_model(path_or_name: str | Path, # checkpoint file, run folder, Hugging Face folder, or Hugging Face id ("gpt2")
-               device: str="cpu",         # where the model goes
-              ):
-    "(GPT in eval mode, tiktoken.Encoding) from any model the course produces or uses."
-    from nanogpt_course.tokenizer import get_tokenizer
-    p = Path(path_or_name).expanduser()
-    if p.is_dir() and (p / "config.json").exists():
-        model = GPT.from_pretrained(str(p)); enc = get_tokenizer("gpt2")
-    elif p.exists():
-        if p.is_dir():
-            cp, ckpt = latest_checkpoint(p)
-            if ckpt is None: raise FileNotFoundError(f"{p} holds no checkpoint (ckpt_*.pt) and no config.json")
-        else: cp, ckpt = p, load_checkpoint(p)
-        if ckpt.get("kind") == "classifier":  # notebook 12's: a label head, no language-model head to load
-            raise CheckpointError(f"{cp} is a classifier (notebook 12): it labels text and does not generate; load it with "
-                                  "nanogpt_course.classify.load_classifier, or serve it at POST /v1/classifications")
-        model = GPT(GPTConfig(**ckpt["config"]))
-        model.load_state_dict(_clean_state_dict(ckpt["model"]))
-        enc = get_tokenizer(ckpt.get("tokenizer", "gpt2"))
-    elif str(path_or_name).endswith((".pt", ".pth")) or os.sep in str(path_or_name) and not re.fullmatch(r"[\w.-]+/[\w.-]+", str(path_or_name)):
-        raise FileNotFoundError(f"model {path_or_name} does not exist")
-    else:
-        model = GPT.from_pretrained(str(path_or_name)); enc = get_tokenizer("gpt2")
-    return model.to(device).eval(), enc
-
 # %% ../nbs/04b_pretrain.ipynb #ada0a882
 def _rng_state() -> dict:
     "This process's RNG states (torch CPU and CUDA, numpy, python) as tensors and plain values (weights_only-safe)."
@@ -514,7 +412,7 @@ def train(cfg: TrainConfig,        # the run
         if ddp:
             flag = torch.tensor(float(stop), device=device); dist.all_reduce(flag, op=dist.ReduceOp.MAX); stop = bool(flag.item())
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or last or stop:
-            last_ckpt = _save_run_checkpoint(out, raw, optimizer, mcfg, cfg, enc, step + 1, tokens_seen, train_loader, val_loss, master, world)
+            last_ckpt = _save_run_checkpoint(out, raw, optimizer, cfg, enc, step + 1, tokens_seen, train_loader, val_loss, master, world)
         if stop: stopped = True; break
     bar.close()
     if stopped and master and cfg.sample_every:  # an early stop still ends with a sample of what the model learned
@@ -530,17 +428,15 @@ def train(cfg: TrainConfig,        # the run
             if log_path.exists(): plot_log(log_path, save=out / "loss.png"); summary["plot"] = str(out / "loss.png")
     return summary
 
-def _save_run_checkpoint(out, raw, optimizer, mcfg, cfg, enc, step, tokens, loader, val_loss, master, world):
-    "Gather every rank's RNG state, then rank 0 writes ckpt_STEP.pt atomically and keeps the last K."
-    from nanogpt_course.tokenizer import tokenizer_state
+def _save_run_checkpoint(out, raw, optimizer, cfg, enc, step, tokens, loader, val_loss, master, world):
+    "Gather every rank's RNG state, then rank 0 writes ckpt_STEP.pt atomically (notebook 03b's schema) and keeps the last K."
     rngs = [_rng_state()]
     if world > 1:
         rngs = [None] * world; dist.all_gather_object(rngs, _rng_state())
     path = out / f"ckpt_{step:07d}.pt"
     if master:
-        save_checkpoint(path, dict(model=raw.state_dict(), optimizer=optimizer.state_dict(), config=asdict(mcfg),
-                                   train_config=asdict(cfg), tokenizer=tokenizer_state(enc), kind="pretrain", step=step,
-                                   tokens=tokens, rng=rngs, loader=loader.state_dict(), val_loss=val_loss, world_size=world))
+        save_checkpoint(path, checkpoint_dict(raw, enc, "pretrain", step, optimizer=optimizer.state_dict(), train_config=asdict(cfg),
+                                              tokens=tokens, rng=rngs, loader=loader.state_dict(), val_loss=val_loss, world_size=world))
         for old in list_checkpoints(out)[max(1, cfg.keep_last):]: old.unlink()
     if world > 1: dist.barrier()
     return path

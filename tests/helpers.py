@@ -1,5 +1,5 @@
 """Small helpers the test files share (imported as `from helpers import ...`: pytest puts tests/ on sys.path)."""
-import dataclasses, socket
+import socket
 
 
 def free_port() -> int:
@@ -10,11 +10,9 @@ def free_port() -> int:
 
 
 def save_course_checkpoint(path, model, enc, kind: str = "pretrain", step: int = 0):
-    "Save `model` with its tokenizer in the course's checkpoint format (notebook 04b), as the loaders expect it."
-    from nanogpt_course.train import save_checkpoint
-    from nanogpt_course.tokenizer import tokenizer_state
-    save_checkpoint(path, {"model": model.state_dict(), "config": dataclasses.asdict(model.config),
-                           "tokenizer": tokenizer_state(enc), "kind": kind, "step": step})
+    "Save `model` with its tokenizer in the course's checkpoint schema (notebook 03b), as the loaders expect it."
+    from nanogpt_course.checkpoint import checkpoint_dict, save_checkpoint
+    save_checkpoint(path, checkpoint_dict(model, enc, kind, step))
     return path
 
 

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from nanogpt_course.block import Block
 from nanogpt_course.model import GPT, GPTConfig
 from nanogpt_course.moe import MoE, active_params, expert_stats, load_balancing_loss, route
-from nanogpt_course.train import load_checkpoint, load_model, read_log
+from nanogpt_course.checkpoint import load_checkpoint, load_model
+from nanogpt_course.train import read_log
 
 from helpers import RUN
 
@@ -147,7 +148,7 @@ def test_cli_pretrains_resumes_and_logs_the_experts(moe_run, capsys):
 def test_a_moe_checkpoint_loads_anywhere_without_importing_the_appendix(moe_run):
     "Notebook 03's make_mlp finds the MoE class by name: a process that never imports nanogpt_course.moe still loads the run."
     out, _, _ = moe_run
-    code = ("import sys; from nanogpt_course.train import load_model; m, e = load_model(sys.argv[1]); "
+    code = ("import sys; from nanogpt_course.checkpoint import load_model; m, e = load_model(sys.argv[1]); "
             "print(type(m.transformer.h[0].mlp).__name__, m.config.n_expert, m.config.n_expert_active)")
     r = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.split() == ["MoE", "4", "2"], r.stderr

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from helpers import RUN
-from nanogpt_course.train import (CheckpointError, list_checkpoints, load_checkpoint, load_model, pretrain, read_log)
+from nanogpt_course.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, load_model
+from nanogpt_course.train import pretrain, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 
