@@ -14,7 +14,8 @@ from .model import GPT, GPTConfig
 from .data import DataUnavailable
 from .tokenizer import get_tokenizer, tokenizer_state
 from .checkpoint import load_model, load_checkpoint, save_checkpoint, checkpoint_dict, CheckpointError
-from .train import configure_optimizer, make_config, check_device, to_json
+from .runtime import check_device
+from .train import configure_optimizer, make_config, to_json
 from .sft import apply_lora, merge_lora, count_parameters, sft_lr
 
 # %% auto #0

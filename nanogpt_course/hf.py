@@ -9,7 +9,8 @@ from functools import partial
 from pathlib import Path
 import torch
 from .model import GPT
-from .train import configure_optimizer, make_config, load_model, to_json  # notebook 04: one optimizer, one loader
+from .checkpoint import load_model  # notebook 03b: one loader
+from .train import configure_optimizer, make_config, to_json  # notebook 04b: one optimizer
 from .sft import (SFTDataset, sft_parser, collate, stratified_split, sft_lr, response_loss, generate_response,
                                 check_finetune_args, instruction_data, describe_data)  # notebook 05: data, template, labels, metric
 
