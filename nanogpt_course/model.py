@@ -11,13 +11,14 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from .attention import KVCache
 from .block import Block
 
 # %% auto #0
 __all__ = ['PRESETS', 'MLP_KINDS', 'GPTConfig', 'make_mlp', 'cross_entropy', 'GPT', 'config_from_hf', 'sample_next']
 
-# %% ../nbs/03_model.ipynb #395708b9
+# %% ../nbs/03_model.ipynb #09ac408e
 @dataclass
 class GPTConfig:
     "The hyper-parameters of a GPT; defaults are GPT-2 124M's."
@@ -49,18 +50,19 @@ class GPTConfig:
         if not 0.0 <= self.aux_loss_coef < math.inf:
             raise ValueError(f"GPTConfig.aux_loss_coef must be a number >= 0, got {self.aux_loss_coef}")
 
-    @classmethod
-    def from_preset(cls,
-                    name: str,  # a key of PRESETS: "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "tiny", "small", "mini"
-                    **overrides,  # fields to change, e.g. dropout=0.1 or vocab_size=4096
-                   ) -> GPTConfig:
-        "A preset configuration, with some fields overridden."
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown GPTConfig field(s) {sorted(unknown)}; fields are {[f.name for f in fields(cls)]}")
-        return cls(**{**PRESETS[name], **overrides})
+# %% ../nbs/03_model.ipynb #0ac90f8e
+@patch(cls_method=True)
+def from_preset(cls: GPTConfig,
+                name: str,  # a key of PRESETS: "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "tiny", "small", "mini"
+                **overrides,  # fields to change, e.g. dropout=0.1 or vocab_size=4096
+               ) -> GPTConfig:
+    "A preset configuration, with some fields overridden."
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    unknown = set(overrides) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown GPTConfig field(s) {sorted(unknown)}; fields are {[f.name for f in fields(cls)]}")
+    return cls(**{**PRESETS[name], **overrides})
 
 PRESETS: dict[str, dict] = {
     # OpenAI's four GPT-2 sizes (parameter counts with the tied head)
@@ -74,6 +76,7 @@ PRESETS: dict[str, dict] = {
     "mini":  dict(n_layer=6, n_head=6, n_embd=192, block_size=256),   # the main job (notebook 09): samples that read like text
 }
 
+# %% ../nbs/03_model.ipynb #aa62c017
 # each block's feed-forward part: GPT-2's dense MLP (notebook 02) or, with n_expert > 0, appendix A4's mixture of experts.
 # Found by name, the way transformers' Auto classes find a model type, so this lesson never imports a later one.
 MLP_KINDS: dict[str, str] = {"dense": "nanogpt_course.block:MLP", "moe": "nanogpt_course.moe:MoE"}
@@ -83,7 +86,7 @@ def make_mlp(config: GPTConfig) -> nn.Module:
     module, name = MLP_KINDS["moe" if config.n_expert else "dense"].split(":")
     return getattr(importlib.import_module(module), name)(config)
 
-# %% ../nbs/03_model.ipynb #cf4520fb
+# %% ../nbs/03_model.ipynb #4fe6aad0
 class _ChunkedCrossEntropy(torch.autograd.Function):
     "Mean cross-entropy over non-ignored rows, in two cache-friendly passes over the logits (CPU, float32)."
     @staticmethod
@@ -113,6 +116,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         grad.scatter_add_(1, tgt[:, None], -scale[:, None])  # minus onehot(y) * scale
         return grad, None, None
 
+# %% ../nbs/03_model.ipynb #c2968df0
 def cross_entropy(
     logits: torch.Tensor,  # (N, V) raw scores
     targets: torch.Tensor,  # (N,) token ids; ignore_index marks rows to leave out
@@ -128,7 +132,7 @@ def cross_entropy(
                          f"and is not the ignore index {ignore_index}")
     return _ChunkedCrossEntropy.apply(logits, targets, ignore_index)
 
-# %% ../nbs/03_model.ipynb #1a5e5c4e
+# %% ../nbs/03_model.ipynb #e0f8366d
 class GPT(nn.Module):
     "GPT-2: token + position embeddings, `n_layer` pre-LN blocks, final LayerNorm, tied lm_head."
     def __init__(self, config: GPTConfig):
@@ -160,81 +164,89 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())  # parameters() yields the shared tensor once
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def _check_idx(self, idx: torch.Tensor, offset: int = 0, pos: torch.Tensor | None = None):
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
-            raise ValueError(f"idx must be a (batch, time) tensor of token ids, got "
-                             f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
-        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
-            raise ValueError(f"idx must hold integer token ids, got dtype {idx.dtype}")
-        T = idx.size(1)
-        if T == 0:
-            raise ValueError("idx is empty: give at least one token")
-        if pos is not None:  # a packed row may be longer than block_size; its positions may not
-            if pos.shape not in (idx.shape, idx.shape[1:]):
-                raise ValueError(f"pos shape {tuple(pos.shape)} must be idx's {tuple(idx.shape)} or ({T},)")
-            if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= self.config.block_size):
-                raise ValueError(f"positions must lie in [0, {self.config.block_size}), got "
-                                 f"{int(pos.min())}..{int(pos.max())}; crop the sequence")
-        elif offset + T > self.config.block_size:
-            raise ValueError(f"sequence is {offset + T} tokens but block_size is {self.config.block_size}; "
-                             f"crop it to the last {self.config.block_size} tokens (generate() does this for you)")
-        if not torch.compiler.is_compiling():  # one host sync for both ends (the range check is worth it on GPUs too)
-            lo, hi = torch.stack(torch.aminmax(idx.long())).tolist()
-            if lo < 0 or hi >= self.config.vocab_size:
-                raise ValueError(f"token id {hi if hi >= self.config.vocab_size else lo} is outside the vocabulary "
-                                 f"[0, {self.config.vocab_size}); was the text encoded with another tokenizer?")
+# %% ../nbs/03_model.ipynb #f62a4e65
+@patch
+def _check_idx(self: GPT, idx: torch.Tensor, offset: int = 0, pos: torch.Tensor | None = None):
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+        raise ValueError(f"idx must be a (batch, time) tensor of token ids, got "
+                         f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
+    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+        raise ValueError(f"idx must hold integer token ids, got dtype {idx.dtype}")
+    T = idx.size(1)
+    if T == 0:
+        raise ValueError("idx is empty: give at least one token")
+    if pos is not None:  # a packed row may be longer than block_size; its positions may not
+        if pos.shape not in (idx.shape, idx.shape[1:]):
+            raise ValueError(f"pos shape {tuple(pos.shape)} must be idx's {tuple(idx.shape)} or ({T},)")
+        if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= self.config.block_size):
+            raise ValueError(f"positions must lie in [0, {self.config.block_size}), got "
+                             f"{int(pos.min())}..{int(pos.max())}; crop the sequence")
+    elif offset + T > self.config.block_size:
+        raise ValueError(f"sequence is {offset + T} tokens but block_size is {self.config.block_size}; "
+                         f"crop it to the last {self.config.block_size} tokens (generate() does this for you)")
+    if not torch.compiler.is_compiling():  # one host sync for both ends (the range check is worth it on GPUs too)
+        lo, hi = torch.stack(torch.aminmax(idx.long())).tolist()
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise ValueError(f"token id {hi if hi >= self.config.vocab_size else lo} is outside the vocabulary "
+                             f"[0, {self.config.vocab_size}); was the text encoded with another tokenizer?")
 
-    def hidden_states(self,
-                      idx: torch.Tensor,  # (B, T) token ids
-                      cache: KVCache | None = None,  # KV cache to read and extend (generation), or None
-                      check: bool = True,  # validate idx (generation skips it for the ids it sampled itself)
-                      pos: torch.Tensor | None = None,  # (B, T) or (T,) position of each token when not 0..T-1 (packed rows)
-                      attn_mask: torch.Tensor | None = None,  # (B, 1, T, T) or (T, T), as SDPA takes it (bool or additive); causal when None
-                     ) -> torch.Tensor:
-        "The final residual stream after ln_f, (B, T, n_embd)."
-        offset, T = (cache.pos if cache is not None else 0), idx.size(-1)
-        if pos is not None and cache is not None: raise ValueError("pos cannot be combined with a KV cache")
-        if check:
-            self._check_idx(idx, offset, pos)
-            if idx.dtype not in (torch.long, torch.int32): idx = idx.long()  # e.g. uint16 straight from a token shard
-        if pos is None:  # positions offset..offset+T-1: a slice of the table is the same lookup as wpe(arange), fewer ops
-            pos_emb = self.transformer.wpe.weight[offset:offset + T]  # (T, C), broadcast over the batch
-        else: pos_emb = self.transformer.wpe(pos)  # (B, T, C) or (T, C)
-        x = self.transformer.drop(self.transformer.wte(idx) + pos_emb)  # (B, T, C)
-        for i, block in enumerate(self.transformer.h):
-            x = block(x, cache=cache, layer=i, attn_mask=attn_mask)
-        if cache is not None: cache.advance(T)
-        return self.transformer.ln_f(x)
+# %% ../nbs/03_model.ipynb #846be20c
+@patch
+def hidden_states(self: GPT,
+                  idx: torch.Tensor,  # (B, T) token ids
+                  cache: KVCache | None = None,  # KV cache to read and extend (generation), or None
+                  check: bool = True,  # validate idx (generation skips it for the ids it sampled itself)
+                  pos: torch.Tensor | None = None,  # (B, T) or (T,) position of each token when not 0..T-1 (packed rows)
+                  attn_mask: torch.Tensor | None = None,  # (B, 1, T, T) or (T, T), as SDPA takes it (bool or additive); causal when None
+                 ) -> torch.Tensor:
+    "The final residual stream after ln_f, (B, T, n_embd)."
+    offset, T = (cache.pos if cache is not None else 0), idx.size(-1)
+    if pos is not None and cache is not None: raise ValueError("pos cannot be combined with a KV cache")
+    if check:
+        self._check_idx(idx, offset, pos)
+        if idx.dtype not in (torch.long, torch.int32): idx = idx.long()  # e.g. uint16 straight from a token shard
+    if pos is None:  # positions offset..offset+T-1: a slice of the table is the same lookup as wpe(arange), fewer ops
+        pos_emb = self.transformer.wpe.weight[offset:offset + T]  # (T, C), broadcast over the batch
+    else: pos_emb = self.transformer.wpe(pos)  # (B, T, C) or (T, C)
+    x = self.transformer.drop(self.transformer.wte(idx) + pos_emb)  # (B, T, C)
+    for i, block in enumerate(self.transformer.h):
+        x = block(x, cache=cache, layer=i, attn_mask=attn_mask)
+    if cache is not None: cache.advance(T)
+    return self.transformer.ln_f(x)
 
-    def forward(self,
-                idx: torch.Tensor,  # (B, T) token ids, T <= block_size
-                targets: torch.Tensor | None = None,  # (B, T) next-token ids; -100 marks positions to ignore
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        "Logits (B, T, vocab_size) and, given targets, the mean cross-entropy loss (else None)."
-        logits = self.lm_head(self.hidden_states(idx))  # (B, T, V)
-        loss = None
-        if targets is not None:
-            if targets.shape != idx.shape:
-                raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
-            loss = cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-            aux = [b.mlp.aux_loss for b in self.transformer.h if getattr(b.mlp, "aux_loss", None) is not None]
-            if aux: loss = loss + self.config.aux_loss_coef * torch.stack(aux).mean()  # experts' load balancing (appendix A4)
-        return logits, loss
+# %% ../nbs/03_model.ipynb #1dc1e53a
+@patch
+def forward(self: GPT,
+            idx: torch.Tensor,  # (B, T) token ids, T <= block_size
+            targets: torch.Tensor | None = None,  # (B, T) next-token ids; -100 marks positions to ignore
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    "Logits (B, T, vocab_size) and, given targets, the mean cross-entropy loss (else None)."
+    logits = self.lm_head(self.hidden_states(idx))  # (B, T, V)
+    loss = None
+    if targets is not None:
+        if targets.shape != idx.shape:
+            raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
+        loss = cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        aux = [b.mlp.aux_loss for b in self.transformer.h if getattr(b.mlp, "aux_loss", None) is not None]
+        if aux: loss = loss + self.config.aux_loss_coef * torch.stack(aux).mean()  # experts' load balancing (appendix A4)
+    return logits, loss
 
-    @torch.no_grad()
-    def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
-        "Per layer, the (B, n_head, T, T) attention probabilities on `idx`."
-        self._check_idx(idx)
-        idx = idx.long()
-        pos = torch.arange(idx.size(1), device=idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
-        maps = []
-        for block in self.transformer.h:
-            maps.append(block.attn.attention_probs(block.ln_1(x)))
-            x = block(x)
-        return maps
+# %% ../nbs/03_model.ipynb #9eadf83d
+@patch
+@torch.no_grad()
+def attention_maps(self: GPT, idx: torch.Tensor) -> list[torch.Tensor]:
+    "Per layer, the (B, n_head, T, T) attention probabilities on `idx`."
+    self._check_idx(idx)
+    idx = idx.long()
+    pos = torch.arange(idx.size(1), device=idx.device)
+    x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+    maps = []
+    for block in self.transformer.h:
+        maps.append(block.attn.attention_probs(block.ln_1(x)))
+        x = block(x)
+    return maps
 
-# %% ../nbs/03_model.ipynb #3cdc2627
+# %% ../nbs/03_model.ipynb #8b6850b2
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 def _hf_dir(name_or_dir: str | os.PathLike) -> Path:
@@ -259,6 +271,7 @@ def _hf_dir(name_or_dir: str | os.PathLike) -> Path:
                       f"check the name and the network, or download config.json and model.safetensors from "
                       f"https://huggingface.co/{name_or_dir} into a folder and pass that folder instead") from None
 
+# %% ../nbs/03_model.ipynb #abe0fffc
 def _read_hf_weights(d: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
     if (d / "model.safetensors").exists():
@@ -270,6 +283,7 @@ def _read_hf_weights(d: Path) -> dict[str, torch.Tensor]:
         return torch.load(d / "pytorch_model.bin", map_location="cpu", weights_only=True)
     raise FileNotFoundError(f"{d} has neither model.safetensors nor pytorch_model.bin")
 
+# %% ../nbs/03_model.ipynb #e7510318
 def config_from_hf(hf: dict, **overrides) -> GPTConfig:
     "A GPTConfig from a transformers GPT-2 config.json dict (refusing variants this model cannot represent)."
     if hf.get("model_type", "gpt2") != "gpt2":
@@ -292,20 +306,27 @@ def config_from_hf(hf: dict, **overrides) -> GPTConfig:
                                n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=n_embd,
                                dropout=0.0, bias=True), **overrides})
 
-@classmethod
-def _from_pretrained(cls,
-                     name_or_dir: str | os.PathLike,  # a Hugging Face model id ("gpt2", "gpt2-xl", ...) or a local directory
-                     **overrides,  # GPTConfig fields to change, e.g. dropout=0.1 for fine-tuning
-                    ) -> GPT:
-    "A GPT with the weights of a Hugging Face GPT-2 (a model id, which needs the network, or a directory)."
-    d = _hf_dir(name_or_dir)
-    config = config_from_hf(json.loads((d / "config.json").read_text()), **overrides)
+# %% ../nbs/03_model.ipynb #aebb3118
+def _from_hf_names(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    "A Hugging Face GPT-2 state dict in our names and layouts."
     sd = {}
-    for k, v in _read_hf_weights(d).items():
+    for k, v in weights.items():
         if k.endswith((".attn.bias", ".attn.masked_bias")): continue  # causal-mask buffers, not weights
         k = k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k  # OpenAI's files lack the prefix
         sd[k] = v.t() if k.endswith(_CONV1D) else v  # Conv1D (in, out) -> Linear (out, in)
     sd.setdefault("lm_head.weight", sd.get("transformer.wte.weight"))
+    return sd
+
+# %% ../nbs/03_model.ipynb #dc1ad11a
+@patch(cls_method=True)
+def from_pretrained(cls: GPT,
+                    name_or_dir: str | os.PathLike,  # a Hugging Face model id ("gpt2", "gpt2-xl", ...) or a local directory
+                    **overrides,  # GPTConfig fields to change, e.g. dropout=0.1 for fine-tuning
+                   ) -> GPT:
+    "A GPT with the weights of a Hugging Face GPT-2 (a model id, which needs the network, or a directory)."
+    d = _hf_dir(name_or_dir)
+    config = config_from_hf(json.loads((d / "config.json").read_text()), **overrides)
+    sd = _from_hf_names(_read_hf_weights(d))
     model = cls(config)
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
@@ -317,39 +338,47 @@ def _from_pretrained(cls,
     model.load_state_dict({k: v.float() for k, v in sd.items()})
     return model
 
-def _save_pretrained(self,
-                     save_dir: str | os.PathLike,  # directory to create or overwrite
-                     eos_token_id: int | None = None,  # end-of-text id for config.json; default 50256 with GPT-2's vocabulary
-                    ):
+# %% ../nbs/03_model.ipynb #12152d5a
+def _hf_config(c: GPTConfig, eos_token_id: int | None) -> dict:
+    "transformers' GPT-2 config.json for `c`."
+    if eos_token_id is None and c.vocab_size > 50256: eos_token_id = 50256
+    return dict(architectures=["GPT2LMHeadModel"], model_type="gpt2", vocab_size=c.vocab_size, n_positions=c.block_size,
+                n_ctx=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head, n_inner=None,
+                activation_function="gelu_new", resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
+                layer_norm_epsilon=1e-5, initializer_range=0.02, scale_attn_weights=True, use_cache=True,
+                tie_word_embeddings=True, bos_token_id=eos_token_id, eos_token_id=eos_token_id, dtype="float32")
+
+def _to_hf_names(state_dict: dict[str, torch.Tensor], bias: bool) -> dict[str, torch.Tensor]:
+    "Our state dict as transformers' GPT-2 stores it (float32, on the CPU)."
+    sd = {}
+    for k, v in state_dict.items():
+        if k == "lm_head.weight": continue  # tied to wte: stored once, transformers re-ties it
+        sd[k] = (v.t() if k.endswith(_CONV1D) else v).detach().to("cpu", torch.float32).contiguous()
+    if not bias:  # transformers' GPT-2 always has biases: zeros are the same function
+        for k, v in list(sd.items()):
+            if k.endswith(".weight") and ("ln_" in k or k.endswith(_CONV1D)):
+                sd[k[:-len("weight")] + "bias"] = torch.zeros(v.shape[-1] if k.endswith(_CONV1D) else v.shape[0])
+    return sd
+
+# %% ../nbs/03_model.ipynb #8f5ed241
+@patch
+def save_pretrained(self: GPT,
+                    save_dir: str | os.PathLike,  # directory to create or overwrite
+                    eos_token_id: int | None = None,  # end-of-text id for config.json; default 50256 with GPT-2's vocabulary
+                   ):
     "Write a Hugging Face GPT-2 directory (config.json + model.safetensors) that transformers loads."
     from safetensors.torch import save_file
     if self.config.n_expert:
         raise ValueError(f"this model has {self.config.n_expert} experts per block (appendix A4); GPT-2's Hugging Face format has "
                          "one dense MLP per block and no router, so it cannot hold them: keep the course checkpoint (load_model reads it)")
     d = Path(save_dir); d.mkdir(parents=True, exist_ok=True)
-    c = self.config
-    if eos_token_id is None and c.vocab_size > 50256: eos_token_id = 50256
-    hf = dict(architectures=["GPT2LMHeadModel"], model_type="gpt2", vocab_size=c.vocab_size, n_positions=c.block_size,
-              n_ctx=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head, n_inner=None,
-              activation_function="gelu_new", resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
-              layer_norm_epsilon=1e-5, initializer_range=0.02, scale_attn_weights=True, use_cache=True,
-              tie_word_embeddings=True, bos_token_id=eos_token_id, eos_token_id=eos_token_id, dtype="float32")
-    sd = {}
-    for k, v in self.state_dict().items():
-        if k == "lm_head.weight": continue  # tied to wte: stored once, transformers re-ties it
-        sd[k] = (v.t() if k.endswith(_CONV1D) else v).detach().to("cpu", torch.float32).contiguous()
-    if not c.bias:  # transformers' GPT-2 always has biases: zeros are the same function
-        for k, v in list(sd.items()):
-            if k.endswith(".weight") and ("ln_" in k or k.endswith(_CONV1D)):
-                sd[k[:-len("weight")] + "bias"] = torch.zeros(v.shape[-1] if k.endswith(_CONV1D) else v.shape[0])
+    hf = _hf_config(self.config, eos_token_id)
+    sd = _to_hf_names(self.state_dict(), self.config.bias)
     save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
     (d / "config.json").write_text(json.dumps(hf, indent=2))
     return d
 
-GPT.from_pretrained = _from_pretrained
-GPT.save_pretrained = _save_pretrained
-
-# %% ../nbs/03_model.ipynb #87a35062
+# %% ../nbs/03_model.ipynb #ea54a582
 def sample_next(
     logits: torch.Tensor,  # (B, V) raw next-token logits
     temperature: float = 1.0,  # 0 = greedy; <1 sharper, >1 flatter
@@ -375,6 +404,7 @@ def sample_next(
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return torch.multinomial(logits.softmax(dim=-1), num_samples=1, generator=generator)
 
+# %% ../nbs/03_model.ipynb #a472b4a0
 def _check_sampling(max_new_tokens, temperature, top_k, top_p):
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
@@ -385,19 +415,18 @@ def _check_sampling(max_new_tokens, temperature, top_k, top_p):
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
 
-# %% ../nbs/03_model.ipynb #25caf735
-def _as_idx(self, idx) -> torch.Tensor:
+# %% ../nbs/03_model.ipynb #086bcf2c
+@patch
+def _as_idx(self: GPT, idx) -> torch.Tensor:
     "A (B, T) tensor of ids on the model's device, from a tensor (1-D or 2-D) or a list of ids."
     if not isinstance(idx, torch.Tensor):
         idx = torch.tensor(idx, dtype=torch.long, device=self.transformer.wte.weight.device)
     return idx[None] if idx.dim() == 1 else idx
 
-def _steps(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, n_vocab=None):
-    "Yield (next ids (B, 1), last logits (B, n_vocab or V)) for `max_new_tokens` steps."
-    _check_sampling(max_new_tokens, temperature, top_k, top_p)
-    V = self.config.vocab_size
-    if n_vocab is not None and not (isinstance(n_vocab, int) and 1 <= n_vocab <= V):
-        raise ValueError(f"n_vocab must be an integer in 1..{V} (the model's vocab_size), got {n_vocab!r}")
+# %% ../nbs/03_model.ipynb #c9a8ddd3
+@patch
+def _prompt_buffer(self: GPT, idx, max_new_tokens: int) -> tuple[torch.Tensor, int]:
+    "(B, T0 + max_new_tokens) ids that start with the prompt, cropped to its last block_size tokens (with a warning); and T0."
     bs = self.config.block_size
     idx = self._as_idx(idx)
     self._check_idx(idx[:, -bs:])
@@ -407,20 +436,38 @@ def _steps(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache, gene
     # every token the model may still need: the (cropped) prompt, then each new one (no torch.cat per step)
     seq = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=idx.device)
     seq[:, :T0] = idx[:, -T0:]
+    return seq, T0
+
+# %% ../nbs/03_model.ipynb #6e98ee84
+@patch
+def _next_hidden(self: GPT, window: torch.Tensor, cache: KVCache | None, step: int) -> torch.Tensor:
+    "The hidden states of this step: the last of them is the position whose next token we choose."
+    if cache is None:
+        return self.hidden_states(window, check=False)
+    elif step == 0 or cache.pos >= cache.max_len:  # prefill, or the window slid: refill from the window
+        cache.reset(); return self.hidden_states(window, cache, check=False)
+    else:
+        return self.hidden_states(window[:, -1:], cache, check=False)
+
+# %% ../nbs/03_model.ipynb #1d7fe00a
+@patch
+def _steps(self: GPT, idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, n_vocab=None):
+    "Yield (next ids (B, 1), last logits (B, n_vocab or V)) for `max_new_tokens` steps."
+    _check_sampling(max_new_tokens, temperature, top_k, top_p)
+    V = self.config.vocab_size
+    if n_vocab is not None and not (isinstance(n_vocab, int) and 1 <= n_vocab <= V):
+        raise ValueError(f"n_vocab must be an integer in 1..{V} (the model's vocab_size), got {n_vocab!r}")
+    bs = self.config.block_size
+    seq, T0 = self._prompt_buffer(idx, max_new_tokens)
     cache = None
     if use_cache:
         c = self.config
-        cache = KVCache(c.n_layer, B, c.n_head, c.n_embd // c.n_head, max_len=min(bs, T0 + max_new_tokens),
-                        device=idx.device, dtype=self.transformer.wte.weight.dtype)
+        cache = KVCache(c.n_layer, seq.size(0), c.n_head, c.n_embd // c.n_head, max_len=min(bs, T0 + max_new_tokens),
+                        device=seq.device, dtype=self.transformer.wte.weight.dtype)
     for step in range(max_new_tokens):
         n = T0 + step  # tokens so far
         window = seq[:, max(0, n - bs):n]  # what the model sees: the last block_size tokens
-        if cache is None:
-            x = self.hidden_states(window, check=False)
-        elif step == 0 or cache.pos >= cache.max_len:  # prefill, or the window slid: refill from the window
-            cache.reset(); x = self.hidden_states(window, cache, check=False)
-        else:
-            x = self.hidden_states(window[:, -1:], cache, check=False)
+        x = self._next_hidden(window, cache, step)
         logits = self.lm_head(x[:, -1])  # (B, V): only the last position is needed
         # a padded vocabulary (50,304 rows for GPT-2's 50,257 tokens) has rows no tokenizer can decode: never pick them
         if n_vocab is not None: logits = logits[:, :n_vocab]  # (B, n_vocab)
@@ -428,18 +475,20 @@ def _steps(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache, gene
         seq[:, n] = nxt[:, 0]
         yield nxt, logits
 
+# %% ../nbs/03_model.ipynb #cf2580ca
+@patch
 @torch.inference_mode()
-def _generate(self,
-              idx: torch.Tensor,  # (B, T) prompt token ids
-              max_new_tokens: int,  # tokens to add (fewer if every row reaches eos_token_id)
-              temperature: float = 1.0,  # 0 = greedy
-              top_k: int | None = None,  # sample among the k most likely tokens
-              top_p: float | None = None,  # sample within the nucleus of probability top_p
-              eos_token_id: int | None = None,  # stop a row at this token (kept in the output)
-              use_cache: bool = True,  # KV cache: same tokens, much faster
-              generator: torch.Generator | None = None,  # for reproducible sampling
-              n_vocab: int | None = None,  # the tokenizer's size: ids >= n_vocab (padding rows) are never chosen
-             ) -> torch.Tensor:
+def generate(self: GPT,
+             idx: torch.Tensor,  # (B, T) prompt token ids
+             max_new_tokens: int,  # tokens to add (fewer if every row reaches eos_token_id)
+             temperature: float = 1.0,  # 0 = greedy
+             top_k: int | None = None,  # sample among the k most likely tokens
+             top_p: float | None = None,  # sample within the nucleus of probability top_p
+             eos_token_id: int | None = None,  # stop a row at this token (kept in the output)
+             use_cache: bool = True,  # KV cache: same tokens, much faster
+             generator: torch.Generator | None = None,  # for reproducible sampling
+             n_vocab: int | None = None,  # the tokenizer's size: ids >= n_vocab (padding rows) are never chosen
+            ) -> torch.Tensor:
     "Continue `idx`: returns (B, T + n) ids; rows that finished early are padded with eos_token_id."
     idx = self._as_idx(idx).long()
     out, done = [idx], torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
@@ -451,17 +500,19 @@ def _generate(self,
         if eos_token_id is not None and bool(done.all()): break
     return torch.cat(out, dim=1)
 
-def _stream(self,
-            idx: torch.Tensor,  # (1, T) or (T,) prompt token ids
-            max_new_tokens: int,  # most tokens to yield
-            temperature: float = 1.0,  # 0 = greedy
-            top_k: int | None = None,  # sample among the k most likely tokens
-            top_p: float | None = None,  # sample within the nucleus of probability top_p
-            eos_token_id: int | None = None,  # stop after yielding this token
-            use_cache: bool = True,  # KV cache
-            generator: torch.Generator | None = None,  # for reproducible sampling
-            n_vocab: int | None = None,  # the tokenizer's size: ids >= n_vocab (padding rows) are never chosen
-           ) -> Iterator[int]:
+# %% ../nbs/03_model.ipynb #c3ad2692
+@patch
+def stream(self: GPT,
+           idx: torch.Tensor,  # (1, T) or (T,) prompt token ids
+           max_new_tokens: int,  # most tokens to yield
+           temperature: float = 1.0,  # 0 = greedy
+           top_k: int | None = None,  # sample among the k most likely tokens
+           top_p: float | None = None,  # sample within the nucleus of probability top_p
+           eos_token_id: int | None = None,  # stop after yielding this token
+           use_cache: bool = True,  # KV cache
+           generator: torch.Generator | None = None,  # for reproducible sampling
+           n_vocab: int | None = None,  # the tokenizer's size: ids >= n_vocab (padding rows) are never chosen
+          ) -> Iterator[int]:
     "Yield the new token ids one at a time, as they are generated (one sequence)."
     if isinstance(idx, torch.Tensor) and idx.dim() == 2 and idx.size(0) != 1:
         raise ValueError(f"stream generates one sequence; idx has batch size {idx.size(0)} (use generate for batches)")
@@ -473,5 +524,3 @@ def _stream(self,
         tok = int(nxt)
         yield tok
         if eos_token_id is not None and tok == eos_token_id: return
-
-GPT._as_idx, GPT._steps, GPT.generate, GPT.stream = _as_idx, _steps, _generate, _stream

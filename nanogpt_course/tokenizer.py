@@ -15,6 +15,7 @@ from typing import Iterable
 
 import regex
 import tiktoken
+from fastcore.basics import patch
 
 # %% ../nbs/00_tokenizer.ipynb #dee5b9cd
 def stdlib_documents(max_chars: int = 2_000_000 # stop after this many characters
@@ -110,7 +111,47 @@ def train_bpe_naive(text: str, # training text
         merges.append(pair)
     return vocab, merges
 
-# %% ../nbs/00_tokenizer.ipynb #6c57f86a
+# %% ../nbs/00_tokenizer.ipynb #ba5271a2
+def _index_pairs(words: list[list[int]], # token ids of each unique chunk
+                 freqs: list[int], # how often each chunk occurs
+                ) -> tuple[dict, dict]:
+    "The weighted count of each adjacent pair, and the chunks that hold it."
+    counts, where = defaultdict(int), defaultdict(set)  # pair -> weighted count; pair -> chunks that hold it
+    for i, (w, f) in enumerate(zip(words, freqs)):
+        for p in zip(w, w[1:]):
+            counts[p] += f; where[p].add(i)
+    return counts, where
+
+# %% ../nbs/00_tokenizer.ipynb #d1a49497
+def _merge_chunks(pair: tuple[int, int], # the pair to merge
+                  new_id: int, # the id that replaces it
+                  words: list[list[int]], freqs: list[int], where: dict, # as `_index_pairs` made them; updated in place
+                 ) -> tuple[dict, int]:
+    "Merge `pair` in every chunk that holds it: (change of each pair's count, tokens saved in the corpus)."
+    delta, saved = defaultdict(int), 0
+    for i in where.pop(pair):
+        old = words[i]
+        new = merge_pair(old, pair, new_id)
+        if len(new) == len(old): continue  # the index can hold chunks that lost the pair
+        f = freqs[i]
+        for p in zip(old, old[1:]): delta[p] -= f
+        for p in zip(new, new[1:]):
+            delta[p] += f; where[p].add(i)
+        words[i] = new
+        saved += (len(old) - len(new)) * f
+    return delta, saved
+
+# %% ../nbs/00_tokenizer.ipynb #f6575cc2
+def _update_counts(counts: dict, heap: list, delta: dict):
+    "Apply `delta` to `counts`, pushing each new count on `heap` (entries with an old count stay, and are skipped)."
+    for p, d in delta.items():
+        if d == 0: continue
+        c = counts[p] + d
+        if c > 0:
+            counts[p] = c; heapq.heappush(heap, (-c, p))
+        else: del counts[p]
+
+# %% ../nbs/00_tokenizer.ipynb #00009c0a
 def train_bpe(chunk_counts: dict[str, int], # pre-tokenized chunk -> how often it occurs
               n_tokens: int, # ordinary tokens wanted: 256 bytes + merges
               history: list | None = None, # if given, receives the corpus length in tokens after each merge
@@ -119,10 +160,7 @@ def train_bpe(chunk_counts: dict[str, int], # pre-tokenized chunk -> how often i
     _check_n(n_tokens)
     words = [list(c.encode("utf-8")) for c in chunk_counts]
     freqs = list(chunk_counts.values())
-    counts, where = defaultdict(int), defaultdict(set)  # pair -> weighted count; pair -> chunks that hold it
-    for i, (w, f) in enumerate(zip(words, freqs)):
-        for p in zip(w, w[1:]):
-            counts[p] += f; where[p].add(i)
+    counts, where = _index_pairs(words, freqs)
     # max-heap of (-count, pair); entries whose count is out of date are skipped when popped
     heap = [(-c, p) for p, c in counts.items()]
     heapq.heapify(heap)
@@ -134,23 +172,9 @@ def train_bpe(chunk_counts: dict[str, int], # pre-tokenized chunk -> how often i
         if counts.get(pair) != -negc: continue  # stale entry
         new_id, _ = _token_for(pair, vocab, index)
         merges.append(pair)
-        delta = defaultdict(int)
-        for i in where.pop(pair):
-            old = words[i]
-            new = merge_pair(old, pair, new_id)
-            if len(new) == len(old): continue  # the index can hold chunks that lost the pair
-            f = freqs[i]
-            for p in zip(old, old[1:]): delta[p] -= f
-            for p in zip(new, new[1:]):
-                delta[p] += f; where[p].add(i)
-            words[i] = new
-            n_total -= (len(old) - len(new)) * f
-        for p, d in delta.items():
-            if d == 0: continue
-            c = counts[p] + d
-            if c > 0:
-                counts[p] = c; heapq.heappush(heap, (-c, p))
-            else: del counts[p]
+        delta, saved = _merge_chunks(pair, new_id, words, freqs, where)
+        _update_counts(counts, heap, delta)
+        n_total -= saved
         if history is not None: history.append(n_total)
     return vocab, merges
 
@@ -187,7 +211,7 @@ def _load_json(path) -> dict:
         raise ValueError(f"{str(p)!r} is not a tokenizer file (not valid JSON: {e}); it may be truncated or another kind "
                          "of file: re-create it with `nanogpt-course tokenizer train` or BPETokenizer.save") from None
 
-# %% ../nbs/00_tokenizer.ipynb #2653a072
+# %% ../nbs/00_tokenizer.ipynb #faee175d
 class BPETokenizer:
     "Byte-level BPE tokenizer: GPT-2's pre-tokenization, merges by rank, special tokens after the merges."
     def __init__(self,
@@ -216,172 +240,89 @@ class BPETokenizer:
     @property
     def eot_token(self) -> int | None: return self.special_tokens.get(EOT)
 
-    @classmethod
-    def train(cls,
-              text: str | Iterable[str], # training text, or several texts (e.g. one per file)
-              vocab_size: int, # total tokens: 256 bytes + merges + special tokens
-              special_tokens: Iterable[str] = (EOT,), # added after the merges, never learned from text
-              pat_str: str = GPT2_SPLIT_PATTERN, # pre-tokenization regex
-              name: str | None = None, # defaults to "bpe-{vocab_size}"
-              verbose: bool = False, # print the time taken
-             ) -> "BPETokenizer":
-        "Learn `vocab_size - len(special_tokens) - 256` merges from `text` with the fast trainer."
-        special_tokens = list(dict.fromkeys(special_tokens))
-        if not all(isinstance(s, str) and s for s in special_tokens): raise ValueError(f"special tokens must be non-empty strings, got {special_tokens!r}")
-        n_tokens = vocab_size - len(special_tokens)
-        if n_tokens < 256:
-            raise ValueError(f"vocab_size={vocab_size} is too small: 256 byte tokens + {len(special_tokens)} special "
-                             f"token(s) need at least {256 + len(special_tokens)}; try 4096")
-        t0 = time.perf_counter()
-        texts = [_fix_surrogates(t) for t in ([text] if isinstance(text, str) else text)]
-        if not all(isinstance(t, str) for t in texts): raise TypeError("train takes a str or a list of str")
-        pat, counts = _compile(pat_str), Counter()
-        sp = regex.compile("|".join(map(regex.escape, special_tokens))) if special_tokens else None
-        for t in texts:
-            # special tokens in the text separate documents: learn nothing across or inside them
-            for part in (sp.split(t) if sp else [t]): counts.update(pat.findall(part))
-        if not counts: raise ValueError("the training text is empty; give it some text (a few KB at least) to learn merges from")
-        history = []
-        vocab, merges = train_bpe(counts, n_tokens, history)
-        if len(vocab) < n_tokens:
-            warnings.warn(f"the text only allowed {len(vocab) - 256} merges: the vocabulary has {len(vocab) + len(special_tokens)} "
-                          f"tokens, not {vocab_size}; train on more text for a larger vocabulary")
-        tok = cls(vocab, merges, {s: len(vocab) + i for i, s in enumerate(special_tokens)}, pat_str, name or f"bpe-{vocab_size}")
-        n_bytes = sum(len(c.encode("utf-8")) * f for c, f in counts.items())
-        tok.train_stats = dict(seconds=time.perf_counter() - t0, n_chunks=sum(counts.values()), n_unique_chunks=len(counts),
-                               n_bytes=n_bytes, tokens_after_merge=history)
-        if verbose: print(f"trained {tok.n_vocab:,} tokens on {n_bytes:,} bytes in {tok.train_stats['seconds']:.2f}s")
-        return tok
-
-    def _bpe(self, piece: bytes) -> list[int]:
-        "Merge adjacent parts whose concatenation has the lowest rank until none is in the vocabulary (tiktoken's rule)."
-        ranks = self.ranks
-        if piece in ranks: return [ranks[piece]]
-        parts = [piece[i:i + 1] for i in range(len(piece))]
-        while len(parts) > 1:
-            best, at = None, -1
-            for i in range(len(parts) - 1):
-                r = ranks.get(parts[i] + parts[i + 1])
-                if r is not None and (best is None or r < best): best, at = r, i  # leftmost lowest rank
-            if best is None: break
-            parts[at:at + 2] = [parts[at] + parts[at + 1]]
-        return [ranks[p] for p in parts]
-
-    def encode_ordinary(self, text: str) -> list[int]:
-        "Encode `text`, treating special-token text as plain text."
-        text = _fix_surrogates(text)
-        ids, cache = [], self._cache
-        if len(cache) > 200_000: cache.clear()  # bound memory on large corpora
-        for chunk in self._pat.findall(text):
-            b = chunk.encode("utf-8")
-            hit = cache.get(b)
-            if hit is None: hit = cache[b] = self._bpe(b)
-            ids.extend(hit)
-        return ids
-
-    def encode(self,
-               text: str, # text to encode
-               allowed_special: str | Iterable[str] = "none_raise", # "none_raise" (special text raises, as tiktoken), "all", "none" (as plain text) or a set
-              ) -> list[int]:
-        "Encode `text` to token ids, as `tiktoken.Encoding.encode` does."
-        if not isinstance(text, str): raise TypeError(f"encode takes a str, not {type(text).__name__}")
-        allowed, disallowed = _resolve_special(allowed_special, self.special_tokens)
-        if disallowed and (m := _special_regex(_longest_first(disallowed)).search(text)): _raise_disallowed(m.group())
-        if not allowed: return self.encode_ordinary(text)
-        ids, parts = [], _special_regex(_longest_first(allowed), capture=True).split(text)
-        for i, part in enumerate(parts):  # odd positions are the special tokens themselves
-            if i % 2: ids.append(self.special_tokens[part])
-            elif part: ids.extend(self.encode_ordinary(part))
-        return ids
-
-    def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        "The bytes that `ids` stand for."
-        out, nv = [], len(self.vocab)
-        for i in ids:
-            i = int(i)
-            if 0 <= i < nv: out.append(self.vocab[i])
-            elif i in self._special_bytes: out.append(self._special_bytes[i])
-            else: raise ValueError(f"token id {i} is not in this vocabulary (ids 0..{self.n_vocab - 1})")
-        return b"".join(out)
-
-    def decode(self, ids: Iterable[int]) -> str:
-        "Decode ids to text; bytes that are not valid UTF-8 (e.g. half a character) become '\ufffd', never an error."
-        return self.decode_bytes(ids).decode("utf-8", errors="replace")
-
-    def save(self, path: str | os.PathLike) -> Path:
-        "Write a readable JSON file: the vocabulary and merges in GPT-2's printable-byte spelling (as encoder.json / vocab.bpe)."
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"format": FORMAT, "version": 1, "name": self.name, "pat_str": self.pat_str,
-                "special_tokens": self.special_tokens,
-                "vocab": {_to_str(b): i for i, b in enumerate(self.vocab)},
-                "merges": [f"{_to_str(self.vocab[a])} {_to_str(self.vocab[b])}" for a, b in self.merges]}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=0), encoding="utf-8")
-        os.replace(tmp, path)  # atomic: a crash never leaves half a file
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "BPETokenizer":
-        "Read a file written by `save`."
-        data = _load_json(path)
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{str(path)!r} is JSON but not a nanogpt-course tokenizer (no \"format\": \"{FORMAT}\"); "
-                             "use BPETokenizer.gpt2(encoder_json, vocab_bpe) for GPT-2's files, or get_tokenizer for a tokenizer_state")
-        if data.get("version") != 1: raise ValueError(f"{str(path)!r} has version {data.get('version')!r}; this library reads version 1")
-        try:
-            vocab_map = {_from_str(s): int(i) for s, i in data["vocab"].items()}
-            vocab = sorted(vocab_map, key=vocab_map.get)
-            if sorted(vocab_map.values()) != list(range(len(vocab))): raise ValueError("token ids are not 0..n-1")
-            merges = []
-            for line in data["merges"]:
-                a, b = line.split(" ")
-                merges.append((vocab_map[_from_str(a)], vocab_map[_from_str(b)]))
-            return cls(vocab, merges, {str(k): int(v) for k, v in data["special_tokens"].items()}, data["pat_str"], data.get("name", "bpe"))
-        except (KeyError, ValueError, TypeError, AttributeError, regex.error) as e:
-            raise ValueError(f"{str(path)!r} is a damaged tokenizer file ({type(e).__name__}: {e}); re-create it with "
-                             "`nanogpt-course tokenizer train`") from None
-
-    @classmethod
-    def gpt2(cls,
-             encoder_json: str | os.PathLike | None = None, # GPT-2's encoder.json (default: tiktoken's cache)
-             vocab_bpe: str | os.PathLike | None = None, # GPT-2's vocab.bpe (default: tiktoken's cache)
-            ) -> "BPETokenizer":
-        "GPT-2's tokenizer, built from its published files with this module's code."
-        def bad(why): return ValueError(f"{why}; pass GPT-2's own encoder.json and vocab.bpe (or none, to use tiktoken's cache)")
-        try: encoder = json.loads(_read_gpt2_file(encoder_json, "encoder_json"))
-        except json.JSONDecodeError as e: raise bad(f"encoder.json is not valid JSON ({e})") from None
-        if not isinstance(encoder, dict): raise bad("encoder.json should map token strings to ids")
-        lines = _read_gpt2_file(vocab_bpe, "vocab_bpe").split("\n")
-        specials = {s: i for s, i in encoder.items() if s == EOT}
-        vocab = [None] * (len(encoder) - len(specials))
-        try:
-            for s, i in encoder.items():
-                if s not in specials: vocab[i] = _from_str(s)
-        except (IndexError, KeyError, TypeError): raise bad(f"encoder.json entry {s!r}: {i!r} is not a GPT-2 byte-level token with an id below {len(vocab)}") from None
-        merges, last = [], -1
-        for n, line in enumerate(lines[1:], 2):  # the first line is "#version: 0.2"
-            if not line.strip(): continue
-            parts = line.split(" ")
-            if len(parts) != 2 or any(p not in encoder for p in parts) or "".join(parts) not in encoder:
-                raise bad(f"vocab.bpe line {n} ({line!r}) is not a merge of two tokens of encoder.json into a third; are the files from the same model?")
-            if encoder["".join(parts)] <= last: raise bad(f"vocab.bpe line {n}: token ids do not grow with the merge order")
-            last = encoder["".join(parts)]
-            merges.append((encoder[parts[0]], encoder[parts[1]]))
-        return cls(vocab, merges, specials, GPT2_SPLIT_PATTERN, "gpt2")
-
-    def to_tiktoken(self) -> tiktoken.Encoding:
-        "The same tokenizer as a `tiktoken.Encoding` (Rust): ranks are token ids, same split pattern and special tokens."
-        return tiktoken.Encoding(self.name, pat_str=self.pat_str, mergeable_ranks=dict(self.ranks),
-                                 special_tokens=dict(self.special_tokens))
-
-# %% ../nbs/00_tokenizer.ipynb #8917fa86
+# %% ../nbs/00_tokenizer.ipynb #1404eefd
 def _fix_surrogates(text: str) -> str:
     "Replace lone surrogates (not encodable as UTF-8) by U+FFFD, as tiktoken does."
     try: text.encode("utf-8")
     except UnicodeEncodeError: text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
 
+def _count_chunks(texts: list[str], # the training texts
+                  pat_str: str, # pre-tokenization regex
+                  special_tokens: list[str], # cut the text at these first
+                 ) -> Counter:
+    "How often each pre-tokenized chunk occurs in `texts`, never across a special token."
+    pat, counts = _compile(pat_str), Counter()
+    sp = regex.compile("|".join(map(regex.escape, special_tokens))) if special_tokens else None
+    for t in texts:
+        # special tokens in the text separate documents: learn nothing across or inside them
+        for part in (sp.split(t) if sp else [t]): counts.update(pat.findall(part))
+    return counts
+
+# %% ../nbs/00_tokenizer.ipynb #0ccd388d
+@patch(cls_method=True)
+def train(cls: BPETokenizer,
+          text: str | Iterable[str], # training text, or several texts (e.g. one per file)
+          vocab_size: int, # total tokens: 256 bytes + merges + special tokens
+          special_tokens: Iterable[str] = (EOT,), # added after the merges, never learned from text
+          pat_str: str = GPT2_SPLIT_PATTERN, # pre-tokenization regex
+          name: str | None = None, # defaults to "bpe-{vocab_size}"
+          verbose: bool = False, # print the time taken
+         ) -> "BPETokenizer":
+    "Learn `vocab_size - len(special_tokens) - 256` merges from `text` with the fast trainer."
+    special_tokens = list(dict.fromkeys(special_tokens))
+    if not all(isinstance(s, str) and s for s in special_tokens): raise ValueError(f"special tokens must be non-empty strings, got {special_tokens!r}")
+    n_tokens = vocab_size - len(special_tokens)
+    if n_tokens < 256:
+        raise ValueError(f"vocab_size={vocab_size} is too small: 256 byte tokens + {len(special_tokens)} special "
+                         f"token(s) need at least {256 + len(special_tokens)}; try 4096")
+    t0 = time.perf_counter()
+    texts = [_fix_surrogates(t) for t in ([text] if isinstance(text, str) else text)]
+    if not all(isinstance(t, str) for t in texts): raise TypeError("train takes a str or a list of str")
+    counts = _count_chunks(texts, pat_str, special_tokens)
+    if not counts: raise ValueError("the training text is empty; give it some text (a few KB at least) to learn merges from")
+    history = []
+    vocab, merges = train_bpe(counts, n_tokens, history)
+    if len(vocab) < n_tokens:
+        warnings.warn(f"the text only allowed {len(vocab) - 256} merges: the vocabulary has {len(vocab) + len(special_tokens)} "
+                      f"tokens, not {vocab_size}; train on more text for a larger vocabulary")
+    tok = cls(vocab, merges, {s: len(vocab) + i for i, s in enumerate(special_tokens)}, pat_str, name or f"bpe-{vocab_size}")
+    n_bytes = sum(len(c.encode("utf-8")) * f for c, f in counts.items())
+    tok.train_stats = dict(seconds=time.perf_counter() - t0, n_chunks=sum(counts.values()), n_unique_chunks=len(counts),
+                           n_bytes=n_bytes, tokens_after_merge=history)
+    if verbose: print(f"trained {tok.n_vocab:,} tokens on {n_bytes:,} bytes in {tok.train_stats['seconds']:.2f}s")
+    return tok
+
+# %% ../nbs/00_tokenizer.ipynb #de86c2da
+@patch
+def _bpe(self: BPETokenizer, piece: bytes) -> list[int]:
+    "Merge adjacent parts whose concatenation has the lowest rank until none is in the vocabulary (tiktoken's rule)."
+    ranks = self.ranks
+    if piece in ranks: return [ranks[piece]]
+    parts = [piece[i:i + 1] for i in range(len(piece))]
+    while len(parts) > 1:
+        best, at = None, -1
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and (best is None or r < best): best, at = r, i  # leftmost lowest rank
+        if best is None: break
+        parts[at:at + 2] = [parts[at] + parts[at + 1]]
+    return [ranks[p] for p in parts]
+
+@patch
+def encode_ordinary(self: BPETokenizer, text: str) -> list[int]:
+    "Encode `text`, treating special-token text as plain text."
+    text = _fix_surrogates(text)
+    ids, cache = [], self._cache
+    if len(cache) > 200_000: cache.clear()  # bound memory on large corpora
+    for chunk in self._pat.findall(text):
+        b = chunk.encode("utf-8")
+        hit = cache.get(b)
+        if hit is None: hit = cache[b] = self._bpe(b)
+        ids.extend(hit)
+    return ids
+
+# %% ../nbs/00_tokenizer.ipynb #34c3072c
 def _longest_first(tokens) -> tuple[str, ...]: return tuple(sorted(tokens, key=lambda s: (-len(s), s)))  # longest match wins
 
 @functools.lru_cache(maxsize=64)
@@ -405,6 +346,77 @@ def _raise_disallowed(token: str):
                      f"If you want this text to be encoded as a special token, pass allowed_special={{{token!r}}} (or \"all\").\n"
                      f"If you want this text to be encoded as normal text, pass allowed_special=\"none\" or use encode_ordinary.")
 
+# %% ../nbs/00_tokenizer.ipynb #7bdf6b21
+@patch
+def encode(self: BPETokenizer,
+           text: str, # text to encode
+           allowed_special: str | Iterable[str] = "none_raise", # "none_raise" (special text raises, as tiktoken), "all", "none" (as plain text) or a set
+          ) -> list[int]:
+    "Encode `text` to token ids, as `tiktoken.Encoding.encode` does."
+    if not isinstance(text, str): raise TypeError(f"encode takes a str, not {type(text).__name__}")
+    allowed, disallowed = _resolve_special(allowed_special, self.special_tokens)
+    if disallowed and (m := _special_regex(_longest_first(disallowed)).search(text)): _raise_disallowed(m.group())
+    if not allowed: return self.encode_ordinary(text)
+    ids, parts = [], _special_regex(_longest_first(allowed), capture=True).split(text)
+    for i, part in enumerate(parts):  # odd positions are the special tokens themselves
+        if i % 2: ids.append(self.special_tokens[part])
+        elif part: ids.extend(self.encode_ordinary(part))
+    return ids
+
+# %% ../nbs/00_tokenizer.ipynb #2ff12e89
+@patch
+def decode_bytes(self: BPETokenizer, ids: Iterable[int]) -> bytes:
+    "The bytes that `ids` stand for."
+    out, nv = [], len(self.vocab)
+    for i in ids:
+        i = int(i)
+        if 0 <= i < nv: out.append(self.vocab[i])
+        elif i in self._special_bytes: out.append(self._special_bytes[i])
+        else: raise ValueError(f"token id {i} is not in this vocabulary (ids 0..{self.n_vocab - 1})")
+    return b"".join(out)
+
+@patch
+def decode(self: BPETokenizer, ids: Iterable[int]) -> str:
+    "Decode ids to text; bytes that are not valid UTF-8 (e.g. half a character) become '\ufffd', never an error."
+    return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+# %% ../nbs/00_tokenizer.ipynb #fbc80d0f
+@patch
+def save(self: BPETokenizer, path: str | os.PathLike) -> Path:
+    "Write a readable JSON file: the vocabulary and merges in GPT-2's printable-byte spelling (as encoder.json / vocab.bpe)."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": FORMAT, "version": 1, "name": self.name, "pat_str": self.pat_str,
+            "special_tokens": self.special_tokens,
+            "vocab": {_to_str(b): i for i, b in enumerate(self.vocab)},
+            "merges": [f"{_to_str(self.vocab[a])} {_to_str(self.vocab[b])}" for a, b in self.merges]}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=0), encoding="utf-8")
+    os.replace(tmp, path)  # atomic: a crash never leaves half a file
+    return path
+
+# %% ../nbs/00_tokenizer.ipynb #7b3e9cfd
+@patch(cls_method=True)
+def load(cls: BPETokenizer, path: str | os.PathLike) -> "BPETokenizer":
+    "Read a file written by `save`."
+    data = _load_json(path)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{str(path)!r} is JSON but not a nanogpt-course tokenizer (no \"format\": \"{FORMAT}\"); "
+                         "use BPETokenizer.gpt2(encoder_json, vocab_bpe) for GPT-2's files, or get_tokenizer for a tokenizer_state")
+    if data.get("version") != 1: raise ValueError(f"{str(path)!r} has version {data.get('version')!r}; this library reads version 1")
+    try:
+        vocab_map = {_from_str(s): int(i) for s, i in data["vocab"].items()}
+        vocab = sorted(vocab_map, key=vocab_map.get)
+        if sorted(vocab_map.values()) != list(range(len(vocab))): raise ValueError("token ids are not 0..n-1")
+        merges = []
+        for line in data["merges"]:
+            a, b = line.split(" ")
+            merges.append((vocab_map[_from_str(a)], vocab_map[_from_str(b)]))
+        return cls(vocab, merges, {str(k): int(v) for k, v in data["special_tokens"].items()}, data["pat_str"], data.get("name", "bpe"))
+    except (KeyError, ValueError, TypeError, AttributeError, regex.error) as e:
+        raise ValueError(f"{str(path)!r} is a damaged tokenizer file ({type(e).__name__}: {e}); re-create it with "
+                         "`nanogpt-course tokenizer train`") from None
+
 # %% ../nbs/00_tokenizer.ipynb #7f26da68
 GPT2_URLS = {"encoder_json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
              "vocab_bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe"}
@@ -421,7 +433,52 @@ def _read_gpt2_file(path, key: str) -> str:
         raise ValueError(f"could not read GPT-2's {key.replace('_', '.')} ({type(e).__name__}: {e}); set TIKTOKEN_CACHE_DIR to a "
                          f"tiktoken cache that holds it (file name = sha1 of {GPT2_URLS[key]}) or pass its path") from None
 
-# %% ../nbs/00_tokenizer.ipynb #706d051c
+# %% ../nbs/00_tokenizer.ipynb #494ab784
+def _bad_gpt2_files(why: str) -> ValueError:
+    return ValueError(f"{why}; pass GPT-2's own encoder.json and vocab.bpe (or none, to use tiktoken's cache)")
+
+def _gpt2_merges(lines: list[str], # the lines of vocab.bpe
+                 encoder: dict[str, int], # encoder.json: token string -> id
+                ) -> list[tuple[int, int]]:
+    "The merges of vocab.bpe as pairs of ids, checked against encoder.json."
+    merges, last = [], -1
+    for n, line in enumerate(lines[1:], 2):  # the first line is "#version: 0.2"
+        if not line.strip(): continue
+        parts = line.split(" ")
+        if len(parts) != 2 or any(p not in encoder for p in parts) or "".join(parts) not in encoder:
+            raise _bad_gpt2_files(f"vocab.bpe line {n} ({line!r}) is not a merge of two tokens of encoder.json into a third; are the files from the same model?")
+        if encoder["".join(parts)] <= last: raise _bad_gpt2_files(f"vocab.bpe line {n}: token ids do not grow with the merge order")
+        last = encoder["".join(parts)]
+        merges.append((encoder[parts[0]], encoder[parts[1]]))
+    return merges
+
+# %% ../nbs/00_tokenizer.ipynb #7937e1d5
+@patch(cls_method=True)
+def gpt2(cls: BPETokenizer,
+         encoder_json: str | os.PathLike | None = None, # GPT-2's encoder.json (default: tiktoken's cache)
+         vocab_bpe: str | os.PathLike | None = None, # GPT-2's vocab.bpe (default: tiktoken's cache)
+        ) -> "BPETokenizer":
+    "GPT-2's tokenizer, built from its published files with this module's code."
+    try: encoder = json.loads(_read_gpt2_file(encoder_json, "encoder_json"))
+    except json.JSONDecodeError as e: raise _bad_gpt2_files(f"encoder.json is not valid JSON ({e})") from None
+    if not isinstance(encoder, dict): raise _bad_gpt2_files("encoder.json should map token strings to ids")
+    lines = _read_gpt2_file(vocab_bpe, "vocab_bpe").split("\n")
+    specials = {s: i for s, i in encoder.items() if s == EOT}
+    vocab = [None] * (len(encoder) - len(specials))
+    try:
+        for s, i in encoder.items():
+            if s not in specials: vocab[i] = _from_str(s)
+    except (IndexError, KeyError, TypeError): raise _bad_gpt2_files(f"encoder.json entry {s!r}: {i!r} is not a GPT-2 byte-level token with an id below {len(vocab)}") from None
+    return cls(vocab, _gpt2_merges(lines, encoder), specials, GPT2_SPLIT_PATTERN, "gpt2")
+
+# %% ../nbs/00_tokenizer.ipynb #19b0368c
+@patch
+def to_tiktoken(self: BPETokenizer) -> tiktoken.Encoding:
+    "The same tokenizer as a `tiktoken.Encoding` (Rust): ranks are token ids, same split pattern and special tokens."
+    return tiktoken.Encoding(self.name, pat_str=self.pat_str, mergeable_ranks=dict(self.ranks),
+                             special_tokens=dict(self.special_tokens))
+
+# %% ../nbs/00_tokenizer.ipynb #61e78b9e
 def _is_gpt2(enc: tiktoken.Encoding) -> bool:
     "Is `enc` GPT-2's encoding (whatever object it is)?"
     if enc.name != "gpt2" or enc.n_vocab != 50257 or enc._special_tokens != {EOT: 50256}: return False
@@ -441,6 +498,7 @@ def tokenizer_state(enc: "tiktoken.Encoding | BPETokenizer") -> str | dict:
             "mergeable_ranks": [b64(t) for t in toks] if dense else {b64(t): r for t, r in ranks.items()},
             "special_tokens": dict(enc._special_tokens)}
 
+# %% ../nbs/00_tokenizer.ipynb #2ebef880
 def _from_state(state: dict) -> tiktoken.Encoding:
     if state.get("format") != "tiktoken":
         raise ValueError("a tokenizer state must be 'gpt2' or a dict made by tokenizer_state (with \"format\": \"tiktoken\")")
@@ -453,6 +511,7 @@ def _from_state(state: dict) -> tiktoken.Encoding:
     except (KeyError, TypeError, ValueError, AttributeError, regex.error) as e:
         raise ValueError(f"damaged tokenizer state ({type(e).__name__}: {e}); it should come from tokenizer_state(enc)") from None
 
+# %% ../nbs/00_tokenizer.ipynb #30c34951
 @functools.lru_cache(maxsize=8)
 def _load_file(path: str, mtime: float) -> tiktoken.Encoding:
     data = _load_json(path)
@@ -480,7 +539,7 @@ def get_tokenizer(spec: "str | os.PathLike | dict | BPETokenizer | tiktoken.Enco
         return _load_file(str(p.resolve()), p.stat().st_mtime)
     raise TypeError(f"get_tokenizer got a {type(spec).__name__}; pass 'gpt2', a path, a dict from tokenizer_state, a BPETokenizer or a tiktoken.Encoding")
 
-# %% ../nbs/00_tokenizer.ipynb #64455989
+# %% ../nbs/00_tokenizer.ipynb #997c2a8d
 def _read_inputs(paths: list[str]) -> list[str]:
     texts = []
     for p in map(Path, paths):
@@ -488,8 +547,8 @@ def _read_inputs(paths: list[str]) -> list[str]:
         texts.append(p.read_text(encoding="utf-8", errors="replace"))
     return texts
 
-def cli(argv: list[str] | None = None) -> int:
-    "`nanogpt-course tokenizer train|encode|decode ...`: train a BPE tokenizer on files, or use one."
+def _tokenizer_parser() -> argparse.ArgumentParser:
+    "The flags of `nanogpt-course tokenizer train|encode|decode`."
     p = argparse.ArgumentParser(prog="nanogpt-course tokenizer", description="Train and use byte-level BPE tokenizers.")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="learn a vocabulary from text files and save it as JSON")
@@ -505,36 +564,53 @@ def cli(argv: list[str] | None = None) -> int:
     d = sub.add_parser("decode", help="print the text of token ids")
     d.add_argument("ids", nargs="+", type=int, help="token ids")
     d.add_argument("--tokenizer", default="gpt2", help="'gpt2' or a tokenizer .json (default gpt2)")
+    return p
+
+# %% ../nbs/00_tokenizer.ipynb #9df28b92
+def _cli_train(a: argparse.Namespace):
+    "`tokenizer train`: learn a vocabulary from files and save it."
+    texts = _read_inputs(a.input)
+    t0 = time.perf_counter()
+    tok = BPETokenizer.train(texts, a.vocab_size, special_tokens=a.special)
+    secs = time.perf_counter() - t0
+    out = tok.save(a.out)
+    st = tok.train_stats
+    n_tok = st["tokens_after_merge"][-1] if st["tokens_after_merge"] else st["n_bytes"]
+    print(f"trained a {tok.n_vocab:,}-token BPE on {len(texts)} file(s) ({st['n_bytes']:,} bytes, "
+          f"{st['n_unique_chunks']:,} unique chunks, {st['n_bytes'] / max(1, n_tok):.2f} bytes/token) "
+          f"in {secs:.2f}s -> {out}")
+
+# %% ../nbs/00_tokenizer.ipynb #c5f62595
+def _cli_encode(a: argparse.Namespace, p: argparse.ArgumentParser):
+    "`tokenizer encode`: the ids of a text, or statistics for a file."
+    enc = get_tokenizer(a.tokenizer)
+    allowed = "all" if a.allow_special else set()
+    if a.input:
+        text = _read_inputs([a.input])[0]
+        t0 = time.perf_counter()
+        ids = enc.encode(text, allowed_special=allowed)
+        secs = time.perf_counter() - t0
+        n = len(text.encode("utf-8"))
+        print(f"{a.input}: {n:,} bytes -> {len(ids):,} tokens ({n / max(1, len(ids)):.2f} bytes/token) in {secs:.3f}s")
+    elif a.text is not None: print(" ".join(map(str, enc.encode(a.text, allowed_special=allowed))))
+    else: p.error("encode needs a text or --input FILE")
+
+def _cli_decode(a: argparse.Namespace):
+    "`tokenizer decode`: the text of some ids."
+    enc = get_tokenizer(a.tokenizer)
+    bad = [i for i in a.ids if not 0 <= i < enc.n_vocab]
+    if bad: raise ValueError(f"token ids {bad} are outside 0..{enc.n_vocab - 1}")
+    print(enc.decode(a.ids, errors="replace"))
+
+# %% ../nbs/00_tokenizer.ipynb #5f9f904d
+def cli(argv: list[str] | None = None) -> int:
+    "`nanogpt-course tokenizer train|encode|decode ...`: train a BPE tokenizer on files, or use one."
+    p = _tokenizer_parser()
     a = p.parse_args(argv)
     try:
-        if a.cmd == "train":
-            texts = _read_inputs(a.input)
-            t0 = time.perf_counter()
-            tok = BPETokenizer.train(texts, a.vocab_size, special_tokens=a.special)
-            secs = time.perf_counter() - t0
-            out = tok.save(a.out)
-            st = tok.train_stats
-            n_tok = st["tokens_after_merge"][-1] if st["tokens_after_merge"] else st["n_bytes"]
-            print(f"trained a {tok.n_vocab:,}-token BPE on {len(texts)} file(s) ({st['n_bytes']:,} bytes, "
-                  f"{st['n_unique_chunks']:,} unique chunks, {st['n_bytes'] / max(1, n_tok):.2f} bytes/token) "
-                  f"in {secs:.2f}s -> {out}")
-        elif a.cmd == "encode":
-            enc = get_tokenizer(a.tokenizer)
-            allowed = "all" if a.allow_special else set()
-            if a.input:
-                text = _read_inputs([a.input])[0]
-                t0 = time.perf_counter()
-                ids = enc.encode(text, allowed_special=allowed)
-                secs = time.perf_counter() - t0
-                n = len(text.encode("utf-8"))
-                print(f"{a.input}: {n:,} bytes -> {len(ids):,} tokens ({n / max(1, len(ids)):.2f} bytes/token) in {secs:.3f}s")
-            elif a.text is not None: print(" ".join(map(str, enc.encode(a.text, allowed_special=allowed))))
-            else: p.error("encode needs a text or --input FILE")
-        elif a.cmd == "decode":
-            enc = get_tokenizer(a.tokenizer)
-            bad = [i for i in a.ids if not 0 <= i < enc.n_vocab]
-            if bad: raise ValueError(f"token ids {bad} are outside 0..{enc.n_vocab - 1}")
-            print(enc.decode(a.ids, errors="replace"))
+        if a.cmd == "train": _cli_train(a)
+        elif a.cmd == "encode": _cli_encode(a, p)
+        elif a.cmd == "decode": _cli_decode(a)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['RESUME_KEYS', 'TRAIN_PRESETS', 'PEAK_FLOPS', 'TrainConfig', 'make_config', 'config_diff', 'check_config',
            'configure_optimizer', 'get_lr', 'peak_flops_for', 'peak_flops', 'flops_per_token', 'EvalHook', 'json_safe',
-           'to_json', 'estimate_val_loss', 'train', 'sample_text', 'read_log', 'plot_log', 'pretrain', 'cli']
+           'to_json', 'estimate_val_loss', 'batch_geometry', 'make_loaders', 'train_step', 'train', 'sample_text',
+           'read_log', 'plot_log', 'pretrain', 'cli']
 
 # %% ../nbs/04b_pretrain.ipynb #959bcdc6
 import os, sys, json, math, time, random, argparse, contextlib, re, zlib
@@ -243,21 +244,170 @@ def estimate_val_loss(model, loader: TokenLoader, n_batches: int, device, autoca
     model.train()
     return (total / (n_batches * loader.world_size)).item()
 
-# %% ../nbs/04b_pretrain.ipynb #07954de7
+# %% ../nbs/04b_pretrain.ipynb #ec066ff2
+def batch_geometry(cfg: TrainConfig, # batch_size, seq_len, total_batch_tokens
+                   block_size: int,  # the model's context length (seq_len's default)
+                   world: int = 1,   # processes
+                  ) -> tuple[int, int, int, int]:
+    "(seq_len T, batch_size B, tokens per optimizer step, micro-batches per process per step)."
+    T, B = cfg.seq_len or block_size, cfg.batch_size
+    if T > block_size: raise ValueError(f"seq_len={T} is longer than the model's block_size={block_size}")
+    micro = B * T * world
+    total = cfg.total_batch_tokens or micro
+    if total % micro:
+        raise ValueError(f"total_batch_tokens={total} must be a multiple of batch_size*seq_len*world_size = {B}*{T}*{world} = {micro}")
+    return T, B, total, total // micro
+
+# %% ../nbs/04b_pretrain.ipynb #529415f8
+def make_loaders(cfg: TrainConfig, B: int, T: int, total: int, rank: int = 0, world: int = 1, master: bool = True):
+    "(train loader, validation loader or None, validation batches per estimate)."
+    train_loader = TokenLoader(cfg.data, B, T, "train", rank, world, seed=cfg.seed, window=total)
+    if not cfg.eval_every: return train_loader, None, 0
+    vsizes = [read_header(f)["n_tokens"] for f in shard_files(cfg.data, "val")]
+    Bv = max(1, min(B, (max(vsizes) - 1) // (T * world)))  # a small validation shard gets smaller batches
+    if max(vsizes) - 1 < Bv * T * world:
+        if master: print(f"warning: the validation shard of {cfg.data} is shorter than one sequence; no validation loss", file=sys.stderr)
+        return train_loader, None, 0
+    val_loader = TokenLoader(cfg.data, Bv, T, "val", rank, world, shuffle=False)
+    # eval_batches counts batches over all ranks, so any world size averages the same sequences
+    val_batches = max(1, min(-(-cfg.eval_batches // world), sum((n - 1) // (Bv * T * world) for n in vsizes)))
+    return train_loader, val_loader, val_batches
+
+# %% ../nbs/04b_pretrain.ipynb #641d1692
+def train_step(model,               # what runs the forward pass (compiled and/or DDP-wrapped, or not)
+               optimizer,           # its optimizer
+               next_batch,          # () -> (x, y) on the right device; called `accum` times
+               accum: int = 1,      # micro-batches
+               lr: float = 1e-3,    # this step's learning rate
+               grad_clip: float = 1.0, # clip the global gradient norm (0: off)
+               autocast=contextlib.nullcontext(), # notebook 03c's `autocast_for(device, dtype)`
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    "One optimizer step over `accum` micro-batches; (mean loss, gradient norm before clipping), as tensors."
+    raw, ddp = unwrap(model), hasattr(model, "require_backward_grad_sync")
+    model.train(); optimizer.zero_grad(set_to_none=True)
+    loss_acc = None
+    for m in range(accum):
+        x, y = next_batch()
+        if ddp: model.require_backward_grad_sync = m == accum - 1  # all-reduce once, on the last micro-step
+        with autocast: _, loss = model(x, y)
+        loss = loss / accum
+        loss_acc = loss.detach() if loss_acc is None else loss_acc + loss.detach()
+        loss.backward()
+    if ddp: dist.all_reduce(loss_acc); loss_acc /= dist.get_world_size()
+    params = [p for p in raw.parameters() if p.requires_grad]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip else torch.zeros(())
+    for g in optimizer.param_groups: g["lr"] = lr
+    optimizer.step()
+    return loss_acc, norm
+
+# %% ../nbs/04b_pretrain.ipynb #303cca88
+def _resume(cfg, resume, out, raw, optimizer, train_loader, device, rank, world, master):
+    "(step, tokens seen, checkpoint path), or a finished run's summary (dict) when there is nothing left to do."
+    log_path = out / "log.jsonl"
+    if not resume and list_checkpoints(out):
+        raise ValueError(f"{out} already holds checkpoints ({list_checkpoints(out)[0].name} is the newest); "
+                         "pass --resume (resume=True) to continue that run, or choose another --out")
+    cp, ckpt = latest_checkpoint(out, map_location=device) if resume else (None, None)
+    if resume is True and ckpt is None: raise FileNotFoundError(f"--resume: {out} holds no checkpoint to resume from")
+    if ckpt is None:
+        if master and log_path.exists(): log_path.unlink()
+        torch.manual_seed(cfg.seed + rank)  # per-rank stream for dropout
+        return 0, 0, None
+    diff = config_diff(ckpt.get("train_config", {}), asdict(cfg))
+    if diff: raise ValueError(f"refusing to resume from {cp}: its run differs from this one:\n  " + "\n  ".join(diff) +
+                              "\nuse the checkpoint's settings, or a new --out folder")
+    if ckpt["step"] >= cfg.max_steps:  # nothing left to do: say so, and leave the run's files as they are
+        if master: print(f"{out} finished its {cfg.max_steps} steps already ({cp.name}); nothing to resume")
+        return _finished_summary(out, cp, ckpt)
+    raw.load_state_dict(_clean_state_dict(ckpt["model"]))
+    optimizer.load_state_dict(ckpt["optimizer"])
+    train_loader.load_state_dict(ckpt["loader"])
+    rngs = ckpt["rng"]
+    if len(rngs) == world: _set_rng_state(rngs[rank])
+    elif master: print(f"warning: checkpoint has {len(rngs)} ranks' RNG states, this run has {world}; not restored", file=sys.stderr)
+    if master: print(f"resuming from {cp} at step {ckpt['step']} ({ckpt['tokens']:,} tokens)")
+    if master and log_path.exists():  # drop log records of steps the checkpoint does not contain
+        keep = [r for r in read_log(log_path) if r.get("step", 0) < ckpt["step"]]
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    if ckpt["step"] == 0: torch.manual_seed(cfg.seed + rank)
+    return ckpt["step"], ckpt["tokens"], cp
+
+# %% ../nbs/04b_pretrain.ipynb #8b385afb
+def _observe(step, last, r, model, raw, enc, device, autocast, hooks, val, log_path, bar):
+    "Validation loss, hooks and a sample, each when due at `step`; returns the latest validation loss (or `val[2]`)."
+    cfg, rank, world, master = r["cfg"], r["rank"], r["world"], r["rank"] == 0
+    loader, n_batches, val_loss = val
+    if loader is not None and (step % cfg.eval_every == 0 or last):
+        val_loss = estimate_val_loss(model, loader, n_batches, device, autocast)
+        if master: _append_log(log_path, dict(step=step, val_loss=val_loss, tokens=r["tokens"]))
+        bar.set_postfix_str(f"loss {r['loss']:.3f} val {val_loss:.3f}", refresh=False)
+    for h in hooks:
+        if step % h.every == 0 or last:
+            out = h.fn(raw, enc, device, rank, world)
+            if master and out: _append_log(log_path, dict(step=step, **out))
+    if master and cfg.sample_every and (step % cfg.sample_every == 0 or last):
+        text = sample_text(raw, enc, cfg.sample_prompt, cfg.sample_tokens, device, seed=cfg.seed)
+        _append_log(log_path, dict(step=step, sample=text))
+        if cfg.progress: bar.write(f"--- sample at step {step} ---\n{text}\n---")
+    return val_loss
+
+# %% ../nbs/04b_pretrain.ipynb #145db933
 def train(cfg: TrainConfig,        # the run
           resume: bool | str=False, # True: continue from out_dir's newest checkpoint (error if none); "auto": if there is one
           hooks: list[EvalHook] | None=None, # evaluations run during training (notebook 06's HellaSwag is one)
          ) -> dict:
     "Pretrain a GPT as `cfg` says, on one process or under torchrun; returns a summary (rank 0 writes summary.json)."
     from tqdm.auto import tqdm
+    raw, enc, r, (train_loader, val_loader, val_batches), (T, B, total, accum) = _setup(cfg)
+    rank, world, device, out = r["rank"], r["world"], r["device"], r["out"]
+    master, ddp, cuda = rank == 0, world > 1, device.type == "cuda"
+    optimizer = configure_optimizer(raw, cfg, device.type)
+    start = _resume(cfg, resume, out, raw, optimizer, train_loader, device, rank, world, master)
+    if isinstance(start, dict): return start  # finished already
+    step0, r["tokens"], last_ckpt = start
+    model = torch.compile(raw) if cfg.compile else raw
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[r["local_rank"]] if cuda else None)
+    autocast, log_path, fpt, peak = autocast_for(device, cfg.dtype), out / "log.jsonl", flops_per_token(raw, T), peak_flops(device)
+    hooks = _active_hooks(hooks, cfg, master)
+    if master:
+        print(f"{raw.num_params():,} parameters | {world} process(es) on {device} | {B}x{T} tokens x {accum} accumulation "
+              f"x {world} = {total:,} tokens/step | steps {step0}->{cfg.max_steps}")
+    bar = tqdm(total=cfg.max_steps, initial=step0, disable=not (master and cfg.progress), desc="pretrain", dynamic_ncols=True)
+    t_start, r["loss"], val_loss, stopped, step = time.time(), float("nan"), None, False, step0
+    next_batch = lambda: tuple(t.to(device, non_blocking=True) for t in train_loader.next_batch())
+    for step in range(step0, cfg.max_steps):
+        last = step == cfg.max_steps - 1
+        val_loss = _observe(step, last, r, model, raw, enc, device, autocast, hooks, (val_loader, val_batches, val_loss), log_path, bar)
+        t0, lr = time.time(), get_lr(step, cfg)
+        loss, norm = train_step(model, optimizer, next_batch, accum, lr, cfg.grad_clip, autocast)
+        if cuda: torch.cuda.synchronize()
+        dt = time.time() - t0
+        r["tokens"] += total
+        r["loss"], tok_s = loss.item(), total / dt
+        mfu = fpt * tok_s / (peak * world) if peak else None
+        if master:
+            _append_log(log_path, dict(step=step, loss=r["loss"], lr=lr, grad_norm=float(norm), tokens=r["tokens"], dt=dt, tok_s=tok_s, mfu=mfu))
+            post = f"loss {r['loss']:.3f}" + (f" val {val_loss:.3f}" if val_loss is not None else "") + f" | {tok_s:,.0f} tok/s"
+            bar.set_postfix_str(post + (f" | MFU {mfu:.0%}" if mfu is not None else "")); bar.update(1)
+        stop = _should_stop(cfg, step, t_start, device, ddp)
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or last or stop:
+            last_ckpt = _save_run_checkpoint(out, raw, optimizer, cfg, enc, step + 1, r["tokens"], train_loader, val_loss, master, world)
+        if stop: stopped = True; break
+    bar.close()
+    return _finish(cfg, r, raw, enc, step, step0, stopped, val_loss, last_ckpt, t_start)
+
+# %% ../nbs/04b_pretrain.ipynb #0c3809fd
+def _setup(cfg: TrainConfig):
+    "(model on its device, tokenizer, run state, loaders, batch geometry), everything checked before any work."
     if not cfg.data: raise ValueError("no data: pass data=FOLDER (from `nanogpt-course prepare`)")
     check_config(cfg)  # before any work
     if not Path(cfg.data).exists():
         raise FileNotFoundError(f"data folder {cfg.data} does not exist; make it with `nanogpt-course prepare SOURCE --out {cfg.data}`")
     rank, local_rank, world, device = setup_distributed(cfg.device)
-    master, ddp, cuda = rank == 0, world > 1, device.type == "cuda"
     out = Path(cfg.out_dir)
-    if master:
+    if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".*.tmp-*"): stale.unlink()  # left by a process killed mid-save
     enc, data_vocab = dataset_tokenizer(cfg.data)  # meta.json, every shard header and the tokenizer, checked against each other
@@ -267,136 +417,47 @@ def train(cfg: TrainConfig,        # the run
     need = max(data_vocab, enc.n_vocab)
     if mcfg.vocab_size < need:
         raise ValueError(f"--vocab-size {mcfg.vocab_size} is smaller than the data's tokenizer ({need} ids); leave it out, or give at least {need}")
-    T, B = cfg.seq_len or mcfg.block_size, cfg.batch_size
-    if T > mcfg.block_size: raise ValueError(f"seq_len={T} is longer than the model's block_size={mcfg.block_size}")
-    micro = B * T * world
-    total = cfg.total_batch_tokens or micro
-    if total % micro:
-        raise ValueError(f"total_batch_tokens={total} must be a multiple of batch_size*seq_len*world_size = {B}*{T}*{world} = {micro}")
-    accum = total // micro
-    if cuda:
+    geometry = batch_geometry(cfg, mcfg.block_size, world)
+    if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True; torch.backends.cudnn.allow_tf32 = True
-    autocast = autocast_for(device, cfg.dtype)  # bf16 on CUDA by default (notebook 04b's runtime)
-
-    train_loader = TokenLoader(cfg.data, B, T, "train", rank, world, seed=cfg.seed, window=total)
-    val_loader, val_batches = None, 0
-    if cfg.eval_every:
-        vsizes = [read_header(f)["n_tokens"] for f in shard_files(cfg.data, "val")]
-        Bv = max(1, min(B, (max(vsizes) - 1) // (T * world)))  # a small validation shard gets smaller batches
-        if max(vsizes) - 1 >= Bv * T * world:
-            val_loader = TokenLoader(cfg.data, Bv, T, "val", rank, world, shuffle=False)
-            # eval_batches counts batches over all ranks, so any world size averages the same sequences
-            val_batches = max(1, min(-(-cfg.eval_batches // world), sum((n - 1) // (Bv * T * world) for n in vsizes)))
-        elif master: print(f"warning: the validation shard of {cfg.data} is shorter than one sequence; no validation loss", file=sys.stderr)
-
+    loaders = make_loaders(cfg, geometry[1], geometry[0], geometry[2], rank, world, rank == 0)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     raw = GPT(mcfg).to(device)
-    optimizer = configure_optimizer(raw, cfg, device.type)
-    step0, tokens_seen, log_path, cp = 0, 0, out / "log.jsonl", None
-    if not resume and list_checkpoints(out):
-        raise ValueError(f"{out} already holds checkpoints ({list_checkpoints(out)[0].name} is the newest); "
-                         "pass --resume (resume=True) to continue that run, or choose another --out")
-    if resume:
-        cp, ckpt = latest_checkpoint(out, map_location=device)
-        if ckpt is None and resume is True: raise FileNotFoundError(f"--resume: {out} holds no checkpoint to resume from")
-        if ckpt is not None:
-            diff = config_diff(ckpt.get("train_config", {}), asdict(cfg))
-            if diff: raise ValueError(f"refusing to resume from {cp}: its run differs from this one:\n  " + "\n  ".join(diff) +
-                                      "\nuse the checkpoint's settings, or a new --out folder")
-            if ckpt["step"] >= cfg.max_steps:  # nothing left to do: say so, and leave the run's files as they are
-                if master: print(f"{out} finished its {cfg.max_steps} steps already ({cp.name}); nothing to resume")
-                return _finished_summary(out, cp, ckpt)
-            raw.load_state_dict(_clean_state_dict(ckpt["model"]))
-            optimizer.load_state_dict(ckpt["optimizer"])
-            step0, tokens_seen = ckpt["step"], ckpt["tokens"]
-            train_loader.load_state_dict(ckpt["loader"])
-            rngs = ckpt["rng"]
-            if len(rngs) == world: _set_rng_state(rngs[rank])
-            elif master: print(f"warning: checkpoint has {len(rngs)} ranks' RNG states, this run has {world}; not restored", file=sys.stderr)
-            if master: print(f"resuming from {cp} at step {step0} ({tokens_seen:,} tokens)")
-            if master and log_path.exists():  # drop log records of steps the checkpoint does not contain
-                keep = [r for r in read_log(log_path) if r.get("step", 0) < step0]
-                log_path.write_text("".join(json.dumps(r) + "\n" for r in keep))
-    if not resume or step0 == 0:
-        if master and log_path.exists(): log_path.unlink()
-        torch.manual_seed(cfg.seed + rank)  # per-rank stream for dropout
-    model = torch.compile(raw) if cfg.compile else raw
-    if ddp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[local_rank] if cuda else None)
+    return raw, enc, dict(cfg=cfg, rank=rank, local_rank=local_rank, world=world, device=device, out=out), loaders, geometry
 
-    peak, fpt = peak_flops(device), flops_per_token(raw, T)
+def _active_hooks(hooks, cfg, master) -> list:
     hooks = [h for h in (hooks or []) if h is not None and h.every]
     if master and cfg.hellaswag_every and not any(h.name == "hellaswag" for h in hooks):
         print("note: --hellaswag-every is set, but this launch has no HellaSwag evaluator (notebook 06 adds it: launch with "
               "`nanogpt-course pretrain` or `python -m nanogpt_course.cli pretrain`); training without it", file=sys.stderr)
-    if master:
-        print(f"{raw.num_params():,} parameters | {world} process(es) on {device} | {B}x{T} tokens x {accum} accumulation "
-              f"x {world} = {total:,} tokens/step | steps {step0}->{cfg.max_steps}")
-    bar = tqdm(total=cfg.max_steps, initial=step0, disable=not (master and cfg.progress), desc="pretrain", dynamic_ncols=True)
-    t_start, loss_item, val_loss, last_ckpt, stopped = time.time(), float("nan"), None, cp, False
-    step = step0
-    for step in range(step0, cfg.max_steps):
-        last = step == cfg.max_steps - 1
-        if val_loader is not None and (step % cfg.eval_every == 0 or last):
-            val_loss = estimate_val_loss(model, val_loader, val_batches, device, autocast)
-            if master: _append_log(log_path, dict(step=step, val_loss=val_loss, tokens=tokens_seen))
-            bar.set_postfix_str(f"loss {loss_item:.3f} val {val_loss:.3f}", refresh=False)
-        for h in hooks:
-            if step % h.every == 0 or last:
-                r = h.fn(raw, enc, device, rank, world)
-                if master and r: _append_log(log_path, dict(step=step, **r))
-        if master and cfg.sample_every and (step % cfg.sample_every == 0 or last):
-            text = sample_text(raw, enc, cfg.sample_prompt, cfg.sample_tokens, device, seed=cfg.seed)
-            _append_log(log_path, dict(step=step, sample=text))
-            if cfg.progress: bar.write(f"--- sample at step {step} ---\n{text}\n---")
+    return hooks
 
-        t0 = time.time()
-        model.train(); optimizer.zero_grad(set_to_none=True)
-        loss_acc = torch.zeros((), device=device)
-        for m in range(accum):
-            x, y = train_loader.next_batch()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if ddp: model.require_backward_grad_sync = m == accum - 1  # all-reduce once, on the last micro-step
-            with autocast: _, loss = model(x, y)
-            loss = loss / accum
-            loss_acc += loss.detach()
-            loss.backward()
-        if ddp: dist.all_reduce(loss_acc); loss_acc /= world
-        norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip) if cfg.grad_clip else torch.zeros(())
-        lr = get_lr(step, cfg)
-        for g in optimizer.param_groups: g["lr"] = lr
-        optimizer.step()
-        if cuda: torch.cuda.synchronize()
-        dt = time.time() - t0
-        tokens_seen += total
-        loss_item, tok_s = loss_acc.item(), total / dt
-        mfu = fpt * tok_s / (peak * world) if peak else None
-        if master:
-            _append_log(log_path, dict(step=step, loss=loss_item, lr=lr, grad_norm=float(norm), tokens=tokens_seen, dt=dt, tok_s=tok_s, mfu=mfu))
-            post = f"loss {loss_item:.3f}" + (f" val {val_loss:.3f}" if val_loss is not None else "") + f" | {tok_s:,.0f} tok/s"
-            bar.set_postfix_str(post + (f" | MFU {mfu:.0%}" if mfu is not None else "")); bar.update(1)
-        # stop early? every rank must agree, or the next collective would hang
-        stop = (cfg.stop_after is not None and step + 1 >= cfg.stop_after) or (cfg.max_time is not None and time.time() - t_start > cfg.max_time)
-        if ddp:
-            flag = torch.tensor(float(stop), device=device); dist.all_reduce(flag, op=dist.ReduceOp.MAX); stop = bool(flag.item())
-        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or last or stop:
-            last_ckpt = _save_run_checkpoint(out, raw, optimizer, cfg, enc, step + 1, tokens_seen, train_loader, val_loss, master, world)
-        if stop: stopped = True; break
-    bar.close()
+def _should_stop(cfg, step, t_start, device, ddp) -> bool:
+    "Stop early (--stop-after, --max-time)? Every rank must agree, or the next collective would hang."
+    stop = (cfg.stop_after is not None and step + 1 >= cfg.stop_after) or (cfg.max_time is not None and time.time() - t_start > cfg.max_time)
+    if ddp:
+        flag = torch.tensor(float(stop), device=device); dist.all_reduce(flag, op=dist.ReduceOp.MAX); stop = bool(flag.item())
+    return stop
+
+# %% ../nbs/04b_pretrain.ipynb #571e6256
+def _finish(cfg, r, raw, enc, step, step0, stopped, val_loss, last_ckpt, t_start) -> dict:
+    "A last sample after an early stop, then the summary (rank 0 writes summary.json and loss.png)."
+    out, master, log_path = r["out"], r["rank"] == 0, r["out"] / "log.jsonl"
     if stopped and master and cfg.sample_every:  # an early stop still ends with a sample of what the model learned
-        text = sample_text(raw, enc, cfg.sample_prompt, cfg.sample_tokens, device, seed=cfg.seed)
+        text = sample_text(raw, enc, cfg.sample_prompt, cfg.sample_tokens, r["device"], seed=cfg.seed)
         _append_log(log_path, dict(step=step + 1, sample=text))
     steps_done = step + 1 if cfg.max_steps > step0 else step0
-    summary = dict(steps=steps_done, tokens=tokens_seen, train_loss=json_safe(loss_item), val_loss=val_loss, checkpoint=str(last_ckpt) if last_ckpt else None,
-                   out_dir=str(out), log=str(log_path), seconds=round(time.time() - t_start, 2), params=raw.num_params(),
-                   world_size=world, stopped_early=stopped, preset=cfg.model)
+    summary = dict(steps=steps_done, tokens=r["tokens"], train_loss=json_safe(r["loss"]), val_loss=val_loss,
+                   checkpoint=str(last_ckpt) if last_ckpt else None, out_dir=str(out), log=str(log_path),
+                   seconds=round(time.time() - t_start, 2), params=raw.num_params(), world_size=r["world"], stopped_early=stopped,
+                   preset=cfg.model)
     if master:
         (out / "summary.json").write_text(to_json(summary, indent=1))
         with contextlib.suppress(Exception):
             if log_path.exists(): plot_log(log_path, save=out / "loss.png"); summary["plot"] = str(out / "loss.png")
     return summary
 
+# %% ../nbs/04b_pretrain.ipynb #0435b78b
 def _save_run_checkpoint(out, raw, optimizer, cfg, enc, step, tokens, loader, val_loss, master, world):
     "Gather every rank's RNG state, then rank 0 writes ckpt_STEP.pt atomically (notebook 03b's schema) and keeps the last K."
     rngs = [_rng_state()]
