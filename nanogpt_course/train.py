@@ -22,7 +22,7 @@ from .runtime import check_device, pick_device, setup_distributed, teardown_dist
 from .checkpoint import (CheckpointError, checksum, save_checkpoint, load_checkpoint, list_checkpoints,
                                        latest_checkpoint, load_model, checkpoint_dict, _clean_state_dict)
 
-# %% ../nbs/04b_pretrain.ipynb #0d262493
+# %% ../nbs/04b_pretrain.ipynb #5d63ef97
 @dataclass
 class TrainConfig:
     "Everything that defines a pretraining run (saved in each checkpoint)."
@@ -65,6 +65,7 @@ class TrainConfig:
     stop_after: int | None = None      # stop (and save) after this step, as if interrupted; for tests and short sessions
     progress: bool = True              # tqdm bar (rank 0)
 
+# %% ../nbs/04b_pretrain.ipynb #fafeba14
 # the settings a resumed run must share with its checkpoint: they decide which numbers it computes
 RESUME_KEYS = ("data", "model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "n_expert", "n_expert_active", "vocab_size", "seq_len",
                "total_batch_tokens", "max_steps", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "beta1", "beta2",
@@ -86,6 +87,7 @@ TRAIN_PRESETS = {
 TRAIN_PRESETS |= {name: {**TRAIN_PRESETS["gpt2"], "model": name, "lr": lr, "batch_size": 16}
                   for name, lr in (("gpt2-medium", 3e-4), ("gpt2-large", 2.5e-4), ("gpt2-xl", 2e-4))}
 
+# %% ../nbs/04b_pretrain.ipynb #f1158f39
 def make_config(preset: str | None = "tiny", # key of TRAIN_PRESETS, or None for the dataclass defaults
                 **overrides,                # any TrainConfig field
                ) -> TrainConfig:
@@ -525,7 +527,7 @@ def plot_log(path: str | Path,      # log.jsonl or the run folder
     plt.close(fig)
     return fig
 
-# %% ../nbs/04b_pretrain.ipynb #ab2450ef
+# %% ../nbs/04b_pretrain.ipynb #d01030bf
 def pretrain(data=None,                  # shards folder from `prepare`, or a source to prepare first (text/jsonl/parquet path, "stdlib"); default: `data_source()`
              preset: str | None="tiny",  # TRAIN_PRESETS key ("tiny", "small", "mini", "gpt2")
              out_dir: str="runs/pretrain", # checkpoints, log.jsonl, loss.png, summary.json
@@ -547,6 +549,7 @@ def pretrain(data=None,                  # shards folder from `prepare`, or a so
             num_proc=prep.get("num_proc"), progress=overrides.get("progress", True))
     return run(make_config(preset, data=str(shard_dir), out_dir=str(out_dir), **overrides))
 
+# %% ../nbs/04b_pretrain.ipynb #86dc77d4
 _HELP = dict(
     data="folder of shards from `nanogpt-course prepare`", out_dir="output folder", model="model preset (notebook 03)",
     n_layer="layers", n_head="attention heads", n_embd="embedding width", block_size="context length", dropout="dropout",
