@@ -8,6 +8,9 @@ import argparse, dataclasses, html, io, os, queue, shutil, subprocess, sys, thre
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastcore.basics import patch
+from fastcore.meta import delegates
+
 import torch
 from .serve import Engine, Job, SamplingParams
 
@@ -15,8 +18,8 @@ from .serve import Engine, Job, SamplingParams
 __all__ = ['CHECKPOINT_SUFFIXES', 'CHECKPOINTS_ENV', 'NOT_LANGUAGE_MODELS', 'NONE', 'gpt2_encoding', 'demo_model', 'token_text',
            'TokenStep', 'top_alternatives', 'token_step', 'prob_colour', 'fmt_prob', 'tokens_html', 'legend_html',
            'alternatives_html', 'attention_matrix', 'attention_figure', 'figure_png', 'prompt_attention',
-           'find_checkpoints', 'gpt2_cached', 'model_choices', 'load_choice', 'Playground', 'playground',
-           'notebook_path', 'cli']
+           'find_checkpoints', 'gpt2_cached', 'model_choices', 'load_choice', 'input_widgets', 'output_widgets',
+           'PlaygroundLayout', 'Playground', 'playground', 'notebook_path', 'playground_parser', 'cli']
 
 # %% ../nbs/08_playground.ipynb #f4daa222
 def gpt2_encoding():
@@ -65,7 +68,7 @@ def token_step(token_id:int, logits:torch.Tensor, enc, k:int=5) -> TokenStep:
     return TokenStep(int(token_id), token_text(enc, int(token_id)), float(probs[int(token_id)]),
                      top_alternatives(logits, enc, k))
 
-# %% ../nbs/08_playground.ipynb #70471372
+# %% ../nbs/08_playground.ipynb #5a4082b4
 def prob_colour(p:float) -> str:
     "CSS background for a token of probability `p`: red (unlikely) through yellow to green (likely)."
     p = min(max(float(p), 0.0), 1.0)
@@ -75,6 +78,7 @@ def fmt_prob(p:float) -> str:
     "A probability for people: 3 decimals, or 2 significant digits when it is tiny (an untrained model's are)."
     return f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.1e}"
 
+# %% ../nbs/08_playground.ipynb #90148609
 def _tooltip(i:int, s:TokenStep) -> str:
     lines = [f"token #{i}: {s.text!r}  p={fmt_prob(s.prob)}", "top alternatives:"]
     lines += [f"  {t!r}  {fmt_prob(q)}" for _, t, q in s.alternatives]
@@ -93,6 +97,7 @@ def tokens_html(steps:list,            # the `TokenStep`s generated so far
     return ('<div style="white-space:pre-wrap;font-family:monospace;line-height:1.7">'
             f'<span style="color:#888">{html.escape(prompt)}</span>{"".join(spans)}</div>')
 
+# %% ../nbs/08_playground.ipynb #dc274cfa
 def legend_html() -> str:
     "A small colour scale explaining the token colours."
     cells = "".join(f'<span style="background:{prob_colour(p)};padding:0 6px">{p:.2f}</span>' for p in (0, .25, .5, .75, 1))
@@ -110,7 +115,7 @@ def alternatives_html(step:TokenStep|None, i:int=0, title:str="") -> str:
     return (f'<div><b>{html.escape(title)}</b> token #{i}: <code>{html.escape(repr(step.text))}</code> p={fmt_prob(step.prob)}'
             f'<table>{rows}{chosen}</table></div>')
 
-# %% ../nbs/08_playground.ipynb #cd4f6a00
+# %% ../nbs/08_playground.ipynb #a95bef78
 def attention_matrix(model,          # a `GPT` with `attention_maps`
                      ids:list,       # token ids of the prompt
                      layer:int=0,    # which layer (0-based)
@@ -126,6 +131,7 @@ def attention_matrix(model,          # a `GPT` with `attention_maps`
     with torch.no_grad(): maps = model.attention_maps(torch.tensor([ids], device=device))
     return maps[layer][0, head].float().cpu()  # (T, T)
 
+# %% ../nbs/08_playground.ipynb #4a280962
 def _label(t:str) -> str: return t.replace(" ", "·").replace("\n", "↵").replace("\t", "→")
 
 def attention_figure(att:torch.Tensor, # (T, T) attention probabilities
@@ -149,6 +155,7 @@ def attention_figure(att:torch.Tensor, # (T, T) attention probabilities
     fig.tight_layout()
     return fig
 
+# %% ../nbs/08_playground.ipynb #6c1b4f9a
 def figure_png(fig, dpi:int=90) -> bytes:
     "Render a matplotlib figure to PNG bytes (for an `ipywidgets.Image`)."
     buf = io.BytesIO()
@@ -163,7 +170,7 @@ def prompt_attention(model, enc, ids:list, layer:int=0, head:int=0, max_tokens:i
     cut = " (last tokens)" if len(ids) < len(full) else ""  # said only when the prompt really was cropped
     return att, attention_figure(att, [token_text(enc, i) for i in ids], f"layer {layer}, head {head}{cut}")
 
-# %% ../nbs/08_playground.ipynb #cc9b5653
+# %% ../nbs/08_playground.ipynb #297d27c4
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 CHECKPOINTS_ENV = "NANOGPT_COURSE_PLAYGROUND_CHECKPOINTS"
 NOT_LANGUAGE_MODELS = ("classifier.pt",)  # notebook 12's classifiers: they label text and cannot generate
@@ -193,6 +200,7 @@ def find_checkpoints(paths:list|None=None, # files or folders to search; default
                 elif f.name == "config.json" and (f.parent / "model.safetensors").is_file(): found[_label_for(f.parent)] = str(f.parent)
     return found
 
+# %% ../nbs/08_playground.ipynb #c9f58ac1
 def gpt2_cached(name:str="gpt2") -> bool:
     "Whether GPT-2's weights are already in the local Hugging Face cache (no network used)."
     try:
@@ -218,60 +226,65 @@ def load_choice(spec, device:str="cpu"):
     model, enc = load_model(spec, device=device)
     return model.eval(), enc
 
-# %% ../nbs/08_playground.ipynb #2a15ec06
-NONE = "(none)"
+# %% ../nbs/08_playground.ipynb #96bb58a8
+NONE = "(none)"  # the "compare with" choice that shows a single pane
 
-class Playground:
-    "The playground app: model choice, prompt, sampling controls, streamed coloured tokens, alternatives and attention."
-    def __init__(self,
-                 models:dict,           # {name: (model, enc) or spec for `train.load_model`}
-                 compare:str|None=None, # name of a model to show side by side, or None
-                 mode:str="text",       # "text", "instruction" or "chat"
-                 prompt:str="",         # initial prompt
-                 max_tokens:int=64,     # initial number of new tokens
-                 temperature:float=0.8, top_k:int=50, top_p:float=1.0, seed:int=0,
-                 presence_penalty:float=0.0, frequency_penalty:float=0.0, # OpenAI's penalties, -2..2
-                 device:str="cpu",      # where loaded models live
-                 max_tokens_limit:int=2048, # upper bound of the max-tokens box
-                 update_every:float=0.05,   # seconds between HTML refreshes while streaming
-                ):
+def input_widgets(names:list,            # the models offered
+                  compare:str|None=None, # a model shown side by side, or None
+                  mode:str="text",       # "text", "instruction" or "chat"
+                  prompt:str="",         # initial prompt
+                  max_tokens:int=64,     # initial number of new tokens
+                  temperature:float=0.8, top_k:int=50, top_p:float=1.0, seed:int=0,
+                  presence_penalty:float=0.0, frequency_penalty:float=0.0, # OpenAI's penalties, -2..2
+                  max_tokens_limit:int=2048, # upper bound of the max-tokens box
+                 ) -> dict:
+    "The app's inputs by name: model choice, mode, prompt, sampling settings and the buttons."
+    import ipywidgets as W
+    full = dict(layout=W.Layout(width="100%"))
+    wide = dict(style={"description_width": "initial"})  # don't cut "temperature" to "temperat…"
+    pen = dict(min=-2.0, max=2.0, step=0.1, **wide)
+    return dict(
+        model_a=W.Dropdown(options=names, value=names[0], description="model", **wide),
+        model_b=W.Dropdown(options=[NONE] + names, value=compare if compare in names else NONE, description="compare with", **wide),
+        mode=W.ToggleButtons(options=["text", "instruction", "chat"], value=mode, description="mode"),
+        prompt=W.Textarea(value=prompt, placeholder="Write a prompt (text mode) or an instruction", rows=4, **full),
+        context=W.Textarea(placeholder="optional context / input for the instruction", rows=2, **full),
+        temperature=W.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05, description="temperature", **wide),
+        top_k=W.IntSlider(value=top_k, min=0, max=200, description="top-k", tooltip="0 = off", **wide),
+        top_p=W.FloatSlider(value=top_p, min=0.05, max=1.0, step=0.05, description="top-p", tooltip="1 = off", **wide),
+        presence_penalty=W.FloatSlider(value=presence_penalty, description="presence penalty",
+                                       tooltip="> 0: avoid tokens already used", **pen),
+        frequency_penalty=W.FloatSlider(value=frequency_penalty, description="frequency penalty",
+                                        tooltip="> 0: avoid tokens used often", **pen),
+        max_tokens=W.BoundedIntText(value=max_tokens, min=1, max=max_tokens_limit, description="max tokens", **wide),
+        seed=W.BoundedIntText(value=seed, min=-1, max=2**31 - 1, description="seed", tooltip="-1 = random", **wide),
+        generate_button=W.Button(description="Generate", button_style="primary", icon="play"),
+        stop_button=W.Button(description="Stop", button_style="danger", icon="stop", disabled=True),
+        clear_button=W.Button(description="Clear chat", icon="eraser"))
+
+# %% ../nbs/08_playground.ipynb #47f963c5
+def output_widgets() -> dict:
+    "The app's outputs by name: status line, two token panes, and the alternatives and attention inspectors."
+    import ipywidgets as W
+    headers, outputs = [W.HTML(), W.HTML()], [W.HTML(), W.HTML()]
+    return dict(
+        status=W.HTML(), headers=headers, outputs=outputs,
+        panes=[W.VBox([h, o], layout=W.Layout(width="50%", padding="0 8px")) for h, o in zip(headers, outputs)],
+        inspect=W.IntSlider(value=0, min=0, max=0, description="token #", style={"description_width": "initial"}),
+        alternatives=W.HTML(),
+        layer=W.IntSlider(value=0, min=0, max=0, description="layer"),
+        head=W.IntSlider(value=0, min=0, max=0, description="head"),
+        image=W.Image(format="png"),
+        attention_note=W.HTML("Press Generate to see the attention over the prompt."))
+
+# %% ../nbs/08_playground.ipynb #1188c05f
+class PlaygroundLayout:
+    "The playground's widgets, each an attribute by name, arranged in `.widget`; no behaviour (`Playground` adds it)."
+    @delegates(input_widgets)
+    def __init__(self, names:list, **kwargs): # the models offered, and initial values for `input_widgets`
         import ipywidgets as W
-        if not models: raise ValueError("no models to offer: pass models={name: (model, enc)} or train one (nanogpt-course pretrain)")
-        self.choices, self.device, self.update_every = dict(models), device, update_every
-        self._loaded = {k: v for k, v in self.choices.items() if isinstance(v, tuple)}
-        self._load_lock, self._stop, self._thread = threading.Lock(), threading.Event(), None
-        self.engine, self._jobs = None, []  # notebook 07's engine, made on first use; the running generation's jobs
-        self.steps, self.prompts, self.prompt_ids, self.history = [[], []], ["", ""], [[], []], [[], []]
-        self.figure, self.attention, self.last_error = None, None, None
-        names = list(self.choices)
-        full = dict(layout=W.Layout(width="100%"))
-        wide = dict(style={"description_width": "initial"})  # don't cut "temperature" to "temperat…"
-        self.model_a = W.Dropdown(options=names, value=names[0], description="model", **wide)
-        self.model_b = W.Dropdown(options=[NONE] + names, value=compare if compare in names else NONE, description="compare with", **wide)
-        self.mode = W.ToggleButtons(options=["text", "instruction", "chat"], value=mode, description="mode")
-        self.prompt = W.Textarea(value=prompt, placeholder="Write a prompt (text mode) or an instruction", rows=4, **full)
-        self.context = W.Textarea(placeholder="optional context / input for the instruction", rows=2, **full)
-        self.temperature = W.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05, description="temperature", **wide)
-        self.top_k = W.IntSlider(value=top_k, min=0, max=200, description="top-k", tooltip="0 = off", **wide)
-        self.top_p = W.FloatSlider(value=top_p, min=0.05, max=1.0, step=0.05, description="top-p", tooltip="1 = off", **wide)
-        pen = dict(min=-2.0, max=2.0, step=0.1, **wide)
-        self.presence_penalty = W.FloatSlider(value=presence_penalty, description="presence penalty", tooltip="> 0: avoid tokens already used", **pen)
-        self.frequency_penalty = W.FloatSlider(value=frequency_penalty, description="frequency penalty", tooltip="> 0: avoid tokens used often", **pen)
-        self.max_tokens = W.BoundedIntText(value=max_tokens, min=1, max=max_tokens_limit, description="max tokens", **wide)
-        self.seed = W.BoundedIntText(value=seed, min=-1, max=2**31 - 1, description="seed", tooltip="-1 = random", **wide)
-        self.generate_button = W.Button(description="Generate", button_style="primary", icon="play")
-        self.stop_button = W.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
-        self.clear_button = W.Button(description="Clear chat", icon="eraser")
-        self.status = W.HTML()
-        self.headers = [W.HTML(), W.HTML()]
-        self.outputs = [W.HTML(), W.HTML()]
-        self.panes = [W.VBox([self.headers[i], self.outputs[i]], layout=W.Layout(width="50%", padding="0 8px")) for i in range(2)]
-        self.inspect = W.IntSlider(value=0, min=0, max=0, description="token #", **wide)
-        self.alternatives = W.HTML()
-        self.layer = W.IntSlider(value=0, min=0, max=0, description="layer")
-        self.head = W.IntSlider(value=0, min=0, max=0, description="head")
-        self.image = W.Image(format="png")
-        self.attention_note = W.HTML("Press Generate to see the attention over the prompt.")
+        vars(self).update(input_widgets(names, **kwargs))
+        vars(self).update(output_widgets())
         tabs = W.Tab(children=[W.VBox([self.inspect, self.alternatives]),
                                W.VBox([W.HBox([self.layer, self.head]), self.attention_note, self.image])])
         tabs.titles = ("Alternatives", "Attention")
@@ -282,150 +295,89 @@ class Playground:
             W.HBox([self.max_tokens, self.seed]),
             W.HBox([self.generate_button, self.stop_button, self.clear_button]), self.status,
             W.HTML(legend_html()), W.HBox(self.panes), tabs])
-        self.widget.app = self
-        self.generate_button.on_click(lambda _: self.generate())
-        self.stop_button.on_click(lambda _: self.stop())
-        self.clear_button.on_click(lambda _: self.clear_chat())
         self.mode.observe(lambda _: self._sync_layout(), "value")
         self.model_b.observe(lambda _: self._sync_layout(), "value")
-        self.model_a.observe(lambda _: self._model_changed(), "value")
-        self.inspect.observe(lambda _: self._show_alternatives(), "value")
-        for w in (self.layer, self.head): w.observe(lambda _: self._show_attention(), "value")
         self._sync_layout()
-        self._set_status(f"{len(names)} model(s) available. Write a prompt and press Generate.")
-
-    # -- small helpers -----------------------------------------------------------------------
-    def _set_status(self, msg:str, kind:str="info"):
-        colour = {"info": "#333", "ok": "#1a7f37", "warn": "#9a6700", "error": "#cf222e"}[kind]
-        if kind == "error": self.last_error = msg
-        self.status.value = f'<div style="color:{colour}">{html.escape(msg)}</div>'
 
     def _sync_layout(self):
+        "Show the context box in instruction mode, Clear chat in chat mode, the second pane when a model is compared."
         self.context.layout.display = "" if self.mode.value == "instruction" else "none"
         self.clear_button.layout.display = "" if self.mode.value == "chat" else "none"
         self.panes[1].layout.display = "" if self.model_b.value != NONE else "none"
         self.panes[0].layout.width = "50%" if self.model_b.value != NONE else "100%"
 
-    def _model_changed(self):
-        self.prompt_ids[0], self.image.value = [], b""
-        self.attention_note.value = "Press Generate to see the attention over the prompt."
+# %% ../nbs/08_playground.ipynb #22f7f201
+class Playground(PlaygroundLayout):
+    "The playground app: the layout's widgets, plus the models, the engine, and what the buttons do."
+    @delegates(input_widgets)
+    def __init__(self,
+                 models:dict,             # {name: (model, enc) or spec for `train.load_model`}
+                 compare:str|None=None,   # name of a model to show side by side, or None
+                 device:str="cpu",        # where loaded models live
+                 update_every:float=0.05, # seconds between HTML refreshes while streaming
+                 **kwargs,                # initial widget values for `input_widgets` (mode, prompt, max_tokens, ...)
+                ):
+        if not models: raise ValueError("no models to offer: pass models={name: (model, enc)} or train one (nanogpt-course pretrain)")
+        self.choices, self.device, self.update_every = dict(models), device, update_every
+        self._loaded = {k: v for k, v in self.choices.items() if isinstance(v, tuple)}
+        self._load_lock, self._stop, self._thread = threading.Lock(), threading.Event(), None
+        self.engine, self._jobs = None, []  # notebook 07's engine, made on first use; the running generation's jobs
+        self.steps, self.prompts, self.prompt_ids, self.history = [[], []], ["", ""], [[], []], [[], []]
+        self.figure, self.attention, self.last_error = None, None, None
+        super().__init__(list(self.choices), compare=compare, **kwargs)
+        self.widget.app = self
+        self.generate_button.on_click(lambda _: self.generate())
+        self.stop_button.on_click(lambda _: self.stop())
+        self.clear_button.on_click(lambda _: self.clear_chat())
+        self.model_a.observe(lambda _: self._model_changed(), "value")
+        self.inspect.observe(lambda _: self._show_alternatives(), "value")
+        for w in (self.layer, self.head): w.observe(lambda _: self._show_attention(), "value")
+        self._set_status(f"{len(self.choices)} model(s) available. Write a prompt and press Generate.")
+
+    def _set_status(self, msg:str, kind:str="info"):
+        colour = {"info": "#333", "ok": "#1a7f37", "warn": "#9a6700", "error": "#cf222e"}[kind]
+        if kind == "error": self.last_error = msg
+        self.status.value = f'<div style="color:{colour}">{html.escape(msg)}</div>'
 
     @property
     def running(self) -> bool:
         "Whether a generation is in progress."
         return self._thread is not None and self._thread.is_alive()
 
-    def get_model(self, name:str):
-        "The `(model, enc)` for a choice, loading it (once) on first use."
-        with self._load_lock:
-            if name not in self._loaded:
-                if name not in self.choices: raise ValueError(f"unknown model {name!r}; choose one of {list(self.choices)}")
-                self._loaded[name] = load_choice(self.choices[name], self.device)
-            return self._loaded[name]
+# %% ../nbs/08_playground.ipynb #3f6bff8b
+@patch
+def get_model(self:Playground, name:str):
+    "The `(model, enc)` for a choice, loading it (once) on first use."
+    with self._load_lock:
+        if name not in self._loaded:
+            if name not in self.choices: raise ValueError(f"unknown model {name!r}; choose one of {list(self.choices)}")
+            self._loaded[name] = load_choice(self.choices[name], self.device)
+        return self._loaded[name]
 
-    def build_prompt(self, pane:int=0, text:str|None=None, context:str|None=None, mode:str|None=None) -> str:
-        "The text the model sees in `mode` (templates from notebook 05 for instruction and chat); widget values by default."
-        text = self.prompt.value if text is None else text
-        context = self.context.value if context is None else context
-        mode = self.mode.value if mode is None else mode
-        if mode == "text": return text
-        from nanogpt_course.sft import format_prompt, format_chat
-        if mode == "instruction": return format_prompt(text.strip(), context.strip())
-        return format_chat(self.history[pane] + [{"role": "user", "content": text.strip()}])
+@patch
+def _model_changed(self:Playground):
+    self.prompt_ids[0], self.image.value = [], b""
+    self.attention_note.value = "Press Generate to see the attention over the prompt."
 
-    def clear_chat(self):
-        "Forget the chat history of both panes."
-        self.history = [[], []]
-        self._set_status("Chat cleared.")
+@patch
+def build_prompt(self:Playground, pane:int=0, text:str|None=None, context:str|None=None, mode:str|None=None) -> str:
+    "The text the model sees in `mode` (templates from notebook 05 for instruction and chat); widget values by default."
+    text = self.prompt.value if text is None else text
+    context = self.context.value if context is None else context
+    mode = self.mode.value if mode is None else mode
+    if mode == "text": return text
+    from nanogpt_course.sft import format_prompt, format_chat
+    if mode == "instruction": return format_prompt(text.strip(), context.strip())
+    return format_chat(self.history[pane] + [{"role": "user", "content": text.strip()}])
 
-    # -- actions -----------------------------------------------------------------------------
-    def generate(self) -> bool:
-        "Start generating in a background thread (the Generate button); False, with a message, if the input is bad."
-        if self.running:
-            self._set_status("Already generating: press Stop first.", "warn"); return False
-        if not self.prompt.value.strip():
-            what = "a prompt" if self.mode.value == "text" else "an instruction"
-            self._set_status(f"Write {what} first: the box is empty.", "error"); return False
-        names = [self.model_a.value] + ([self.model_b.value] if self.model_b.value != NONE else [])
-        seed = int(self.seed.value)
-        params = SamplingParams(max_tokens=int(self.max_tokens.value), temperature=float(self.temperature.value),
-                                top_k=int(self.top_k.value) or None, top_p=float(self.top_p.value), seed=seed if seed >= 0 else None,
-                                presence_penalty=float(self.presence_penalty.value), frequency_penalty=float(self.frequency_penalty.value))
-        self.last_error, self._jobs = None, []
-        self._stop.clear()
-        self.generate_button.disabled, self.stop_button.disabled = True, False
-        inputs = dict(text=self.prompt.value, context=self.context.value, mode=self.mode.value)
-        self._thread = threading.Thread(target=self._run, args=(names, params, inputs),
-                                        name="playground-generate", daemon=True)
-        self._thread.start()
-        return True
+@patch
+def clear_chat(self:Playground):
+    "Forget the chat history of both panes."
+    self.history = [[], []]
+    self._set_status("Chat cleared.")
 
-    def stop(self):
-        "Cancel the running generation's jobs (the Stop button): the engine ends them at its next step."
-        if self.running:
-            self._stop.set(); self._set_status("Stopping…", "warn")
-            for job in self._jobs: self.engine.cancel(job)  # jobs not yet submitted: _run cancels them when it sees _stop
-
-    def wait(self, timeout:float|None=None) -> bool:
-        "Wait for the running generation to finish; True when nothing is running any more."
-        if self._thread is not None: self._thread.join(timeout)
-        return not self.running
-
-    def close(self):
-        "Stop the engine's worker thread (a later Generate starts it again)."
-        if self.engine is not None: self.engine.close()
-
-    # -- the background thread (its methods follow: _serve, _prepare, _follow, _run) ----------------
-    def _render(self, i:int, p:dict):
-        self.outputs[i].value = tokens_html(self.steps[i], p["text"], p["enc"].eot_token)
-
-    def _after_generation(self, panes:list):
-        if self.model_b.value == NONE: self.outputs[1].value, self.headers[1].value, self.steps[1] = "", "", []
-        n = len(self.steps[0])
-        self.inspect.max = max(0, n - 1)
-        self.inspect.value = max(0, n - 1)
-        self._show_alternatives()
-        model = panes[0]["model"]
-        with self.layer.hold_trait_notifications(), self.head.hold_trait_notifications():
-            self.layer.max, self.head.max = model.config.n_layer - 1, model.config.n_head - 1
-        self._show_attention()
-
-    def _show_alternatives(self):
-        i, parts = self.inspect.value, []
-        for k in range(2 if self.model_b.value != NONE else 1):
-            steps = self.steps[k]
-            name = self.model_a.value if k == 0 else self.model_b.value
-            parts.append(alternatives_html(steps[i] if i < len(steps) else None, i, name))
-        self.alternatives.value = '<div style="display:flex;gap:24px">' + "".join(parts) + "</div>"
-
-    def _show_attention(self):
-        "Draw the chosen layer and head over the last prompt of the first model."
-        if not self.prompt_ids[0]: return
-        if self.running and threading.current_thread() is not self._thread:
-            self.attention_note.value = "The heatmap is redrawn when the generation ends."; return
-        try:
-            model, enc = self.get_model(self.model_a.value)
-            self.attention, fig = prompt_attention(model, enc, self.prompt_ids[0], self.layer.value, self.head.value)
-            self.figure, self.image.value = fig, figure_png(fig)
-            self.attention_note.value = f"{html.escape(self.model_a.value)}: layer {self.layer.value}, head {self.head.value}"
-        except Exception as e:
-            self.attention_note.value = f'<span style="color:#cf222e">{html.escape(str(e))}</span>'
-
-def playground(models=None,          # {name: (model, enc) or path}, a list of paths, or None to search `paths`
-               paths=None,           # folders/files with course checkpoints (default `runs/` or $NANOGPT_COURSE_PLAYGROUND_CHECKPOINTS)
-               gpt2="auto",          # offer GPT-2's weights: True, False, or "auto" (only when already cached)
-               compare:str|None=None, # a second model shown side by side
-               **kwargs,             # initial values for `Playground` (prompt, mode, max_tokens, temperature, ...)
-              ):
-    "Build the playground and return its widget tree (`.app` is the `Playground` behind it)."
-    choices = model_choices(models, paths, gpt2)
-    if not choices:
-        print("No course checkpoint found (train one with `nanogpt-course pretrain`, or pass paths=...): "
-              "using a randomly initialised tiny GPT, so expect gibberish.")
-        choices = {"tiny (random init)": demo_model()}
-    return Playground(choices, compare=compare, **kwargs).widget
-
-# %% ../nbs/08_playground.ipynb #c7672852
+# %% ../nbs/08_playground.ipynb #12905d0b
+@patch
 def _serve(self:Playground, name:str):
     "The `(model, enc)` of a choice, loaded on first use and added to the app's one engine (made on first use)."
     model, enc = self.get_model(name)
@@ -434,6 +386,7 @@ def _serve(self:Playground, name:str):
         if name not in self.engine.models: self.engine.add_model(name, model, enc)
     return model, enc
 
+@patch
 def _prepare(self:Playground, names:list, params:SamplingParams, inputs:dict) -> list:
     "Load the models, build and check each pane's prompt, fit its max_tokens; raises ValueError with a message for the user."
     panes = []
@@ -451,9 +404,48 @@ def _prepare(self:Playground, names:list, params:SamplingParams, inputs:dict) ->
         panes.append(dict(name=name, model=model, enc=enc, text=text, ids=ids, params=p))
     return panes
 
-Playground._serve, Playground._prepare = _serve, _prepare
+# %% ../nbs/08_playground.ipynb #b433917d
+@patch
+def _render(self:Playground, i:int, p:dict):
+    self.outputs[i].value = tokens_html(self.steps[i], p["text"], p["enc"].eot_token)
+
+@patch
+def _show_alternatives(self:Playground):
+    i, parts = self.inspect.value, []
+    for k in range(2 if self.model_b.value != NONE else 1):
+        steps = self.steps[k]
+        name = self.model_a.value if k == 0 else self.model_b.value
+        parts.append(alternatives_html(steps[i] if i < len(steps) else None, i, name))
+    self.alternatives.value = '<div style="display:flex;gap:24px">' + "".join(parts) + "</div>"
+
+@patch
+def _show_attention(self:Playground):
+    "Draw the chosen layer and head over the last prompt of the first model."
+    if not self.prompt_ids[0]: return
+    if self.running and threading.current_thread() is not self._thread:
+        self.attention_note.value = "The heatmap is redrawn when the generation ends."; return
+    try:
+        model, enc = self.get_model(self.model_a.value)
+        self.attention, fig = prompt_attention(model, enc, self.prompt_ids[0], self.layer.value, self.head.value)
+        self.figure, self.image.value = fig, figure_png(fig)
+        self.attention_note.value = f"{html.escape(self.model_a.value)}: layer {self.layer.value}, head {self.head.value}"
+    except Exception as e:
+        self.attention_note.value = f'<span style="color:#cf222e">{html.escape(str(e))}</span>'
+
+@patch
+def _after_generation(self:Playground, panes:list):
+    if self.model_b.value == NONE: self.outputs[1].value, self.headers[1].value, self.steps[1] = "", "", []
+    n = len(self.steps[0])
+    self.inspect.max = max(0, n - 1)
+    self.inspect.value = max(0, n - 1)
+    self._show_alternatives()
+    model = panes[0]["model"]
+    with self.layer.hold_trait_notifications(), self.head.hold_trait_notifications():
+        self.layer.max, self.head.max = model.config.n_layer - 1, model.config.n_head - 1
+    self._show_attention()
 
 # %% ../nbs/08_playground.ipynb #e05499e2
+@patch
 def _follow(self:Playground, jobs:list, panes:list) -> str|None:
     "Turn the jobs' token events into `TokenStep`s as they come, redrawing the panes; return the first error, if any."
     open_, last, error = set(range(len(jobs))), 0.0, None
@@ -474,7 +466,9 @@ def _follow(self:Playground, jobs:list, panes:list) -> str|None:
     return error
 
 # %% ../nbs/08_playground.ipynb #a874a9d2
+@patch
 def _run(self:Playground, names:list, params:SamplingParams, inputs:dict):
+    "One generation, in the background thread: prepare, submit, follow, then draw; every outcome ends as a status message."
     jobs, t0 = [], time.perf_counter()
     try:
         panes = self._prepare(names, params, inputs)
@@ -507,9 +501,62 @@ def _run(self:Playground, names:list, params:SamplingParams, inputs:dict):
             if not job.finished.is_set(): self.engine.cancel(job); job.finished.wait(10)
         self.generate_button.disabled, self.stop_button.disabled = False, True
 
-Playground._follow, Playground._run = _follow, _run
+# %% ../nbs/08_playground.ipynb #10904ea3
+@patch
+def generate(self:Playground) -> bool:
+    "Start generating in a background thread (the Generate button); False, with a message, if the input is bad."
+    if self.running:
+        self._set_status("Already generating: press Stop first.", "warn"); return False
+    if not self.prompt.value.strip():
+        what = "a prompt" if self.mode.value == "text" else "an instruction"
+        self._set_status(f"Write {what} first: the box is empty.", "error"); return False
+    names = [self.model_a.value] + ([self.model_b.value] if self.model_b.value != NONE else [])
+    seed = int(self.seed.value)
+    params = SamplingParams(max_tokens=int(self.max_tokens.value), temperature=float(self.temperature.value),
+                            top_k=int(self.top_k.value) or None, top_p=float(self.top_p.value), seed=seed if seed >= 0 else None,
+                            presence_penalty=float(self.presence_penalty.value), frequency_penalty=float(self.frequency_penalty.value))
+    self.last_error, self._jobs = None, []
+    self._stop.clear()
+    self.generate_button.disabled, self.stop_button.disabled = True, False
+    inputs = dict(text=self.prompt.value, context=self.context.value, mode=self.mode.value)
+    self._thread = threading.Thread(target=self._run, args=(names, params, inputs), name="playground-generate", daemon=True)
+    self._thread.start()
+    return True
 
-# %% ../nbs/08_playground.ipynb #d64bf1c6
+@patch
+def stop(self:Playground):
+    "Cancel the running generation's jobs (the Stop button): the engine ends them at its next step."
+    if self.running:
+        self._stop.set(); self._set_status("Stopping…", "warn")
+        for job in self._jobs: self.engine.cancel(job)  # jobs not yet submitted: _run cancels them when it sees _stop
+
+@patch
+def wait(self:Playground, timeout:float|None=None) -> bool:
+    "Wait for the running generation to finish; True when nothing is running any more."
+    if self._thread is not None: self._thread.join(timeout)
+    return not self.running
+
+@patch
+def close(self:Playground):
+    "Stop the engine's worker thread (a later Generate starts it again)."
+    if self.engine is not None: self.engine.close()
+
+# %% ../nbs/08_playground.ipynb #5516a928
+def playground(models=None,          # {name: (model, enc) or path}, a list of paths, or None to search `paths`
+               paths=None,           # folders/files with course checkpoints (default `runs/` or $NANOGPT_COURSE_PLAYGROUND_CHECKPOINTS)
+               gpt2="auto",          # offer GPT-2's weights: True, False, or "auto" (only when already cached)
+               compare:str|None=None, # a second model shown side by side
+               **kwargs,             # initial values for `Playground` (prompt, mode, max_tokens, temperature, ...)
+              ):
+    "Build the playground and return its widget tree (`.app` is the `Playground` behind it)."
+    choices = model_choices(models, paths, gpt2)
+    if not choices:
+        print("No course checkpoint found (train one with `nanogpt-course pretrain`, or pass paths=...): "
+              "using a randomly initialised tiny GPT, so expect gibberish.")
+        choices = {"tiny (random init)": demo_model()}
+    return Playground(choices, compare=compare, **kwargs).widget
+
+# %% ../nbs/08_playground.ipynb #cd6eb2b9
 def notebook_path() -> Path|None:
     "This lesson's notebook, when the course's sources are here (a clone) rather than only the installed package."
     for root in (Path.cwd(), Path(__file__).resolve().parent.parent if "__file__" in globals() else Path.cwd()):
@@ -517,8 +564,9 @@ def notebook_path() -> Path|None:
         if p.is_file(): return p
     return None
 
-def cli(argv:list|None=None) -> int:
-    "`nanogpt-course playground`: say how to open the playground, or launch it with Voilà."
+# %% ../nbs/08_playground.ipynb #314f8aaa
+def playground_parser() -> argparse.ArgumentParser:
+    "The flags of `nanogpt-course playground`."
     ap = argparse.ArgumentParser(prog="nanogpt-course playground", description="Open the course's playground: "
                                  "an ipywidgets app in nbs/08_playground.ipynb (Jupyter or Voilà).",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -529,7 +577,12 @@ def cli(argv:list|None=None) -> int:
     g.add_argument("--voila", action="store_true", help="serve the notebook as a standalone page with Voilà (pip install voila)")
     g.add_argument("--port", type=int, default=8866, help="port for Voilà")
     g.add_argument("--no-browser", action="store_true", help="don't open a browser (Voilà)")
-    args = ap.parse_args(argv)
+    return ap
+
+# %% ../nbs/08_playground.ipynb #6ec4d9a9
+def cli(argv:list|None=None) -> int:
+    "`nanogpt-course playground`: say how to open the playground, or launch it with Voilà."
+    args = playground_parser().parse_args(argv)
     missing = [p for p in args.checkpoint if not Path(p).exists()]
     if missing:
         print(f"error: checkpoint not found: {', '.join(missing)} (give a file or run directory written by `nanogpt-course pretrain` or `sft`)", file=sys.stderr)

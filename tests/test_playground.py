@@ -192,6 +192,27 @@ def test_seed_minus_one_draws_a_fresh_seed_each_time():
     finally: app.close()
 
 
+def test_every_setting_of_the_app_reaches_its_widget():
+    "Playground is split into a layout and a controller: every constructor setting still sets its widget, and a bad one is refused."
+    from nanogpt_course.playground import Playground, PlaygroundLayout, demo_model, NONE
+    models = {"a": demo_model(seed=0), "b": demo_model(seed=1)}
+    settings = dict(mode="instruction", prompt="Name a colour.", max_tokens=9, temperature=0.3, top_k=7, top_p=0.85, seed=11,
+                    presence_penalty=0.4, frequency_penalty=-0.6)
+    app = Playground(models, compare="b", device="cpu", max_tokens_limit=99, update_every=0.2, **settings)
+    assert isinstance(app, PlaygroundLayout) and app.widget.app is app and app.update_every == 0.2
+    assert {k: getattr(app, k).value for k in settings} == settings
+    assert (app.model_a.value, app.model_b.value, app.max_tokens.max) == ("a", "b", 99)
+    assert app.context.layout.display == "" and app.panes[1].layout.display == ""  # instruction mode, two models
+    layout = PlaygroundLayout(["a", "b"], **settings)  # the layout alone: the same widgets, buttons that do nothing
+    assert {k: getattr(layout, k).value for k in settings} == settings and layout.model_b.value == NONE
+    layout.generate_button.click()
+    assert layout.status.value == "" and not hasattr(layout, "steps")
+    with pytest.raises(TypeError, match="temprature"): Playground(models, temprature=0.5)
+    app.generate_button.click()
+    try: assert app.wait(60) and app.last_error is None and len(app.steps[0]) >= 1, app.status.value
+    finally: app.close()
+
+
 def _chromium():
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name): return shutil.which(name)
