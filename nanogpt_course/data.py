@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Iterator
 import numpy as np
 from .tokenizer import stdlib_documents  # notebook 00: the prose that ships with Python, one document at a time
+from fastcore.basics import patch  # adds a method to a class in the cell that explains it
 
-# %% ../nbs/04a_data.ipynb #a0f495ce
+# %% ../nbs/04a_data.ipynb #484baffb
 MAGIC = b"NGCSHRD\x00"  # 8 bytes that no .npy, text or build-nanogpt shard starts with
 VERSION = 2  # 2 adds a checksum of the header itself; version 1 shards (no header checksum) are still read
 HEADER_BYTES = 64  # fixed, so the tokens start at a known offset for np.memmap
@@ -29,6 +30,7 @@ def dtype_for_vocab(vocab_size: int # number of token ids the tokenizer can prod
     "The smallest unsigned dtype that holds every id: uint16 for GPT-2, uint32 above 65,536."
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
+# %% ../nbs/04a_data.ipynb #01e479a6
 def write_shard(path: str | Path,  # where to write (a `.tmp` beside it is renamed over it when complete)
                 tokens,            # 1-D array-like of token ids
                 eot: int,          # id of <|endoftext|> (recorded in the header)
@@ -48,6 +50,25 @@ def write_shard(path: str | Path,  # where to write (a `.tmp` beside it is renam
     os.replace(tmp, path)
     return path
 
+# %% ../nbs/04a_data.ipynb #1309e7f3
+def _header_fields(path: Path, raw: bytes, size: int) -> tuple:
+    "The header's fields (magic, version, itemsize, n_tokens, crc, eot, vocab_size); a `ShardError` if it is not sound."
+    if len(raw) >= 8 and raw[:8] != MAGIC:
+        raise ShardError(f"{path} is not a nanogpt-course token shard (it starts with {raw[:8]!r}, expected {MAGIC!r}); "
+                         "shards come from `nanogpt-course prepare` (nanogpt_course.data.prepare)")
+    if len(raw) < HEADER_BYTES:
+        raise ShardError(f"{path} is truncated: {size} bytes, shorter than the {HEADER_BYTES}-byte header; re-run `nanogpt-course prepare`")
+    fields = _HDR.unpack(raw[:_HDR.size])
+    version = fields[1]
+    if version not in (1, VERSION):
+        raise ShardError(f"{path} has shard format version {version}, which this library does not read (it reads 1 and {VERSION}): "
+                         "the header is damaged or the file comes from a newer nanogpt-course; re-run `nanogpt-course prepare`")
+    if version >= 2 and _HCRC.unpack_from(raw, _HDR.size)[0] != zlib.crc32(raw[:_HDR.size]):
+        raise ShardError(f"{path} is corrupt: the checksum of its header (token count, eot, vocabulary size) does not match; "
+                         "re-run `nanogpt-course prepare` to rewrite it")
+    return fields
+
+# %% ../nbs/04a_data.ipynb #58fee394
 def read_header(path: str | Path # shard file
                ) -> dict:
     "Parse and check a shard's header against the file's size; `ShardError` naming the file if anything is off."
@@ -55,18 +76,7 @@ def read_header(path: str | Path # shard file
     if not path.exists(): raise FileNotFoundError(f"shard {path} does not exist")
     size = path.stat().st_size
     with open(path, "rb") as f: raw = f.read(HEADER_BYTES)
-    if len(raw) >= 8 and raw[:8] != MAGIC:
-        raise ShardError(f"{path} is not a nanogpt-course token shard (it starts with {raw[:8]!r}, expected {MAGIC!r}); "
-                         "shards come from `nanogpt-course prepare` (nanogpt_course.data.prepare)")
-    if len(raw) < HEADER_BYTES:
-        raise ShardError(f"{path} is truncated: {size} bytes, shorter than the {HEADER_BYTES}-byte header; re-run `nanogpt-course prepare`")
-    magic, version, itemsize, n, crc, eot, vocab = _HDR.unpack(raw[:_HDR.size])
-    if version not in (1, VERSION):
-        raise ShardError(f"{path} has shard format version {version}, which this library does not read (it reads 1 and {VERSION}): "
-                         "the header is damaged or the file comes from a newer nanogpt-course; re-run `nanogpt-course prepare`")
-    if version >= 2 and _HCRC.unpack_from(raw, _HDR.size)[0] != zlib.crc32(raw[:_HDR.size]):
-        raise ShardError(f"{path} is corrupt: the checksum of its header (token count, eot, vocabulary size) does not match; "
-                         "re-run `nanogpt-course prepare` to rewrite it")
+    magic, version, itemsize, n, crc, eot, vocab = _header_fields(path, raw, size)
     if itemsize not in (2, 4):
         raise ShardError(f"{path} has a corrupt header: token size {itemsize} bytes (expected 2 or 4)")
     expected = HEADER_BYTES + n * itemsize
@@ -77,6 +87,7 @@ def read_header(path: str | Path # shard file
         raise ShardError(f"{path} is corrupt: {size - expected:,} bytes after the {n:,} tokens its header promises")
     return dict(path=path, n_tokens=n, dtype=np.dtype(f"<u{itemsize}"), crc32=crc, eot=eot, vocab_size=vocab, version=version)
 
+# %% ../nbs/04a_data.ipynb #77cd7415
 def read_shard(path: str | Path, # shard file
                verify: bool=True # check the CRC-32 of the tokens (zlib.crc32: far faster than reading the file from disk)
               ) -> np.ndarray:
@@ -105,7 +116,7 @@ def _read_meta(folder: str | Path) -> dict | None:
     if not ok: raise ShardError(f"{p} is damaged (it lacks the fields prepare writes: {', '.join(_META_KEYS)}, and shards with file and split); {fix}")
     return m
 
-# %% ../nbs/04a_data.ipynb #50ab7590
+# %% ../nbs/04a_data.ipynb #73222b96
 FINEWEB_EDU = ("HuggingFaceFW/fineweb-edu", "sample-10BT")
 
 def hub_reachable(host: str = "huggingface.co", # the host the real datasets (FineWeb-Edu, Dolly-15k) come from
@@ -126,6 +137,7 @@ def _hub_repo(source) -> str | None:
     if s in ("fineweb-edu", FINEWEB_EDU[0]): return FINEWEB_EDU[0]
     return s[3:] if s.startswith("hf:") else None
 
+# %% ../nbs/04a_data.ipynb #68b51599
 def _download_advice(repo: str) -> str:
     "The end of every offline message: what to download, with which command, and how to prepare the folder instead."
     if repo == FINEWEB_EDU[0]:
@@ -145,7 +157,7 @@ def _hub_ready(repo: str):
     except ImportError: raise DataUnavailable(f"streaming {what} needs the `datasets` package (`pip install datasets`); "
                                               f"or, {_download_advice(repo)}.") from None
 
-# %% ../nbs/04a_data.ipynb #3e9c1a70
+# %% ../nbs/04a_data.ipynb #51964efb
 _EXTS = (".txt", ".jsonl", ".json", ".parquet")
 
 def _local_files(path: Path) -> list[Path]:
@@ -164,6 +176,7 @@ def _decode(raw: bytes, path: Path, offset: int = 0, line: int | None = None) ->
         raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte offset {offset + e.start:,}); convert the "
                          f"file to UTF-8 first, e.g. `iconv -f latin1 -t utf-8 {path} > {path.stem}-utf8{path.suffix}` for Latin-1") from None
 
+# %% ../nbs/04a_data.ipynb #c394aafb
 def _kind(v) -> str:
     "What a JSON value is, in words, for error messages."
     if v is None: return "null"
@@ -176,51 +189,67 @@ def _text(value, where: str, field: str) -> str:
     if value is None or isinstance(value, str): return value or ""
     raise ValueError(f"{where}: the {field!r} field holds {_kind(value)}, not text; it must be a string (pick another field with --text-field)")
 
-# %% ../nbs/04a_data.ipynb #5d2b8e41
-def _file_documents(path: Path, text_field: str, split_text: str) -> Iterator[str]:
-    if path.suffix == ".txt":
-        text = _decode(path.read_bytes(), path)
-        if split_text == "file": yield text
-        elif split_text == "line": yield from (l for l in text.splitlines() if l.strip())
-        else: yield from (d.strip("\n") for d in text.split("\n\n") if d.strip())
-    elif path.suffix == ".jsonl":
-        with open(path, "rb") as f:  # bytes, so a decoding error can name its offset in the file
-            offset = 0
-            for i, raw in enumerate(f, 1):
-                line = _decode(raw, path, offset, i); offset += len(raw)
-                if not line.strip(): continue
-                try: rec = json.loads(line)
-                except json.JSONDecodeError as e: raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise ValueError(f"{path}:{i}: the line holds {_kind(rec)}; each line must be a JSON object with a {text_field!r} field")
-                if text_field not in rec: raise ValueError(f"{path}:{i}: no {text_field!r} field (fields: {sorted(rec)}); pick one with --text-field")
-                yield _text(rec[text_field], f"{path}:{i}", text_field)
-    elif path.suffix == ".json":
-        try: recs = json.loads(_decode(path.read_bytes(), path))
-        except json.JSONDecodeError as e: raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-        if isinstance(recs, dict): recs = [recs]
-        if not isinstance(recs, list):
-            raise ValueError(f"{path} holds {_kind(recs)}; a .json corpus must be a list of records (objects with a {text_field!r} field), "
-                             "a list of strings, or one record")
-        for i, rec in enumerate(recs, 1):
-            where = f"{path}: record {i} of {len(recs)}"
-            if isinstance(rec, str): yield rec
-            elif not isinstance(rec, dict): raise ValueError(f"{where} is {_kind(rec)}; records must be objects with a {text_field!r} field, or strings")
-            elif text_field in rec: yield _text(rec[text_field], where, text_field)
-            else: raise ValueError(f"{where} has no {text_field!r} field (fields: {sorted(rec)}); pick one with --text-field")
-    else:  # parquet, read a batch at a time so a multi-GB file never sits in memory
-        try: import pyarrow as pa, pyarrow.parquet as pq
-        except ImportError: raise ValueError(f"{path}: reading .parquet files needs pyarrow (`pip install pyarrow`)") from None
-        try: pf = pq.ParquetFile(path)
-        except (OSError, ValueError) as e: raise ValueError(f"{path}: not a readable parquet file ({e})") from None
-        if text_field not in pf.schema_arrow.names: raise ValueError(f"{path}: no {text_field!r} column (columns: {pf.schema_arrow.names})")
-        typ = pf.schema_arrow.field(text_field).type
-        if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or getattr(pa.types, "is_string_view", lambda t: False)(typ)):
-            raise ValueError(f"{path}: the {text_field!r} column holds {typ}, not text; pick the text column with --text-field")
-        for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
-            yield from batch.column(0).to_pylist()
+# %% ../nbs/04a_data.ipynb #d38751cd
+def _txt_documents(path: Path, split_text: str) -> Iterator[str]:
+    "The documents of a .txt file: its paragraphs (split at blank lines), its lines, or the whole file."
+    text = _decode(path.read_bytes(), path)
+    if split_text == "file": yield text
+    elif split_text == "line": yield from (l for l in text.splitlines() if l.strip())
+    else: yield from (d.strip("\n") for d in text.split("\n\n") if d.strip())
 
-# %% ../nbs/04a_data.ipynb #6a7f0c3d
+# %% ../nbs/04a_data.ipynb #1091e7a9
+def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
+    "The `text_field` of every line of a .jsonl file (blank lines are skipped)."
+    with open(path, "rb") as f:  # bytes, so a decoding error can name its offset in the file
+        offset = 0
+        for i, raw in enumerate(f, 1):
+            line = _decode(raw, path, offset, i); offset += len(raw)
+            if not line.strip(): continue
+            try: rec = json.loads(line)
+            except json.JSONDecodeError as e: raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path}:{i}: the line holds {_kind(rec)}; each line must be a JSON object with a {text_field!r} field")
+            if text_field not in rec: raise ValueError(f"{path}:{i}: no {text_field!r} field (fields: {sorted(rec)}); pick one with --text-field")
+            yield _text(rec[text_field], f"{path}:{i}", text_field)
+
+# %% ../nbs/04a_data.ipynb #70b84d69
+def _json_documents(path: Path, text_field: str) -> Iterator[str]:
+    "The documents of a .json file: a list of records (or of strings), or a single record."
+    try: recs = json.loads(_decode(path.read_bytes(), path))
+    except json.JSONDecodeError as e: raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if isinstance(recs, dict): recs = [recs]
+    if not isinstance(recs, list):
+        raise ValueError(f"{path} holds {_kind(recs)}; a .json corpus must be a list of records (objects with a {text_field!r} field), "
+                         "a list of strings, or one record")
+    for i, rec in enumerate(recs, 1):
+        where = f"{path}: record {i} of {len(recs)}"
+        if isinstance(rec, str): yield rec
+        elif not isinstance(rec, dict): raise ValueError(f"{where} is {_kind(rec)}; records must be objects with a {text_field!r} field, or strings")
+        elif text_field in rec: yield _text(rec[text_field], where, text_field)
+        else: raise ValueError(f"{where} has no {text_field!r} field (fields: {sorted(rec)}); pick one with --text-field")
+
+# %% ../nbs/04a_data.ipynb #ca764a93
+def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
+    "The `text_field` column of a .parquet file, read a batch at a time so a multi-GB file never sits in memory."
+    try: import pyarrow as pa, pyarrow.parquet as pq
+    except ImportError: raise ValueError(f"{path}: reading .parquet files needs pyarrow (`pip install pyarrow`)") from None
+    try: pf = pq.ParquetFile(path)
+    except (OSError, ValueError) as e: raise ValueError(f"{path}: not a readable parquet file ({e})") from None
+    if text_field not in pf.schema_arrow.names: raise ValueError(f"{path}: no {text_field!r} column (columns: {pf.schema_arrow.names})")
+    typ = pf.schema_arrow.field(text_field).type
+    if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or getattr(pa.types, "is_string_view", lambda t: False)(typ)):
+        raise ValueError(f"{path}: the {text_field!r} column holds {typ}, not text; pick the text column with --text-field")
+    for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
+        yield from batch.column(0).to_pylist()
+
+def _file_documents(path: Path, text_field: str, split_text: str) -> Iterator[str]:
+    "The documents of one corpus file, read by the reader for its type."
+    if path.suffix == ".txt": yield from _txt_documents(path, split_text)
+    elif path.suffix == ".jsonl": yield from _jsonl_documents(path, text_field)
+    elif path.suffix == ".json": yield from _json_documents(path, text_field)
+    else: yield from _parquet_documents(path, text_field)
+
+# %% ../nbs/04a_data.ipynb #8a0e023d
 def _hub_rows(repo: str, name: str | None, split: str, text_field: str) -> Iterator[str]:
     "Stream the texts of a Hugging Face dataset; a failure is `DataUnavailable` in one sentence, never a network traceback."
     _hub_ready(repo)
@@ -237,6 +266,7 @@ def _hub_rows(repo: str, name: str | None, split: str, text_field: str) -> Itera
         if text_field not in row: raise ValueError(f"{what}: rows have no {text_field!r} field (fields: {sorted(row)}); pick one with --text-field")
         yield _text(row[text_field], f"{what}, row {done}", text_field)
 
+# %% ../nbs/04a_data.ipynb #a739a19a
 def _exists(x) -> bool:
     "Is `x` an existing path? (False for document texts that are too long or odd to be paths.)"
     try: return isinstance(x, (str, Path)) and len(str(x)) < 4096 and "\n" not in str(x) and Path(x).expanduser().exists()
@@ -246,6 +276,7 @@ def _is_docs(source) -> bool:
     "A list of document strings (rather than a list of paths)."
     return isinstance(source, (list, tuple)) and all(isinstance(s, str) for s in source) and not any(_exists(s) for s in source)
 
+# %% ../nbs/04a_data.ipynb #ed26704f
 def iter_documents(source,                    # "fineweb-edu", "hf:owner/name", "stdlib", a path (file or folder), or a list of strings
                    text_field: str="text",    # the field/column holding the text in jsonl/json/parquet/Hugging Face rows
                    split_text: str="paragraph", # .txt files: "paragraph" (blank lines), "line", or "file" (one document)
@@ -268,10 +299,11 @@ def iter_documents(source,                    # "fineweb-edu", "hf:owner/name", 
                                 "'fineweb-edu', 'hf:owner/name' or 'stdlib'")
     for f in _local_files(p): yield from _file_documents(f, text_field, split_text)
 
-# %% ../nbs/04a_data.ipynb #17eaf1c2
+# %% ../nbs/04a_data.ipynb #9dd6ab43
 _WORKER_ENC = None
 
 def _init_worker(spec):
+    "Build this process's tokenizer once, from its `tokenizer_state` (plain JSON, so it travels to a worker)."
     global _WORKER_ENC
     from nanogpt_course.tokenizer import get_tokenizer
     _WORKER_ENC = get_tokenizer(spec)
@@ -282,6 +314,17 @@ def _tokenize(text: str) -> np.ndarray:
     if not (text or "").strip(): return np.array([enc.eot_token], dtype=np.uint32)  # nothing to learn from; skipped
     return np.array([enc.eot_token] + enc.encode_ordinary(text), dtype=np.uint32)
 
+# %% ../nbs/04a_data.ipynb #b38a3784
+def _token_stream(docs, spec, num_proc: int, chunksize: int):
+    "The token arrays of `docs`, in order, and the pool that makes them (None with one process: tokenized here)."
+    if num_proc > 1:
+        import multiprocessing as mp
+        pool = mp.get_context("fork" if sys.platform == "linux" else "spawn").Pool(num_proc, _init_worker, (spec,))
+        return pool.imap(_tokenize, docs, chunksize=chunksize), pool
+    _init_worker(spec)
+    return map(_tokenize, docs), None
+
+# %% ../nbs/04a_data.ipynb #db13c9a0
 def _estimate_tokens(source) -> int | None:
     "A rough token count (4 bytes a token) to size the validation shard; None for streamed datasets."
     s = source
@@ -292,7 +335,105 @@ def _estimate_tokens(source) -> int | None:
     if p.exists(): return sum(f.stat().st_size for f in _local_files(p)) // 4
     return None
 
+def _val_tokens(source, shard_tokens: int, val_tokens: int | None, max_tokens: int | None) -> int:
+    "The validation shard's size: `val_tokens`, else ~10% of the corpus (at most a shard), leaving some to train on."
+    if val_tokens is None:
+        est = max_tokens or _estimate_tokens(source)
+        val_tokens = min(shard_tokens, max(est // 10, 1)) if est else shard_tokens
+    if max_tokens is not None and max_tokens <= val_tokens:
+        raise ValueError(f"max_tokens (--max-tokens) = {max_tokens:,} leaves nothing to train on after the validation shard's "
+                         f"{val_tokens:,} tokens (--val-tokens); raise --max-tokens or lower --val-tokens")
+    return val_tokens
+
+# %% ../nbs/04a_data.ipynb #5b085789
+def _save_json(path: Path, obj):
+    "Write `obj` as JSON to `path` atomically: a `.tmp` file beside it, renamed over it."
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
+
+def _start_meta(settings: dict, eot: int, vocab: int) -> dict:
+    "meta.json before the first shard: the settings, the tokenizer's eot and vocabulary size, no shards yet."
+    return dict(version=VERSION, **settings, eot=eot, vocab_size=vocab, dtype=dtype_for_vocab(vocab).name, shards=[],
+                complete=False, documents=0, carry=0, total_tokens=0)
+
+# %% ../nbs/04a_data.ipynb #b9adf0e9
+class _ShardWriter:
+    "Packs token arrays into shards (the first of `val_tokens`, then of `shard_tokens`) and records each in meta.json."
+    def __init__(self, out: Path, meta: dict, buf: np.ndarray, eot: int, vocab: int, val_tokens: int, shard_tokens: int,
+                 max_tokens: int | None, ndoc: int = 0):
+        self.out, self.meta, self.buf, self.eot, self.vocab = out, meta, buf, eot, vocab
+        self.val_tokens, self.shard_tokens, self.max_tokens = val_tokens, shard_tokens, max_tokens
+        self.n_val = sum(1 for s in meta["shards"] if s["split"] == "val")
+        self.n_train = sum(1 for s in meta["shards"] if s["split"] == "train")
+        # tokens in buf, tokens in all, documents read, tokens of the last document left for the next shard (its carry)
+        self.fill, self.total, self.ndoc, self.left = 0, meta["total_tokens"], ndoc, 0
+
+    def flush(self):
+        "Write the buffer as the next shard, and record it and where in the corpus it ends in meta.json."
+        split = "val" if self.n_val == 0 else "train"
+        name = f"{split}_{(self.n_val if split == 'val' else self.n_train):06d}.bin"
+        write_shard(self.out / name, self.buf[:self.fill], self.eot, self.vocab)
+        if split == "val": self.n_val += 1
+        else: self.n_train += 1
+        self.meta["shards"].append(dict(file=name, split=split, tokens=int(self.fill), docs_end=self.ndoc,
+                                        carry=int(self.left)))
+        self.meta.update(documents=self.ndoc, carry=int(self.left), total_tokens=self.total)
+        _save_json(self.out / "meta.json", self.meta); self.fill = 0
+
+# %% ../nbs/04a_data.ipynb #a942f7e6
+@patch
+def add(self: _ShardWriter, toks: np.ndarray) -> bool:
+    "Pack one document's tokens, writing each shard that fills; True once `max_tokens` are in (the rest is dropped)."
+    while len(toks):
+        cap = self.val_tokens if self.n_val == 0 else self.shard_tokens
+        take = min(cap - self.fill, len(toks))
+        if self.max_tokens is not None: take = min(take, self.max_tokens - self.total)
+        self.buf[self.fill:self.fill + take] = toks[:take]; self.fill += take; self.total += take; toks = toks[take:]
+        self.left = len(toks)
+        if self.max_tokens is not None and self.total >= self.max_tokens: return True
+        if self.fill == cap: self.flush()
+    return False
+
+def _write_shards(w: _ShardWriter, token_iter, carry: int, bar):
+    "Pack every document into shards and write the last, partly full one; keep only the first's last `carry` tokens."
+    for i, toks in enumerate(token_iter):
+        w.ndoc += 1
+        if i == 0 and carry: toks = toks[len(toks) - carry:]
+        if len(toks) <= 1 and not (i == 0 and carry): continue  # an empty document: nothing but the separator
+        before = w.total
+        stop = w.add(toks)
+        bar.update(w.total - before)
+        if stop: break
+    w.left = 0
+    if w.fill: w.flush()
+
+# %% ../nbs/04a_data.ipynb #7e25b4df
+def _good_shards(out: Path, shards: list[dict]) -> list[dict]:
+    "The complete shards, in order, up to the first one that is missing or damaged."
+    good = []
+    for s in shards:
+        try: read_shard(out / s["file"])
+        except (ShardError, FileNotFoundError): break
+        good.append(s)
+    return good
+
+def _resume(out: Path, meta: dict, settings: dict) -> bool:
+    "Bring `meta` up to an earlier run's in `out` (a ValueError if its settings differ); True if it was complete."
+    if (old := _read_meta(out)) is None: return False
+    diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v and k != "tokenizer"]
+    if old.get("tokenizer") != settings["tokenizer"]: diff.append("tokenizer differs")
+    if diff: raise ValueError(f"{out} already holds shards prepared with other settings ({'; '.join(diff)}); "
+                              "use another output folder or delete this one")
+    good = _good_shards(out, old["shards"])
+    meta.update(old, shards=good, complete=old["complete"] and len(good) == len(old["shards"]))
+    if meta["complete"]: return True
+    last = good[-1] if good else dict(docs_end=0, carry=0)
+    meta.update(documents=last["docs_end"], carry=last["carry"], total_tokens=sum(s["tokens"] for s in good))
+    return False
+
+# %% ../nbs/04a_data.ipynb #2435fb8f
 def _check_source(source):
+    "Fail before any work on a source that cannot be read: a missing path, an empty folder, no network."
     if _is_docs(source): return
     for s in (source if isinstance(source, (list, tuple)) else [source]):
         if isinstance(s, (list, tuple)) or str(s) == "stdlib": continue
@@ -301,14 +442,21 @@ def _check_source(source):
         if not p.exists(): next(iter_documents(p), None)  # raises the FileNotFoundError with the full message
         _local_files(p)
 
-def _save_json(path: Path, obj):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
-
 def _describe(source) -> str:
+    "The source in words, for meta.json and error messages."
     if _is_docs(source): return f"<{len(source)} in-memory documents>"
     return str([str(x) for x in source]) if isinstance(source, (list, tuple)) else str(source)
 
+def _check_written(w: _ShardWriter, source):
+    "A ValueError when the corpus gave no tokens, or only enough for the validation shard."
+    if w.total == 0:
+        raise ValueError(f"empty corpus: {_describe(source)} gave no text ({w.ndoc} documents, 0 tokens); "
+                         "check the path, --text-field and that the files are not empty")
+    if w.n_train == 0:
+        raise ValueError(f"{_describe(source)} gave only {w.total:,} tokens, all used by the validation shard "
+                         f"({w.val_tokens:,}); use a bigger corpus or a smaller --val-tokens")
+
+# %% ../nbs/04a_data.ipynb #0b7853d6
 def prepare(source,                          # see `iter_documents`: "fineweb-edu", a path, "stdlib", "hf:owner/name", a list of strings
             out_dir: str | Path,             # folder for the shards and meta.json
             tokenizer="gpt2",                # "gpt2", a saved tokenizer (notebook 00), a BPETokenizer or tiktoken.Encoding
@@ -329,98 +477,33 @@ def prepare(source,                          # see `iter_documents`: "fineweb-ed
     _check_source(source)  # a missing path, an empty folder or no network fails here, before anything is written
     enc = get_tokenizer(tokenizer)
     spec = tokenizer_state(enc)
-    eot, vocab = enc.eot_token, enc.n_vocab
-    dt = dtype_for_vocab(vocab)
-    if val_tokens is None:
-        est = max_tokens or _estimate_tokens(source)
-        val_tokens = min(shard_tokens, max(est // 10, 1)) if est else shard_tokens
-    if max_tokens is not None and max_tokens <= val_tokens:
-        raise ValueError(f"max_tokens (--max-tokens) = {max_tokens:,} leaves nothing to train on after the validation shard's "
-                         f"{val_tokens:,} tokens (--val-tokens); raise --max-tokens or lower --val-tokens")
-    buf = _shard_buffer(max(val_tokens, shard_tokens), dt)
+    val_tokens = _val_tokens(source, shard_tokens, val_tokens, max_tokens)
+    buf = _shard_buffer(max(val_tokens, shard_tokens), dtype_for_vocab(enc.n_vocab))
     out = _make_out_dir(out_dir)
     settings = dict(source=_describe(source), tokenizer=spec, shard_tokens=shard_tokens, val_tokens=val_tokens,
                     max_tokens=max_tokens, text_field=text_field, split_text=split_text, hf_name=hf_name)
-    meta_path = out / "meta.json"
-    meta = dict(version=VERSION, **settings, eot=eot, vocab_size=vocab, dtype=dt.name, shards=[], complete=False,
-                documents=0, carry=0, total_tokens=0)
-    if (old := _read_meta(out)) is not None:
-        diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v and k != "tokenizer"]
-        if old.get("tokenizer") != spec: diff.append("tokenizer differs")
-        if diff: raise ValueError(f"{out} already holds shards prepared with other settings ({'; '.join(diff)}); "
-                                  "use another output folder or delete this one")
-        # keep the complete shards, in order, up to the first one that is missing or damaged
-        good = []
-        for s in old["shards"]:
-            try: read_shard(out / s["file"])
-            except (ShardError, FileNotFoundError): break
-            good.append(s)
-        meta.update(old, shards=good, complete=old["complete"] and len(good) == len(old["shards"]))
-        if meta["complete"]:
-            if progress: print(f"{out}: already prepared ({meta['total_tokens']:,} tokens in {len(good)} shards)")
-            return meta
-        last = good[-1] if good else dict(docs_end=0, carry=0)
-        meta.update(documents=last["docs_end"], carry=last["carry"], total_tokens=sum(s["tokens"] for s in good))
-    n_val_done = sum(1 for s in meta["shards"] if s["split"] == "val")
-    n_train_done = sum(1 for s in meta["shards"] if s["split"] == "train")
-    start_doc, carry = meta["documents"], meta["carry"]
-    skip = start_doc - (1 if carry else 0)  # the last document was split: tokenize it again and keep its tail
+    meta = _start_meta(settings, enc.eot_token, enc.n_vocab)
+    if _resume(out, meta, settings):
+        if progress: print(f"{out}: already prepared ({meta['total_tokens']:,} tokens in {len(meta['shards'])} shards)")
+        return meta
+    skip = meta["documents"] - (1 if meta["carry"] else 0)  # a split last document: tokenize it again, keep its tail
     docs = itertools.islice(iter_documents(source, text_field, split_text, hf_name), skip, None)
-    num_proc = num_proc or os.cpu_count() or 1
-    pool = None
-    if num_proc > 1:
-        import multiprocessing as mp
-        pool = mp.get_context("fork" if sys.platform == "linux" else "spawn").Pool(num_proc, _init_worker, (spec,))
-        token_iter = pool.imap(_tokenize, docs, chunksize=chunksize)
-    else:
-        _init_worker(spec); token_iter = map(_tokenize, docs)
+    token_iter, pool = _token_stream(docs, spec, num_proc or os.cpu_count() or 1, chunksize)
     from tqdm.auto import tqdm
     bar = tqdm(total=max_tokens, initial=meta["total_tokens"], unit="tok", unit_scale=True, disable=not progress,
                desc=f"prepare {out.name}")
-    fill, total, ndoc = 0, meta["total_tokens"], skip
-
-    def flush(n):
-        nonlocal fill, n_val_done, n_train_done
-        split = "val" if n_val_done == 0 else "train"
-        name = f"{split}_{(n_val_done if split == 'val' else n_train_done):06d}.bin"
-        write_shard(out / name, buf[:n], eot, vocab)
-        if split == "val": n_val_done += 1
-        else: n_train_done += 1
-        meta["shards"].append(dict(file=name, split=split, tokens=int(n), docs_end=ndoc, carry=int(left)))
-        meta.update(documents=ndoc, carry=int(left), total_tokens=total)
-        _save_json(meta_path, meta); fill = 0
-
-    t0, left, stop = time.time(), 0, False
-    try:
-        for i, toks in enumerate(token_iter):
-            ndoc += 1
-            if i == 0 and carry: toks = toks[len(toks) - carry:]
-            if len(toks) <= 1 and not (i == 0 and carry): continue  # an empty document: nothing but the separator
-            while len(toks):
-                cap = val_tokens if n_val_done == 0 else shard_tokens
-                take = min(cap - fill, len(toks))
-                if max_tokens is not None: take = min(take, max_tokens - total)
-                buf[fill:fill + take] = toks[:take]; fill += take; total += take; toks = toks[take:]
-                bar.update(take); left = len(toks)
-                if max_tokens is not None and total >= max_tokens: stop = True; break
-                if fill == cap: flush(fill)
-            if stop: break
-        left = 0
-        if fill: flush(fill)
+    w = _ShardWriter(out, meta, buf, enc.eot_token, enc.n_vocab, val_tokens, shard_tokens, max_tokens, ndoc=skip)
+    t0 = time.time()
+    try: _write_shards(w, token_iter, meta["carry"], bar)
     finally:
         bar.close()
         if pool is not None: pool.terminate(); pool.join()
-    if total == 0:
-        raise ValueError(f"empty corpus: {_describe(source)} gave no text ({ndoc} documents, 0 tokens); "
-                         "check the path, --text-field and that the files are not empty")
-    if n_train_done == 0:
-        raise ValueError(f"{_describe(source)} gave only {total:,} tokens, all used by the validation shard ({val_tokens:,}); "
-                         "use a bigger corpus or a smaller --val-tokens")
-    meta.update(complete=True, documents=ndoc, carry=0, total_tokens=total, seconds=round(time.time() - t0, 2))
-    _save_json(meta_path, meta)
+    _check_written(w, source)
+    meta.update(complete=True, documents=w.ndoc, carry=0, total_tokens=w.total, seconds=round(time.time() - t0, 2))
+    _save_json(out / "meta.json", meta)
     return meta
 
-# %% ../nbs/04a_data.ipynb #4b8d2e6f
+# %% ../nbs/04a_data.ipynb #4033ca36
 _PREPARE_INTS = dict(  # argument: (its flag or None, what it counts); each must be a whole number from 1 up
     shard_tokens=("--shard-tokens", "tokens per training shard"), val_tokens=("--val-tokens", "tokens in the validation shard"),
     max_tokens=("--max-tokens", "tokens in all"), num_proc=("--num-proc", "tokenizer processes"),
@@ -438,7 +521,9 @@ def _check_prepare_args(out_dir, **ints):
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; give a new or existing folder for the shards and meta.json")
 
+# %% ../nbs/04a_data.ipynb #96eabb21
 def _make_out_dir(out_dir) -> Path:
+    "The output folder, made if needed; a ValueError naming --out when it cannot be."
     out = Path(out_dir).expanduser()
     try: out.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise ValueError(f"cannot create the output folder --out {out} ({e.strerror}); give a folder you can write to") from None
@@ -451,7 +536,7 @@ def _shard_buffer(n: int, dt: np.dtype) -> np.ndarray:
         raise ValueError(f"a shard of {n:,} tokens ({n * dt.itemsize / 2**30:,.0f} GiB) does not fit in memory; lower --shard-tokens "
                          "(and --val-tokens): build-nanogpt uses 100,000,000") from None
 
-# %% ../nbs/04a_data.ipynb #ca8e11ed
+# %% ../nbs/04a_data.ipynb #b10d8be6
 def shard_files(data: str | Path,   # a folder written by `prepare` (or any folder of shards)
                 split: str="train", # "train" or "val"
                ) -> list[Path]:
@@ -467,6 +552,7 @@ def shard_files(data: str | Path,   # a folder written by `prepare` (or any fold
     if not files: raise ValueError(f"empty corpus: no {split} shards in {d}; prepare it with `nanogpt-course prepare SOURCE --out {d}`")
     return files
 
+# %% ../nbs/04a_data.ipynb #72bbd5d2
 class TokenLoader:
     "Batches `(x, y)` of shape (B, T) from token shards; rank `rank` of `world_size` reads its own slice."
     def __init__(self,
@@ -488,102 +574,129 @@ class TokenLoader:
         self.window = window or self.step_tokens
         if self.window % self.step_tokens:
             raise ValueError(f"window={self.window} must be a multiple of B*T*world_size = {self.step_tokens}")
-        heads = [read_header(f) for f in self.files]  # fail now, with the file's name, not mid-run
-        eots = {h["eot"] for h in heads}
-        if len(eots) > 1: raise ShardError(f"shards in {self.files[0].parent} come from different tokenizers (eot ids {sorted(eots)})")
-        self.eot, self.vocab_size = heads[0]["eot"], heads[0]["vocab_size"]
-        self.sizes = [h["n_tokens"] for h in heads]
-        if max(self.sizes) < self.window + 1:
-            big = max(range(len(heads)), key=lambda i: self.sizes[i])
-            raise ValueError(f"{self.files[big]} holds {self.sizes[big]:,} tokens, fewer than one step needs "
-                             f"({self.window:,} tokens + 1; B*T*world_size = {B}*{T}*{world_size}); "
-                             "lower the batch size or sequence length, or prepare more data")
+        self._check_shards()  # fail now, with the file's name, not mid-run
         self._verified = set()
         self.epoch, self.shard, self.pos = 0, 0, 0
         self._load()
 
-    def _order(self, epoch):
-        "Shard order of an epoch, skipping shards too small for one step (e.g. a short last shard)."
-        idx = [i for i, n in enumerate(self.sizes) if n >= self.window + 1]
-        if self.shuffle: idx = [idx[i] for i in np.random.default_rng([self.seed, epoch]).permutation(len(idx))]
-        return idx
+# %% ../nbs/04a_data.ipynb #b09fd11e
+@patch
+def _check_shards(self: TokenLoader):
+    "Read every header now: one tokenizer's shards (eot, vocab_size and sizes kept), one big enough for a step."
+    heads = [read_header(f) for f in self.files]
+    eots = {h["eot"] for h in heads}
+    if len(eots) > 1: raise ShardError(f"shards in {self.files[0].parent} come from different tokenizers (eot ids {sorted(eots)})")
+    self.eot, self.vocab_size = heads[0]["eot"], heads[0]["vocab_size"]
+    self.sizes = [h["n_tokens"] for h in heads]
+    if max(self.sizes) < self.window + 1:
+        big = max(range(len(heads)), key=lambda i: self.sizes[i])
+        raise ValueError(f"{self.files[big]} holds {self.sizes[big]:,} tokens, fewer than one step needs "
+                         f"({self.window:,} tokens + 1; B*T*world_size = {self.B}*{self.T}*{self.world_size}); "
+                         "lower the batch size or sequence length, or prepare more data")
 
-    def _load(self):
-        order = self._order(self.epoch)
-        i = order[self.shard]
-        arr = read_shard(self.files[i], verify=i not in self._verified); self._verified.add(i)
-        if self.shuffle:
-            # document boundaries: every <|endoftext|> starts a document. What precedes the first one is the tail of a
-            # document that prepare cut at the shard's edge: it has no eot of its own, so it stays first (moved, it would
-            # be glued onto the end of another document)
-            starts = np.flatnonzero(arr == self.eot)
-            if len(starts):
-                bounds = np.concatenate([starts, [len(arr)]])
-                perm = np.random.default_rng([self.seed, self.epoch, i]).permutation(len(bounds) - 1)
-                arr = np.concatenate([arr[:starts[0]]] + [arr[bounds[j]:bounds[j + 1]] for j in perm])
-        self.tokens = arr
+# %% ../nbs/04a_data.ipynb #207787cd
+@patch
+def _order(self: TokenLoader, epoch):
+    "Shard order of an epoch, skipping shards too small for one step (e.g. a short last shard)."
+    idx = [i for i, n in enumerate(self.sizes) if n >= self.window + 1]
+    if self.shuffle: idx = [idx[i] for i in np.random.default_rng([self.seed, epoch]).permutation(len(idx))]
+    return idx
 
-    def next_batch(self):
-        "The next (x, y) for this rank, as int64 tensors of shape (B, T); moves on to the next shard/epoch as needed."
-        import torch
-        if self.pos % self.window == 0 and self.pos + self.window + 1 > len(self.tokens):  # not enough left for a whole step: next shard
-            self.pos, self.shard = 0, self.shard + 1
-            if self.shard >= len(self._order(self.epoch)): self.shard, self.epoch = 0, self.epoch + 1
-            self._load()
-        start = self.pos + self.rank * self.B * self.T
-        buf = torch.from_numpy(np.asarray(self.tokens[start:start + self.B * self.T + 1], dtype=np.int64))
-        self.pos += self.step_tokens
-        return buf[:-1].view(self.B, self.T), buf[1:].view(self.B, self.T)
+@patch
+def _load(self: TokenLoader):
+    "Read the current shard of the current epoch; training shuffles its documents."
+    order = self._order(self.epoch)
+    i = order[self.shard]
+    arr = read_shard(self.files[i], verify=i not in self._verified); self._verified.add(i)
+    if self.shuffle:
+        # document boundaries: every <|endoftext|> starts a document. What precedes the first one is the tail of a
+        # document that prepare cut at the shard's edge: it has no eot of its own, so it stays first (moved, it would
+        # be glued onto the end of another document)
+        starts = np.flatnonzero(arr == self.eot)
+        if len(starts):
+            bounds = np.concatenate([starts, [len(arr)]])
+            perm = np.random.default_rng([self.seed, self.epoch, i]).permutation(len(bounds) - 1)
+            arr = np.concatenate([arr[:starts[0]]] + [arr[bounds[j]:bounds[j + 1]] for j in perm])
+    self.tokens = arr
 
-    def state_dict(self) -> dict:
-        "Where the loader is: enough to resume at the exact next token."
-        return dict(epoch=self.epoch, shard=self.shard, pos=self.pos, seed=self.seed, window=self.window, B=self.B, T=self.T,
-                    world_size=self.world_size, files=[f.name for f in self.files])
-
-    def load_state_dict(self, sd: dict):
-        "Continue from `state_dict()`; refuses a state from other shards or another batch geometry."
-        if sd["files"] != [f.name for f in self.files]:
-            raise ValueError(f"loader state is for shards {sd['files'][:3]}... but this loader reads {[f.name for f in self.files][:3]}...")
-        if (sd["window"], sd["seed"]) != (self.window, self.seed) or sd["pos"] % self.step_tokens:
-            raise ValueError(f"loader state was saved with {sd['window']} tokens a step, seed={sd['seed']}, at token {sd['pos']}; "
-                             f"this loader has {self.window} tokens a step (B*T*world_size = {self.step_tokens}), seed={self.seed}")
-        self.epoch, self.shard, self.pos = sd["epoch"], sd["shard"], sd["pos"]
+# %% ../nbs/04a_data.ipynb #9105de4a
+@patch
+def next_batch(self: TokenLoader):
+    "The next (x, y) for this rank, as int64 tensors of shape (B, T); moves on to the next shard/epoch as needed."
+    import torch
+    if self.pos % self.window == 0 and self.pos + self.window + 1 > len(self.tokens):  # not enough left for a whole step: next shard
+        self.pos, self.shard = 0, self.shard + 1
+        if self.shard >= len(self._order(self.epoch)): self.shard, self.epoch = 0, self.epoch + 1
         self._load()
+    start = self.pos + self.rank * self.B * self.T
+    buf = torch.from_numpy(np.asarray(self.tokens[start:start + self.B * self.T + 1], dtype=np.int64))
+    self.pos += self.step_tokens
+    return buf[:-1].view(self.B, self.T), buf[1:].view(self.B, self.T)
 
-    def reset(self):
-        "Back to the first token of epoch 0 (the validation loss reads the same batches every time)."
-        self.epoch, self.shard, self.pos = 0, 0, 0; self._load()
+# %% ../nbs/04a_data.ipynb #20c79c0f
+@patch
+def state_dict(self: TokenLoader) -> dict:
+    "Where the loader is: enough to resume at the exact next token."
+    return dict(epoch=self.epoch, shard=self.shard, pos=self.pos, seed=self.seed, window=self.window, B=self.B, T=self.T,
+                world_size=self.world_size, files=[f.name for f in self.files])
 
-# %% ../nbs/04a_data.ipynb #7d1e9b3a
+@patch
+def load_state_dict(self: TokenLoader, sd: dict):
+    "Continue from `state_dict()`; refuses a state from other shards or another batch geometry."
+    if sd["files"] != [f.name for f in self.files]:
+        raise ValueError(f"loader state is for shards {sd['files'][:3]}... but this loader reads {[f.name for f in self.files][:3]}...")
+    if (sd["window"], sd["seed"]) != (self.window, self.seed) or sd["pos"] % self.step_tokens:
+        raise ValueError(f"loader state was saved with {sd['window']} tokens a step, seed={sd['seed']}, at token {sd['pos']}; "
+                         f"this loader has {self.window} tokens a step (B*T*world_size = {self.step_tokens}), seed={self.seed}")
+    self.epoch, self.shard, self.pos = sd["epoch"], sd["shard"], sd["pos"]
+    self._load()
+
+@patch
+def reset(self: TokenLoader):
+    "Back to the first token of epoch 0 (the validation loss reads the same batches every time)."
+    self.epoch, self.shard, self.pos = 0, 0, 0; self._load()
+
+# %% ../nbs/04a_data.ipynb #b38872f1
+_REDO = ("re-run `nanogpt-course prepare SOURCE --out NEW_FOLDER --tokenizer TOKENIZER` with the tokenizer you mean to "
+         "train with, so that the shards and meta.json come from one tokenizer")
+
+def _bare_tokenizer(d: Path):
+    "GPT-2's tokenizer for bare shards (no meta.json) that are GPT-2's: (tokenizer, its name in messages, shards)."
+    from nanogpt_course.tokenizer import get_tokenizer
+    files = shard_files(d, "train") + sorted(d.glob("val_*.bin"))
+    h = read_header(files[0])
+    if (h["eot"], h["vocab_size"]) != (50256, 50257):
+        raise ShardError(f"{d} has no meta.json and its shards are not GPT-2's (eot {h['eot']}, vocab_size {h['vocab_size']:,}), "
+                         f"so the tokenizer that made them is unknown; {_REDO}")
+    return get_tokenizer("gpt2"), "GPT-2's tokenizer (there is no meta.json)", files
+
+# %% ../nbs/04a_data.ipynb #c552ed53
+def _meta_tokenizer(d: Path, meta: dict):
+    "The tokenizer meta.json names, checked against its eot and vocab_size: (tokenizer, its name in messages, shards)."
+    from nanogpt_course.tokenizer import get_tokenizer
+    try: enc = get_tokenizer(meta["tokenizer"])
+    except (ValueError, TypeError) as e: raise ShardError(f"{d / 'meta.json'} names a tokenizer that cannot be loaded: {e}") from None
+    spec = meta["tokenizer"]
+    named = f"the tokenizer meta.json names ({spec if isinstance(spec, str) else spec.get('name', 'saved')!r})"
+    if (meta["eot"], meta["vocab_size"]) != (enc.eot_token, enc.n_vocab):
+        raise ShardError(f"{d / 'meta.json'} says eot {meta['eot']} and vocab_size {meta['vocab_size']:,}, but {named} has eot "
+                         f"{enc.eot_token} and vocab_size {enc.n_vocab:,}: meta.json was edited or damaged; {_REDO}")
+    return enc, named, [d / s["file"] for s in meta["shards"]]
+
+# %% ../nbs/04a_data.ipynb #9c355a81
 def dataset_tokenizer(folder: str | Path # a folder written by `prepare`
                      ) -> "tuple[tiktoken.Encoding, int]":
     "The tokenizer a shard folder was made with and its vocabulary size, after checking meta.json and every shard header against it."
-    from nanogpt_course.tokenizer import get_tokenizer
     d = Path(folder)
-    redo = ("re-run `nanogpt-course prepare SOURCE --out NEW_FOLDER --tokenizer TOKENIZER` with the tokenizer you mean to train with, "
-            "so that the shards and meta.json come from one tokenizer")
     meta = _read_meta(d) if d.is_dir() else None
-    if meta is None:  # bare shards: only GPT-2's can be recognised from their headers
-        files = shard_files(d, "train") + sorted(d.glob("val_*.bin"))
-        h = read_header(files[0])
-        if (h["eot"], h["vocab_size"]) != (50256, 50257):
-            raise ShardError(f"{d} has no meta.json and its shards are not GPT-2's (eot {h['eot']}, vocab_size {h['vocab_size']:,}), "
-                             f"so the tokenizer that made them is unknown; {redo}")
-        enc, named = get_tokenizer("gpt2"), "GPT-2's tokenizer (there is no meta.json)"
-    else:
-        try: enc = get_tokenizer(meta["tokenizer"])
-        except (ValueError, TypeError) as e: raise ShardError(f"{d / 'meta.json'} names a tokenizer that cannot be loaded: {e}") from None
-        spec = meta["tokenizer"]
-        named = f"the tokenizer meta.json names ({spec if isinstance(spec, str) else spec.get('name', 'saved')!r})"
-        if (meta["eot"], meta["vocab_size"]) != (enc.eot_token, enc.n_vocab):
-            raise ShardError(f"{d / 'meta.json'} says eot {meta['eot']} and vocab_size {meta['vocab_size']:,}, but {named} has eot "
-                             f"{enc.eot_token} and vocab_size {enc.n_vocab:,}: meta.json was edited or damaged; {redo}")
-        files = [d / s["file"] for s in meta["shards"]]
+    # bare shards: only GPT-2's can be recognised from their headers
+    enc, named, files = _bare_tokenizer(d) if meta is None else _meta_tokenizer(d, meta)
     for f in files:
         h = read_header(f)
         if (h["eot"], h["vocab_size"]) != (enc.eot_token, enc.n_vocab):
             raise ShardError(f"{f} was made by a tokenizer with eot {h['eot']} and vocab_size {h['vocab_size']:,}, but {named} has eot "
-                             f"{enc.eot_token} and vocab_size {enc.n_vocab:,}, so a model would learn the wrong vocabulary; {redo}")
+                             f"{enc.eot_token} and vocab_size {enc.n_vocab:,}, so a model would learn the wrong vocabulary; "
+                             f"{_REDO}")
     return enc, enc.n_vocab
 
 # %% ../nbs/04a_data.ipynb #6ae9938d
@@ -602,10 +715,9 @@ def data_source() -> str:
     if d and (Path(d) / "tinyshakespeare.txt").exists(): return str(Path(d) / "tinyshakespeare.txt")
     return "stdlib"
 
-# %% ../nbs/04a_data.ipynb #1e4e1335
-def cli(argv: list[str] | None = None # arguments, e.g. ["fineweb-edu", "--out", "data/edu"]; sys.argv[1:] when None
-       ) -> int:
-    "`nanogpt-course prepare`: tokenize a corpus into shards."
+# %% ../nbs/04a_data.ipynb #dee0454a
+def _cli_parser() -> argparse.ArgumentParser:
+    "The flags of `nanogpt-course prepare`."
     p = argparse.ArgumentParser(prog="nanogpt-course prepare", description="Tokenize a corpus into token shards for pretraining.")
     p.add_argument("source", nargs="+", help="'fineweb-edu', 'hf:owner/name', 'stdlib', or .txt/.jsonl/.json/.parquet files or folders")
     p.add_argument("--out", required=True, help="output folder (re-running resumes)")
@@ -619,7 +731,13 @@ def cli(argv: list[str] | None = None # arguments, e.g. ["fineweb-edu", "--out",
     g.add_argument("--val-tokens", type=int, default=None, help="tokens in the validation shard, at least 1 (default ~10%%, at most one shard)")
     g.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens in all, more than --val-tokens")
     g.add_argument("--num-proc", type=int, default=None, help="tokenizer processes, at least 1 (default: all CPUs)")
-    a = p.parse_args(argv)
+    return p
+
+# %% ../nbs/04a_data.ipynb #c6851c55
+def cli(argv: list[str] | None = None # arguments, e.g. ["fineweb-edu", "--out", "data/edu"]; sys.argv[1:] when None
+       ) -> int:
+    "`nanogpt-course prepare`: tokenize a corpus into shards."
+    a = _cli_parser().parse_args(argv)
     src = a.source[0] if len(a.source) == 1 else a.source
     try:
         meta = prepare(src, a.out, tokenizer=a.tokenizer, shard_tokens=a.shard_tokens, val_tokens=a.val_tokens,

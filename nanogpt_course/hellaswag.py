@@ -16,7 +16,7 @@ __all__ = ['HELLASWAG_URLS', 'HF_DATASET', 'default_cache_dir', 'parse_example',
            'model_logits', 'make_rows', 'token_logprobs', 'score_rows', 'pack_example', 'fits_packed', 'score_packed',
            'can_pack', 'eval_autocast', 'evaluate', 'make_mc_examples', 'hellaswag_hook', 'cli']
 
-# %% ../nbs/06_hellaswag.ipynb #84c10fa7
+# %% ../nbs/06_hellaswag.ipynb #b43d416a
 HELLASWAG_URLS = {  # the files of the paper's repository, rowanz/hellaswag; everyone reports `validation`
     "train": "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_train.jsonl",
     "validation": "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl",
@@ -30,6 +30,12 @@ def default_cache_dir() -> Path:
     root = os.environ.get("NANOGPT_COURSE_CACHE")
     return Path(root) / "hellaswag" if root else Path("data") / "hellaswag"
 
+def _split(split: str) -> str:
+    "The split's own name (`val` is `validation`); a ValueError naming the choices otherwise."
+    if split not in _SPLITS: raise ValueError(f"unknown HellaSwag split {split!r}; choose one of train, validation (or val), test")
+    return _SPLITS[split]
+
+# %% ../nbs/06_hellaswag.ipynb #458a8f0b
 def _how_to_get(url: str | None = None, # the file to download; hellaswag_val.jsonl when None
                 dest: Path | None = None, # where the loader looks for it; the default cache when None
                 what: str | None = None   # how to name the file in the sentence ("that file"); the URL when None
@@ -40,11 +46,7 @@ def _how_to_get(url: str | None = None, # the file to download; hellaswag_val.js
     return (f"download {what or url} on a machine with network access and put it at {dest}, or anywhere and pass its path "
             f"with `--data FILE` (in Python: `load_hellaswag(path=FILE)`)")
 
-def _split(split: str) -> str:
-    if split not in _SPLITS: raise ValueError(f"unknown HellaSwag split {split!r}; choose one of train, validation (or val), test")
-    return _SPLITS[split]
-
-# %% ../nbs/06_hellaswag.ipynb #654b4d59
+# %% ../nbs/06_hellaswag.ipynb #f7b522fc
 def _label(label, where: str = "") -> int:
     "A record's label as an int 0..3, or -1 when it has none; 1.7, true or \"1.7\" are errors, not 1."
     if label in ("", None): return -1  # the test split is unlabelled ("" on Hugging Face, no `label` in the jsonl)
@@ -52,6 +54,7 @@ def _label(label, where: str = "") -> int:
     if isinstance(label, int) and not isinstance(label, bool) and 0 <= label <= 3: return label  # True is an int to Python, not here
     raise ValueError(f"{where}label must be 0, 1, 2 or 3 (an integer: the index of the right ending), got {label!r}; fix that record")
 
+# %% ../nbs/06_hellaswag.ipynb #4f94f898
 def parse_example(d: dict,       # one record in the HellaSwag schema (ctx, endings, label, ...)
                   where: str = "" # prefix for error messages, e.g. "file.jsonl:12: "
                  ) -> dict:
@@ -65,6 +68,7 @@ def parse_example(d: dict,       # one record in the HellaSwag schema (ctx, endi
         raise ValueError(f"{where}endings must be a list of 4 non-empty strings, got {endings!r:.100}")
     return {**d, "ctx": ctx, "endings": list(endings), "label": _label(d.get("label", ""), where)}
 
+# %% ../nbs/06_hellaswag.ipynb #7ba44e02
 def _check_labels(examples: list[dict], wheres: list[str], name: str, labelled: bool) -> list[dict]:
     "All records labelled, or none (the test split; refused when `labelled`): a file that mixes them is broken."
     unl = [w for e, w in zip(examples, wheres) if e["label"] < 0]
@@ -77,7 +81,7 @@ def _check_labels(examples: list[dict], wheres: list[str], name: str, labelled: 
                          f"(`--split validation`, or `--data FILE` with {HELLASWAG_URLS['validation']}).")
     return examples
 
-# %% ../nbs/06_hellaswag.ipynb #5b1e0c2a
+# %% ../nbs/06_hellaswag.ipynb #3d23facc
 def read_jsonl(path: str | Path,       # a jsonl file in the HellaSwag schema, one record a line
                labelled: bool = True  # refuse a file without labels (the test split); False to read it for predictions only
               ) -> list[dict]:
@@ -100,7 +104,7 @@ def read_jsonl(path: str | Path,       # a jsonl file in the HellaSwag schema, o
     if not out: raise ValueError(f"{path} holds no examples")
     return _check_labels(out, wheres, str(path), labelled)
 
-# %% ../nbs/06_hellaswag.ipynb #f0962ec4
+# %% ../nbs/06_hellaswag.ipynb #1e69d86d
 def download_hellaswag(split: str = "validation", # train, validation (val) or test
                        cache_dir: str | Path | None = None, # folder for the file; `default_cache_dir()` when None
                        url: str | None = None,   # where to fetch it from; `HELLASWAG_URLS[split]` when None
@@ -126,7 +130,7 @@ def download_hellaswag(split: str = "validation", # train, validation (val) or t
     os.replace(tmp, dest)
     return dest
 
-# %% ../nbs/06_hellaswag.ipynb #b83e1f5d
+# %% ../nbs/06_hellaswag.ipynb #1b74d37e
 def load_hf_hellaswag(split: str = "validation", # train, validation or test
                       cache_dir: str | Path | None = None, # `datasets` cache folder (its default when None)
                       labelled: bool = True # refuse a split without labels (test); False to load it for predictions only
@@ -144,7 +148,7 @@ def load_hf_hellaswag(split: str = "validation", # train, validation or test
     wheres = [f"{HF_DATASET}[{split}][{i}]: " for i in range(len(ds))]
     return _check_labels([parse_example(dict(r), where=w) for r, w in zip(ds, wheres)], wheres, f"{HF_DATASET} ({split})", labelled)
 
-# %% ../nbs/06_hellaswag.ipynb #25bd56a8
+# %% ../nbs/06_hellaswag.ipynb #6495f5ff
 def load_hellaswag(split: str = "validation", # train, validation (val) or test
                    path: str | Path | None = None, # a local jsonl in the HellaSwag schema; skips any download
                    cache_dir: str | Path | None = None, # download cache; `default_cache_dir()` (data/hellaswag) when None
@@ -165,7 +169,7 @@ def load_hellaswag(split: str = "validation", # train, validation (val) or test
             raise RuntimeError(f"HellaSwag {_split(split)} is not available here: {url} answered {e_url.reason} and {HF_DATASET} failed "
                                f"({e_hf.reason}); {_how_to_get(url, Path(cache_dir or default_cache_dir()) / Path(url).name)}.") from None
 
-# %% ../nbs/06_hellaswag.ipynb #da3a477f
+# %% ../nbs/06_hellaswag.ipynb #0310fa8a
 def preprocess(text: str) -> str:
     "lm-evaluation-harness's clean-up of HellaSwag text: WikiHow's `[title]`/`[header]` artifacts, double spaces."
     text = text.strip()
@@ -183,7 +187,9 @@ def example_text(example: dict,      # a HellaSwag record (see `parse_example`)
     if example.get("activity_label"): ctx = example["activity_label"] + ": " + ctx
     return preprocess(ctx), [preprocess(e) for e in example["endings"]]
 
+# %% ../nbs/06_hellaswag.ipynb #206443e6
 def _encode(enc, text: str) -> list[int]:
+    "The token ids of `text`, special tokens included as plain text."
     # dataset text is data, not control: "<|endoftext|>" inside it is encoded as plain text, never as the special token
     return enc.encode_ordinary(text) if hasattr(enc, "encode_ordinary") else enc.encode(text)
 
@@ -195,7 +201,7 @@ def render_example(example: dict, # a HellaSwag record
     ctx, endings = example_text(example, style)
     return _encode(enc, ctx), [_encode(enc, " " + e) for e in endings]
 
-# %% ../nbs/06_hellaswag.ipynb #8e4697f9
+# %% ../nbs/06_hellaswag.ipynb #ad387629
 def _unwrap(model):
     "The GPT inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."
     while True:
@@ -217,6 +223,7 @@ def model_logits(model, idx: torch.Tensor) -> torch.Tensor:
     if isinstance(out, (tuple, list)): out = out[0]
     return getattr(out, "logits", out)
 
+# %% ../nbs/06_hellaswag.ipynb #d910bd27
 def make_rows(ctx: list[int], endings: list[list[int]], block_size: int | None) -> list[tuple[list[int], int]]:
     "One row per ending: (context + ending tokens, cropped from the left to block_size; how many of its last tokens to score)."
     rows = []
@@ -226,7 +233,7 @@ def make_rows(ctx: list[int], endings: list[list[int]], block_size: int | None) 
         rows.append((toks, min(len(end), len(toks) - 1)))  # the first token of a row has nothing before it to predict it
     return rows
 
-# %% ../nbs/06_hellaswag.ipynb #e17a8685
+# %% ../nbs/06_hellaswag.ipynb #53c151ca
 def token_logprobs(head,              # the output layer: (N, C) hidden states -> (N, V) logits
                    h: torch.Tensor,   # (N, C) hidden states at the positions to score
                    tgt: torch.Tensor  # (N,) the token each position should predict
@@ -240,6 +247,18 @@ def token_logprobs(head,              # the output layer: (N, C) hidden states -
     return torch.cat([-F.cross_entropy(head(h[i:i + step]).float(), tgt[i:i + step], reduction="none")
                       for i in range(0, len(h), step)]) if len(h) else h.new_zeros(0)
 
+# %% ../nbs/06_hellaswag.ipynb #c20282a9
+def _pad_rows(rows: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    "The rows right-padded into one (R, T) batch of ids, and (R, T) True where a token is to be scored."
+    R, T = len(rows), max(len(t) for t, _ in rows)
+    idx = torch.full((R, T), pad_id, dtype=torch.long)
+    score = torch.zeros((R, T), dtype=torch.bool)  # True where a token is an ending token to score
+    for r, (toks, n) in enumerate(rows):
+        idx[r, :len(toks)] = torch.tensor(toks)
+        score[r, len(toks) - n:len(toks)] = True
+    return idx, score
+
+# %% ../nbs/06_hellaswag.ipynb #efe4682b
 @torch.no_grad()
 def score_rows(model,          # a GPT (or anything `model_logits` understands)
                rows: list[tuple[list[int], int]], # (token ids, number of trailing tokens to score) per row
@@ -248,13 +267,9 @@ def score_rows(model,          # a GPT (or anything `model_logits` understands)
               ) -> tuple[torch.Tensor, torch.Tensor]:
     "Sum of log-probabilities of each row's scored tokens and their count, in ONE forward pass over the right-padded rows."
     device = device or next(model.parameters()).device
-    R, T = len(rows), max(len(t) for t, _ in rows)
-    idx = torch.full((R, T), pad_id, dtype=torch.long)
-    score = torch.zeros((R, T), dtype=torch.bool)  # True where a token is an ending token to score
-    for r, (toks, n) in enumerate(rows):
-        idx[r, :len(toks)] = torch.tensor(toks)
-        score[r, len(toks) - n:len(toks)] = True
+    idx, score = _pad_rows(rows, pad_id)
     idx, score = idx.to(device), score.to(device)
+    R, T = idx.shape
     sel = score[:, 1:]                                # (R, T-1): the output at t predicts the token at t+1
     inner = _unwrap(model)
     if hasattr(inner, "hidden_states") and hasattr(inner, "lm_head"):  # the course's GPT: lm_head only where we score
@@ -268,7 +283,7 @@ def score_rows(model,          # a GPT (or anything `model_logits` understands)
     sums = torch.zeros(R, dtype=torch.float64, device=device).index_add_(0, row, lp.double())
     return sums.cpu(), sel.sum(1).cpu()
 
-# %% ../nbs/06_hellaswag.ipynb #004f592a
+# %% ../nbs/06_hellaswag.ipynb #ef667bb3
 def pack_example(ctx: list[int],            # context token ids (at least one)
                  endings: list[list[int]]   # token ids of each ending
                 ) -> tuple[list[int], list[int], list[int], list[tuple[int, int, int]]]:
@@ -286,6 +301,34 @@ def fits_packed(ctx: list[int], endings: list[list[int]], block_size: int | None
     "Can this example be scored packed: a context, and no ending that pushes it past block_size (no cropping)?"
     return len(ctx) > 0 and (block_size is None or len(ctx) + max(len(e) for e in endings) <= block_size)
 
+# %% ../nbs/06_hellaswag.ipynb #2dd8036b
+def _pad_packed(packed: list[tuple], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "Tokens, positions and branches of packed rows, right-padded into (R, T) tensors; a pad's branch is -1."
+    T = max(len(p[0]) for p in packed)
+    pad = lambda xs, v: xs + [v] * (T - len(xs))  # right padding, built in Python: one tensor copy, not one per row
+    idx = torch.tensor([pad(p[0], pad_id) for p in packed], device=device)  # (R, T)
+    pos = torch.tensor([pad(p[1], 0) for p in packed], device=device)       # (R, T)
+    seg = torch.tensor([pad(p[2], -1) for p in packed], device=device)      # (R, T), -1 = pad
+    return idx, pos, seg
+
+def _branch_mask(seg: torch.Tensor, # (R, T) branches: 0 context, k ending k, -1 pad
+                 model              # on a CPU without autocast, the additive mask takes the dtype of its parameters
+                ) -> torch.Tensor:
+    "Which keys each query may see, (R, 1, T, T): context and own branch, causally (CPU: 0 or -inf; else bool)."
+    T, device = seg.size(1), seg.device
+    # query q may see key k when k <= q and k is context or on q's own branch; a pad sees pads and context, never a real
+    # token sees a pad (pads are -1, neither context nor a branch)
+    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    see = causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))  # (R, T, T)
+    mask = see[:, None]  # (R, 1, T, T) bool: what every SDPA backend takes, in any compute dtype (bf16 autocast on a GPU)
+    if device.type == "cpu":
+        # on a CPU, an additive mask (0 or -inf) made once in the dtype attention runs in (autocast's under autocast,
+        # else the model's): SDPA would convert a bool mask in every layer
+        dt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else next(model.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dt).masked_fill_(~mask, float("-inf"))
+    return mask
+
+# %% ../nbs/06_hellaswag.ipynb #f56e182c
 @torch.no_grad()
 def score_packed(model,       # the course's GPT (needs `hidden_states(idx, pos=, attn_mask=)` and `lm_head`)
                  items: list[tuple[list[int], list[list[int]]]], # (context ids, ending ids) per example, all `fits_packed`
@@ -296,22 +339,10 @@ def score_packed(model,       # the course's GPT (needs `hidden_states(idx, pos=
     device = torch.device(device) if device is not None else next(model.parameters()).device
     inner, n_end = _unwrap(model), len(items[0][1])
     packed = [pack_example(c, e) for c, e in items]
-    R, T = len(packed), max(len(p[0]) for p in packed)
-    pad = lambda xs, v: xs + [v] * (T - len(xs))  # right padding, built in Python: one tensor copy, not one per row
-    idx = torch.tensor([pad(p[0], pad_id) for p in packed], device=device)  # (R, T)
-    pos = torch.tensor([pad(p[1], 0) for p in packed], device=device)       # (R, T)
-    seg = torch.tensor([pad(p[2], -1) for p in packed], device=device)      # (R, T), -1 = pad
-    # query q may see key k when k <= q and k is context or on q's own branch; a pad sees pads and context, never a real
-    # token sees a pad (pads are -1, neither context nor a branch)
-    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-    see = causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))  # (R, T, T)
-    mask = see[:, None]  # (R, 1, T, T) bool: what every SDPA backend takes, in any compute dtype (bf16 autocast on a GPU)
-    if device.type == "cpu":
-        # on a CPU, an additive mask (0 or -inf) made once in the dtype attention runs in (autocast's under autocast,
-        # else the model's): SDPA would convert a bool mask in every layer
-        dt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else next(inner.parameters()).dtype
-        mask = torch.zeros(mask.shape, dtype=dt).masked_fill_(~mask, float("-inf"))
+    idx, pos, seg = _pad_packed(packed, pad_id, device)
+    mask = _branch_mask(seg, inner)                       # (R, 1, T, T)
     h = inner.hidden_states(idx, pos=pos, attn_mask=mask)  # (R, T, C); the head dimension broadcasts
+    R = len(packed)
     r = torch.tensor([i for i, p in enumerate(packed) for _ in p[3]], device=device)           # (N,) which row
     where, tgt, k = torch.tensor([s for p in packed for s in p[3]], device=device).unbind(1)  # (N,) each
     lp = token_logprobs(inner.lm_head, h[r, where], tgt)  # (N,) log p(token | its branch)
@@ -320,7 +351,7 @@ def score_packed(model,       # the course's GPT (needs `hidden_states(idx, pos=
     counts = torch.bincount(slot, minlength=R * n_end)
     return sums.view(R, n_end).cpu(), counts.view(R, n_end).cpu()
 
-# %% ../nbs/06_hellaswag.ipynb #a8c8c965
+# %% ../nbs/06_hellaswag.ipynb #7f5770e4
 def _dist():
     "torch.distributed when a process group is initialised, else None."
     d = torch.distributed
@@ -332,6 +363,7 @@ def can_pack(model) -> bool:
     f = getattr(inner, "hidden_states", None)
     return f is not None and hasattr(inner, "lm_head") and "attn_mask" in inspect.signature(f).parameters
 
+# %% ../nbs/06_hellaswag.ipynb #f7286986
 def eval_autocast(device, # where the forward passes run
                   dtype: str = "auto" # "auto" (bf16 on CUDA, as in training), "float32" or "bfloat16" (any device)
                  ):
@@ -342,6 +374,67 @@ def eval_autocast(device, # where the forward passes run
     bf16 = dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
+# %% ../nbs/06_hellaswag.ipynb #0485a15f
+def _batches(toks: dict,          # example index -> (context ids, [ending ids] * 4)
+             block_size: int | None, pack: bool, batch_size: int
+            ) -> tuple[list[tuple[bool, list[int]]], dict]:
+    "Batches of (packed?, example ids), packed first, shortest first; and the four rows of each unpacked example."
+    packed = [i for i in toks if pack and fits_packed(*toks[i], block_size)]
+    rows = {i: make_rows(*toks[i], block_size) for i in sorted(set(toks) - set(packed))}  # cropped, or not our GPT
+    packed.sort(key=lambda i: len(toks[i][0]) + sum(map(len, toks[i][1])))  # similar lengths together: little padding
+    unpacked = sorted(rows, key=lambda i: max(len(t) for t, _ in rows[i]))
+    batches = [(g, ids[i:i + batch_size]) for g, ids in ((True, packed), (False, unpacked))
+               for i in range(0, len(ids), batch_size)]
+    return batches, rows
+
+# %% ../nbs/06_hellaswag.ipynb #ab2b5b0d
+def _score(model, batches: list, toks: dict, rows: dict, n: int, device, amp, progress: bool
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    "(n, 4) summed log-probabilities of the endings and their token counts, zeros for examples not in `batches`."
+    sums = torch.zeros(n, 4, dtype=torch.float64)           # log p(ending | context), summed over its tokens
+    counts = torch.zeros(n, 4, dtype=torch.float64)         # how many tokens were scored (0 = not this rank's)
+    was_training = model.training
+    model.eval()
+    try:
+        if progress:
+            from tqdm.auto import tqdm
+            batches = tqdm(batches, desc="hellaswag", unit="batch")
+        for is_packed, b in batches:
+            with amp:
+                if is_packed: s, c = score_packed(model, [toks[i] for i in b], device)
+                else: s, c = score_rows(model, [r for i in b for r in rows[i]], device)
+            sums[b], counts[b] = s.view(-1, 4), c.view(-1, 4).double()
+    finally: model.train(was_training)
+    return sums, counts
+
+# %% ../nbs/06_hellaswag.ipynb #aac5229b
+def _gather(sums: torch.Tensor, counts: torch.Tensor, device, world_size: int, mine: list[int]):
+    "Every example's scores on every rank, and the examples to report: all of them, or (one process) this rank's."
+    dist = _dist()
+    if dist is not None and world_size > 1:  # every rank ends with every example's scores; the counts follow from them
+        dev = device if dist.get_backend() == "nccl" else torch.device("cpu")
+        both = torch.stack([sums, counts]).to(dev)
+        dist.all_reduce(both)
+        sums, counts = both.cpu()
+        return sums, counts, range(len(sums))
+    return sums, counts, sorted(mine)
+
+# %% ../nbs/06_hellaswag.ipynb #86f8d368
+def _predictions(examples: list[dict], style: str, sums: torch.Tensor, counts: torch.Tensor, done
+                ) -> tuple[list[dict], list[int]]:
+    "Each example's three choices (largest sum, per token, per byte of text), and how many of each were right."
+    nbytes = torch.tensor([[len(e.encode("utf-8")) for e in example_text(examples[i], style)[1]]
+                           for i in range(len(examples))], dtype=torch.float64)  # (N, 4)
+    preds, hits = [], [0, 0, 0]
+    for i in done:
+        lab = examples[i]["label"]
+        p = [int(sums[i].argmax()), int((sums[i] / counts[i]).argmax()), int((sums[i] / nbytes[i]).argmax())]
+        preds.append({"index": i, "label": lab, "pred": p[0], "pred_norm": p[1], "pred_norm_bytes": p[2],
+                      "logprobs": sums[i].tolist(), "n_tokens": counts[i].long().tolist()})
+        if lab >= 0: hits = [h + (q == lab) for h, q in zip(hits, p)]
+    return preds, hits
+
+# %% ../nbs/06_hellaswag.ipynb #c36f200c
 def evaluate(model,              # a GPT (or a Hugging Face causal LM); put in eval mode for the call, then restored
              enc,                # the model's tokenizer (tiktoken.Encoding)
              examples: list[dict], # HellaSwag-schema records (`load_hellaswag`, `make_mc_examples`)
@@ -363,47 +456,14 @@ def evaluate(model,              # a GPT (or a Hugging Face causal LM); put in e
     rank = (dist.get_rank() if dist else 0) if rank is None else rank
     world_size = (dist.get_world_size() if dist else 1) if world_size is None else world_size
     if not 0 <= rank < world_size: raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-    block_size = model_block_size(model)
     N = len(examples)
     mine = list(range(rank, N, world_size))  # strided shares: every rank gets the same mix of short and long examples
     toks = {i: render_example(examples[i], enc, style) for i in mine}  # (context ids, [ending ids] * 4)
-    pack = pack and can_pack(model)
-    packed = [i for i in mine if pack and fits_packed(*toks[i], block_size)]
-    rows = {i: make_rows(*toks[i], block_size) for i in sorted(set(mine) - set(packed))}  # cropped, or not our GPT
-    packed.sort(key=lambda i: len(toks[i][0]) + sum(map(len, toks[i][1])))  # similar lengths together: little padding
-    unpacked = sorted(rows, key=lambda i: max(len(t) for t, _ in rows[i]))
-    sums = torch.zeros(N, 4, dtype=torch.float64)           # log p(ending | context), summed over its tokens
-    counts = torch.zeros(N, 4, dtype=torch.float64)         # how many tokens were scored (0 = not this rank's)
-    was_training = model.training
-    model.eval()
+    batches, rows = _batches(toks, model_block_size(model), pack and can_pack(model), batch_size)
     t0 = time.perf_counter()
-    try:
-        batches = [(g, g_ids[i:i + batch_size]) for g, g_ids in ((True, packed), (False, unpacked))
-                   for i in range(0, len(g_ids), batch_size)]
-        if progress and rank == 0:
-            from tqdm.auto import tqdm
-            batches = tqdm(batches, desc="hellaswag", unit="batch")
-        for is_packed, b in batches:
-            with amp:
-                if is_packed: s, c = score_packed(model, [toks[i] for i in b], device)
-                else: s, c = score_rows(model, [r for i in b for r in rows[i]], device)
-            sums[b], counts[b] = s.view(-1, 4), c.view(-1, 4).double()
-    finally: model.train(was_training)
-    if dist is not None and world_size > 1:  # every rank ends with every example's scores; the counts follow from them
-        dev = device if dist.get_backend() == "nccl" else torch.device("cpu")
-        both = torch.stack([sums, counts]).to(dev)
-        dist.all_reduce(both)
-        sums, counts = both.cpu()
-        done = range(N)
-    else: done = sorted(mine)
-    nbytes = torch.tensor([[len(e.encode("utf-8")) for e in example_text(examples[i], style)[1]] for i in range(N)], dtype=torch.float64)
-    preds, hits = [], [0, 0, 0]
-    for i in done:
-        lab = examples[i]["label"]
-        p = [int(sums[i].argmax()), int((sums[i] / counts[i]).argmax()), int((sums[i] / nbytes[i]).argmax())]
-        preds.append({"index": i, "label": lab, "pred": p[0], "pred_norm": p[1], "pred_norm_bytes": p[2],
-                      "logprobs": sums[i].tolist(), "n_tokens": counts[i].long().tolist()})
-        if lab >= 0: hits = [h + (q == lab) for h, q in zip(hits, p)]
+    sums, counts = _score(model, batches, toks, rows, N, device, amp, progress and rank == 0)
+    sums, counts, done = _gather(sums, counts, device, world_size, mine)
+    preds, hits = _predictions(examples, style, sums, counts, done)
     n = sum(p["label"] >= 0 for p in preds)  # unlabelled (test split) examples get predictions but no score
     acc = [h / n if n else None for h in hits]  # None, not NaN: the result goes into JSON files and logs
     secs = time.perf_counter() - t0
@@ -411,7 +471,27 @@ def evaluate(model,              # a GPT (or a Hugging Face causal LM); put in e
             "n_correct_norm": hits[1], "predictions": preds, "seconds": secs, "n_scored": len(mine),  # this rank's share
             "examples_per_s": len(mine) / max(secs, 1e-9)}
 
-# %% ../nbs/06_hellaswag.ipynb #f1ff1933
+# %% ../nbs/06_hellaswag.ipynb #624a4676
+def _span(text: str, words: list[tuple[int, int]], a: int, b: int) -> str:
+    "The original text of words a..b-1, inner whitespace kept."
+    return text[words[a][0]:words[b - 1][1]]
+
+def _distractors(rng: random.Random, text: str, words: list[tuple[int, int]], at: int, true: str, enc, end_words: int
+                ) -> list[str]:
+    "The true ending (from word `at`) and 3 other runs of `end_words` words, each about as many tokens long."
+    ntok = len(_encode(enc, " " + true))
+    endings, tries = [true], 0
+    while len(endings) < 4:
+        q = rng.randrange(len(words) - end_words + 1)
+        tries += 1
+        if abs(q - at) < 2 * end_words: continue  # not a shifted copy of the true ending
+        e = _span(text, words, q, q + end_words)
+        # same length in tokens (after 200 tries any length) so that summed log-probs are not a length contest
+        if e in endings or (tries < 200 and abs(len(_encode(enc, " " + e)) - ntok) > 1): continue
+        endings.append(e)
+    return endings
+
+# %% ../nbs/06_hellaswag.ipynb #77ec2a86
 def make_mc_examples(text: str,     # held-out text (not seen in training), e.g. the validation shard's (`data.heldout_text`)
                      enc,           # the tokenizer the model will be scored with (distractors are matched to the true ending's token count)
                      n: int = 200,  # number of examples
@@ -428,21 +508,11 @@ def make_mc_examples(text: str,     # held-out text (not seen in training), e.g.
     if len(starts) < n or len(words) < 4 * need:
         raise ValueError(f"text has {len(words)} words: too short for {n} examples of {ctx_words}+{end_words} words; "
                          f"give more text or ask for fewer/shorter examples")
-    span = lambda a, b: text[words[a][0]:words[b - 1][1]]  # the original text of words a..b-1, inner whitespace kept
     rng = random.Random(seed)
     out = []
     for k, p in enumerate(sorted(rng.sample(starts, n))):
-        ctx, true = span(p, p + ctx_words), span(p + ctx_words, p + need)
-        ntok = len(_encode(enc, " " + true))
-        endings, tries = [true], 0
-        while len(endings) < 4:
-            q = rng.randrange(len(words) - end_words + 1)
-            tries += 1
-            if abs(q - (p + ctx_words)) < 2 * end_words: continue  # not a shifted copy of the true ending
-            e = span(q, q + end_words)
-            # same length in tokens (after 200 tries any length) so that summed log-probs are not a length contest
-            if e in endings or (tries < 200 and abs(len(_encode(enc, " " + e)) - ntok) > 1): continue
-            endings.append(e)
+        ctx, true = _span(text, words, p, p + ctx_words), _span(text, words, p + ctx_words, p + need)
+        endings = _distractors(rng, text, words, p + ctx_words, true, enc, end_words)
         label = rng.randrange(4)
         endings[0], endings[label] = endings[label], endings[0]
         out.append({"ind": k, "activity_label": "held-out text", "ctx_a": ctx, "ctx_b": "", "ctx": ctx, "endings": endings,
@@ -504,11 +574,49 @@ def _check_args(args: argparse.Namespace):
     parent = next((p for p in Path(args.json or ".").absolute().parents if p.exists()), None)
     if args.json and parent is not None and not parent.is_dir(): raise ValueError(f"--json {args.json}: {parent} is a file, not a folder")
 
-# %% ../nbs/06_hellaswag.ipynb #c0e85d93
+# %% ../nbs/06_hellaswag.ipynb #05c07743
 def _load_model(spec: str, device: str):
+    "The model and tokenizer `spec` names (notebook 04b's `load_model`)."
     from nanogpt_course.train import load_model
     return load_model(spec, device=device)
 
+def _read_data(args: argparse.Namespace):
+    "A function from the model's tokenizer to the examples (HellaSwag, or `mc` from --text), and the data's name."
+    if args.task == "hellaswag":
+        examples = load_hellaswag(args.split, args.data, args.cache_dir, args.source)
+        return (lambda enc: examples), args.data or f"hellaswag {args.split}"
+    if not args.text: raise ValueError("`eval mc` needs --text FILE (a corpus; its last --heldout fraction is used)")
+    try: text = Path(args.text).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e: raise ValueError(f"--text {args.text} is not UTF-8 (byte {e.start}); save it as UTF-8") from None
+    heldout = text[int(len(text) * (1 - args.heldout)):]
+    return (lambda enc: make_mc_examples(heldout, enc, args.n, args.seed)), f"{args.text} (last {args.heldout:.0%})"
+
+# %% ../nbs/06_hellaswag.ipynb #029088e4
+def _report(args: argparse.Namespace, res: dict, data: str, world: int) -> int:
+    "Print the scores and write them to --json; the exit status (1: --json could not be written)."
+    f = lambda a: "n/a" if a is None else f"{a:.4f}"  # None: no labelled example (evaluate never returns NaN)
+    print(f"{args.task} on {data}: {res['n']} examples, acc {f(res['acc'])}, acc_norm {f(res['acc_norm'])} "
+          f"(acc_norm_bytes {f(res['acc_norm_bytes'])}) in {res['seconds']:.1f}s")
+    if args.json:
+        out = {"task": args.task, "model": args.model, "data": data, "style": args.style, "dtype": args.dtype, "world_size": world, **res}
+        try:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(to_json(out, indent=1))  # notebook 04b's: null, never NaN
+        except OSError as e:
+            print(f"nanogpt-course eval: error: could not write --json {args.json} ({e}); the scores are printed above", file=sys.stderr)
+            return 1
+    return 0
+
+# %% ../nbs/06_hellaswag.ipynb #5571e921
+def _process_group() -> bool:
+    "Join torchrun's process group when launched by torchrun; True when this call created it (and must destroy it)."
+    dist = torch.distributed
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # launched by torchrun
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        return True
+    return False
+
+# %% ../nbs/06_hellaswag.ipynb #ab6f100b
 def cli(argv: list[str] | None = None # e.g. ["hellaswag", "--model", "gpt2"]; `sys.argv[1:]` when None
        ) -> int:
     "`nanogpt-course eval hellaswag --model CKPT_OR_HF [--data FILE] [--limit N] [--batch-size B]`, also under torchrun."
@@ -517,24 +625,15 @@ def cli(argv: list[str] | None = None # e.g. ["hellaswag", "--model", "gpt2"]; `
     except ValueError as e:  # a bad flag: say which, before any work (argparse's exit status for usage errors)
         print(f"nanogpt-course eval: error: {e}", file=sys.stderr)
         return 2
-    dist, own_group = torch.distributed, False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # launched by torchrun
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-        own_group = True
+    dist, own_group = torch.distributed, _process_group()
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
     device = args.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"): torch.cuda.set_device(torch.device(device))
     try:
-        if args.task == "hellaswag":
-            examples, data = load_hellaswag(args.split, args.data, args.cache_dir, args.source), args.data or f"hellaswag {args.split}"
-        else:
-            if not args.text: raise ValueError("`eval mc` needs --text FILE (a corpus; its last --heldout fraction is used)")
-            try: text = Path(args.text).read_text(encoding="utf-8")
-            except UnicodeDecodeError as e: raise ValueError(f"--text {args.text} is not UTF-8 (byte {e.start}); save it as UTF-8") from None
-            examples, data = None, f"{args.text} (last {args.heldout:.0%})"
+        examples_for, data = _read_data(args)
         model, enc = _load_model(args.model, device)
-        if examples is None: examples = make_mc_examples(text[int(len(text) * (1 - args.heldout)):], enc, args.n, args.seed)
+        examples = examples_for(enc)
         if args.limit is not None: examples = examples[:args.limit]
         res = evaluate(model, enc, examples, batch_size=args.batch_size, device=device, progress=not args.no_progress, style=args.style,
                        dtype=args.dtype)
@@ -543,19 +642,7 @@ def cli(argv: list[str] | None = None # e.g. ["hellaswag", "--model", "gpt2"]; `
         return 1
     finally:
         if own_group: dist.destroy_process_group()
-    if rank == 0:
-        f = lambda a: "n/a" if a is None else f"{a:.4f}"  # None: no labelled example (evaluate never returns NaN)
-        print(f"{args.task} on {data}: {res['n']} examples, acc {f(res['acc'])}, acc_norm {f(res['acc_norm'])} "
-              f"(acc_norm_bytes {f(res['acc_norm_bytes'])}) in {res['seconds']:.1f}s")
-        if args.json:
-            out = {"task": args.task, "model": args.model, "data": data, "style": args.style, "dtype": args.dtype, "world_size": world, **res}
-            try:
-                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json).write_text(to_json(out, indent=1))  # notebook 04b's: null, never NaN
-            except OSError as e:
-                print(f"nanogpt-course eval: error: could not write --json {args.json} ({e}); the scores are printed above", file=sys.stderr)
-                return 1
-    return 0
+    return _report(args, res, data, world) if rank == 0 else 0
 
 # %% ../nbs/06_hellaswag.ipynb #15aedad4
 if __name__ == "__main__" and "get_ipython" not in globals():  # `python -m nanogpt_course.hellaswag`, not the notebook
