@@ -8,13 +8,14 @@ import os, re, sys, json, inspect, contextlib, time, random, shutil, argparse, h
 from pathlib import Path
 import torch
 import torch.nn.functional as F
-from .train import EvalHook, check_device, to_json
+from .runtime import autocast_for, check_device, setup_distributed, teardown_distributed, unwrap  # notebook 03c
+from .train import EvalHook, to_json
 
 # %% auto #0
 __all__ = ['HELLASWAG_URLS', 'HF_DATASET', 'default_cache_dir', 'parse_example', 'read_jsonl', 'download_hellaswag',
            'load_hf_hellaswag', 'load_hellaswag', 'preprocess', 'example_text', 'render_example', 'model_block_size',
            'model_logits', 'make_rows', 'token_logprobs', 'score_rows', 'pack_example', 'fits_packed', 'score_packed',
-           'can_pack', 'eval_autocast', 'evaluate', 'make_mc_examples', 'hellaswag_hook', 'cli']
+           'can_pack', 'evaluate', 'make_mc_examples', 'hellaswag_hook', 'cli']
 
 # %% ../nbs/06_hellaswag.ipynb #b43d416a
 HELLASWAG_URLS = {  # the files of the paper's repository, rowanz/hellaswag; everyone reports `validation`
@@ -202,16 +203,9 @@ def render_example(example: dict, # a HellaSwag record
     return _encode(enc, ctx), [_encode(enc, " " + e) for e in endings]
 
 # %% ../nbs/06_hellaswag.ipynb #ad387629
-def _unwrap(model):
-    "The GPT inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None or inner is model: return model
-        model = inner
-
 def model_block_size(model) -> int | None:
     "The longest sequence `model` accepts: the course's `config.block_size`, Hugging Face's `config.n_positions`."
-    cfg = getattr(_unwrap(model), "config", None)
+    cfg = getattr(unwrap(model), "config", None)
     for k in ("block_size", "n_positions", "max_position_embeddings"):
         v = getattr(cfg, k, None)
         if isinstance(v, int): return v
@@ -240,7 +234,7 @@ def token_logprobs(head,              # the output layer: (N, C) hidden states -
                   ) -> torch.Tensor:
     "log p(tgt | h) for each row, (N,) float32: logits a chunk of rows at a time, never all (N, V) at once."
     # on a CPU, 128 rows of GPT-2's 50,257 logits (26 MB) is about the best trade between re-reading the head's weights
-    # for every chunk and writing logits that no longer fit in the caches (measured faster than one big chunk on this project's 2-core CPU);
+    # for every chunk and writing logits that no longer fit in the caches (faster than one big chunk on a CPU: benchmarks/bench_hellaswag.py);
     # on a GPU the chunk is only there to bound memory (~1 GB of logits)
     V = head.weight.size(0)
     step = 128 if h.device.type == "cpu" else max(128, 2**28 // V)
@@ -271,7 +265,7 @@ def score_rows(model,          # a GPT (or anything `model_logits` understands)
     idx, score = idx.to(device), score.to(device)
     R, T = idx.shape
     sel = score[:, 1:]                                # (R, T-1): the output at t predicts the token at t+1
-    inner = _unwrap(model)
+    inner = unwrap(model)
     if hasattr(inner, "hidden_states") and hasattr(inner, "lm_head"):  # the course's GPT: lm_head only where we score
         h = inner.hidden_states(idx)                  # (R, T, C); causal, so padding on the right changes no real position
         # (N,) log p(token | everything before it), lm_head only where we score: a fraction of the (R, T, V) logits
@@ -337,7 +331,7 @@ def score_packed(model,       # the course's GPT (needs `hidden_states(idx, pos=
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     "Per example and ending, the summed log-probability of the ending and its token count: (E, n_endings) each, ONE forward."
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    inner, n_end = _unwrap(model), len(items[0][1])
+    inner, n_end = unwrap(model), len(items[0][1])
     packed = [pack_example(c, e) for c, e in items]
     idx, pos, seg = _pad_packed(packed, pad_id, device)
     mask = _branch_mask(seg, inner)                       # (R, 1, T, T)
@@ -359,20 +353,9 @@ def _dist():
 
 def can_pack(model) -> bool:
     "Does `model` take positions and a mask (the course's GPT, notebook 03)? Other models are scored four rows an example."
-    inner = _unwrap(model)
+    inner = unwrap(model)
     f = getattr(inner, "hidden_states", None)
     return f is not None and hasattr(inner, "lm_head") and "attn_mask" in inspect.signature(f).parameters
-
-# %% ../nbs/06_hellaswag.ipynb #f7286986
-def eval_autocast(device, # where the forward passes run
-                  dtype: str = "auto" # "auto" (bf16 on CUDA, as in training), "float32" or "bfloat16" (any device)
-                 ):
-    "The autocast context `evaluate` scores under: bf16 autocast, or none (float32, or whatever dtype the model is in)."
-    if dtype not in ("auto", "float32", "bfloat16"):
-        raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {dtype!r}")
-    device = torch.device(device)
-    bf16 = dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 # %% ../nbs/06_hellaswag.ipynb #0485a15f
 def _batches(toks: dict,          # example index -> (context ids, [ending ids] * 4)
@@ -445,13 +428,13 @@ def evaluate(model,              # a GPT (or a Hugging Face causal LM); put in e
              progress: bool = False, # a tqdm bar (on rank 0 only)
              style: str = "nanogpt", # how the text is shown to the model, see `example_text`
              pack: bool = True,      # one packed row per example (`score_packed`) where the model and lengths allow
-             dtype: str = "auto"     # "auto": bf16 autocast on CUDA, float32 elsewhere; "bfloat16" anywhere (`eval_autocast`)
+             dtype: str = "auto"     # "auto": bf16 autocast on CUDA, float32 elsewhere; "bfloat16" anywhere (`autocast_for`)
             ) -> dict:
     "Score every ending by its log-likelihood; return acc, acc_norm, acc_norm_bytes (None when no example has a label), n and predictions."
     if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not examples: raise ValueError("no examples to evaluate")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    amp = eval_autocast(device, dtype)
+    amp = autocast_for(device, dtype)
     dist = _dist()
     rank = (dist.get_rank() if dist else 0) if rank is None else rank
     world_size = (dist.get_world_size() if dist else 1) if world_size is None else world_size
@@ -607,15 +590,6 @@ def _report(args: argparse.Namespace, res: dict, data: str, world: int) -> int:
             return 1
     return 0
 
-# %% ../nbs/06_hellaswag.ipynb #5571e921
-def _process_group() -> bool:
-    "Join torchrun's process group when launched by torchrun; True when this call created it (and must destroy it)."
-    dist = torch.distributed
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # launched by torchrun
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-        return True
-    return False
-
 # %% ../nbs/06_hellaswag.ipynb #ab6f100b
 def cli(argv: list[str] | None = None # e.g. ["hellaswag", "--model", "gpt2"]; `sys.argv[1:]` when None
        ) -> int:
@@ -625,11 +599,8 @@ def cli(argv: list[str] | None = None # e.g. ["hellaswag", "--model", "gpt2"]; `
     except ValueError as e:  # a bad flag: say which, before any work (argparse's exit status for usage errors)
         print(f"nanogpt-course eval: error: {e}", file=sys.stderr)
         return 2
-    dist, own_group = torch.distributed, _process_group()
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    device = args.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"): torch.cuda.set_device(torch.device(device))
+    own_group = "RANK" in os.environ and not torch.distributed.is_initialized()  # launched by torchrun: join now, leave at the end
+    rank, _, world, device = setup_distributed(args.device or "auto")
     try:
         examples_for, data = _read_data(args)
         model, enc = _load_model(args.model, device)
@@ -641,7 +612,7 @@ def cli(argv: list[str] | None = None # e.g. ["hellaswag", "--model", "gpt2"]; `
         print(f"nanogpt-course eval: error: {e}", file=sys.stderr)
         return 1
     finally:
-        if own_group: dist.destroy_process_group()
+        if own_group: teardown_distributed()
     return _report(args, res, data, world) if rank == 0 else 0
 
 # %% ../nbs/06_hellaswag.ipynb #15aedad4
