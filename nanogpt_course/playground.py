@@ -220,9 +220,9 @@ def model_choices(models=None,     # {name: (model, enc) or path/HF id}, a list 
     return choices
 
 def load_choice(spec, device:str="cpu"):
-    "Turn a model choice into `(model, enc)`: a pair is returned as is; a path or HF id goes through `train.load_model`."
+    "Turn a model choice into `(model, enc)`: a pair is returned as is; a path or HF id goes through notebook 03b's `load_model`."
     if isinstance(spec, tuple): return spec
-    from nanogpt_course.train import load_model
+    from nanogpt_course.checkpoint import load_model
     model, enc = load_model(spec, device=device)
     return model.eval(), enc
 

@@ -27,6 +27,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 from .attention import merge_heads
+from .checkpoint import load_model  # notebook 03b
+from .runtime import check_device  # notebook 03c
 
 # %% ../nbs/07_serve.ipynb #a25e5b3d
 class APIError(Exception):
@@ -1056,7 +1058,6 @@ def _model_name(spec: str) -> str:
 def load_models(checkpoint: str, base: str | None = None, name: str | None = None, base_name: str | None = None,
                 device: str = "cpu") -> dict:
     "Load the served models with train.load_model, the base model first (if any) named 'base', the main one after its path."
-    from nanogpt_course.train import load_model
     main_name = name or _model_name(checkpoint)  # runs/main/sft/sft.pt and runs/main/sft are both 'sft'
     models = {}
     if base:
@@ -1100,6 +1101,8 @@ def cli(argv: list[str] | None = None) -> int:
     if not 0 < args.body_timeout <= 3600: ap.error(f"--body-timeout must be in (0, 3600] seconds, got {args.body_timeout}")
     if args.threads < 0: ap.error(f"--threads must be 0 (torch's default) or more, got {args.threads}")
     if args.threads > 0: torch.set_num_threads(args.threads)
+    try: check_device(args.device)  # notebook 03c: a device this machine lacks is a flag error, before any loading
+    except ValueError as e: ap.error(str(e))
     try: models = load_models(args.checkpoint, args.base, args.name, args.base_name, args.device)
     except Exception as e:  # a missing, corrupt or foreign file, or no network for a Hugging Face id
         print(f"nanogpt-course serve: error: could not load a model: {e}", file=sys.stderr); return 2
@@ -1188,7 +1191,8 @@ def chat_cli(argv: list[str] | None = None) -> int:
     try: params, _ = parse_sampling(flags, max_tokens_limit=10**9)
     except APIError as e:  # the API's message, in the CLI's words: --top-p, not 'top_p'
         ap.error(e.message.replace(f"'{e.param}'", f"--{e.param.replace('_', '-')}"))
-    from nanogpt_course.train import load_model
+    try: check_device(args.device)
+    except ValueError as e: ap.error(str(e))
     try: model, enc = load_model(args.checkpoint, device=args.device)
     except Exception as e:  # a missing, corrupt or foreign file, or no network for a Hugging Face id
         print(f"nanogpt-course chat: error: could not load a model: {e}", file=sys.stderr); return 2

@@ -39,3 +39,12 @@ def test_unwrap_finds_the_model_inside_ddp_and_compile(monkeypatch, tmp_path):
         teardown_distributed(); torch.set_num_threads(threads)
     assert not dist.is_initialized()
     teardown_distributed()  # a second call, outside any group, is harmless
+
+
+@pytest.mark.parametrize("cmd", ["serve", "chat"])
+def test_serve_and_chat_refuse_a_device_this_machine_lacks_before_loading(cmd, capsys, tmp_path):
+    from nanogpt_course.cli import main
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--checkpoint", str(tmp_path / "missing.pt"), "--device", "cuda:7"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--device cuda:7" in err and "could not load" not in err
