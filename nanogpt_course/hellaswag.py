@@ -8,6 +8,7 @@ import os, re, sys, json, inspect, contextlib, time, random, shutil, argparse, h
 from pathlib import Path
 import torch
 import torch.nn.functional as F
+from .checkpoint import load_model  # notebook 03b
 from .runtime import autocast_for, check_device, setup_distributed, teardown_distributed, unwrap  # notebook 03c
 from .train import EvalHook, to_json
 
@@ -552,17 +553,12 @@ def _check_args(args: argparse.Namespace):
     for flag, v in (("--batch-size", args.batch_size), ("--limit", args.limit), ("--n", args.n)):
         if v is not None and v < 1: raise ValueError(f"{flag} must be an integer >= 1, got {v}")
     if not 0 < args.heldout <= 1: raise ValueError(f"--heldout must be a fraction in (0, 1], the share of --text at its end, got {args.heldout}")
-    if args.device is not None: check_device(args.device)  # notebook 04b's: one rule for every command
+    if args.device is not None: check_device(args.device)  # notebook 03c's: one rule for every command
     if args.json and Path(args.json).is_dir(): raise ValueError(f"--json {args.json} is a folder; give a file name, e.g. {Path(args.json) / 'hellaswag.json'}")
     parent = next((p for p in Path(args.json or ".").absolute().parents if p.exists()), None)
     if args.json and parent is not None and not parent.is_dir(): raise ValueError(f"--json {args.json}: {parent} is a file, not a folder")
 
 # %% ../nbs/06_hellaswag.ipynb #05c07743
-def _load_model(spec: str, device: str):
-    "The model and tokenizer `spec` names (notebook 04b's `load_model`)."
-    from nanogpt_course.train import load_model
-    return load_model(spec, device=device)
-
 def _read_data(args: argparse.Namespace):
     "A function from the model's tokenizer to the examples (HellaSwag, or `mc` from --text), and the data's name."
     if args.task == "hellaswag":
@@ -603,7 +599,7 @@ def cli(argv: list[str] | None = None # e.g. ["hellaswag", "--model", "gpt2"]; `
     rank, _, world, device = setup_distributed(args.device or "auto")
     try:
         examples_for, data = _read_data(args)
-        model, enc = _load_model(args.model, device)
+        model, enc = load_model(args.model, device=device)  # notebook 03b's loader
         examples = examples_for(enc)
         if args.limit is not None: examples = examples[:args.limit]
         res = evaluate(model, enc, examples, batch_size=args.batch_size, device=device, progress=not args.no_progress, style=args.style,

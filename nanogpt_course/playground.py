@@ -15,25 +15,21 @@ import torch
 from .serve import Engine, Job, SamplingParams
 
 # %% auto #0
-__all__ = ['CHECKPOINT_SUFFIXES', 'CHECKPOINTS_ENV', 'NOT_LANGUAGE_MODELS', 'NONE', 'gpt2_encoding', 'demo_model', 'token_text',
-           'TokenStep', 'top_alternatives', 'token_step', 'prob_colour', 'fmt_prob', 'tokens_html', 'legend_html',
+__all__ = ['CHECKPOINT_SUFFIXES', 'CHECKPOINTS_ENV', 'NOT_LANGUAGE_MODELS', 'NONE', 'demo_model', 'token_text', 'TokenStep',
+           'top_alternatives', 'token_step', 'prob_colour', 'fmt_prob', 'tokens_html', 'legend_html',
            'alternatives_html', 'attention_matrix', 'attention_figure', 'figure_png', 'prompt_attention',
            'find_checkpoints', 'gpt2_cached', 'model_choices', 'load_choice', 'input_widgets', 'output_widgets',
            'PlaygroundLayout', 'Playground', 'playground', 'notebook_path', 'playground_parser', 'cli']
 
 # %% ../nbs/08_playground.ipynb #f4daa222
-def gpt2_encoding():
-    "GPT-2's tiktoken encoding (offline when `TIKTOKEN_CACHE_DIR` holds it)."
-    import tiktoken
-    return tiktoken.get_encoding("gpt2")
-
 def demo_model(preset:str="tiny", # a `GPTConfig` preset small enough for a CPU
                seed:int=0,        # initialisation seed, so two demo models can differ
                enc=None,          # tokenizer (a `tiktoken.Encoding`); GPT-2's by default
               ):
     "A randomly initialised GPT and its tokenizer: the app's mechanics without any checkpoint."
     from nanogpt_course.model import GPT, GPTConfig
-    enc = enc if enc is not None else gpt2_encoding()
+    from nanogpt_course.tokenizer import get_tokenizer
+    enc = enc if enc is not None else get_tokenizer("gpt2")  # offline when TIKTOKEN_CACHE_DIR holds it
     with torch.random.fork_rng():  # don't disturb the caller's global RNG
         torch.manual_seed(seed)
         model = GPT(GPTConfig.from_preset(preset, vocab_size=enc.n_vocab))

@@ -276,7 +276,7 @@ def test_json_output_never_holds_nan(setup, tmp_path, monkeypatch, capsys):
     from nanogpt_course.cli import main
     broken, enc = load_model(setup["ckpt"])
     with torch.no_grad(): broken.lm_head.weight.fill_(float("nan"))
-    monkeypatch.setattr(H, "_load_model", lambda spec, device: (broken, enc))
+    monkeypatch.setattr(H, "load_model", lambda spec, device: (broken, enc))
     out = tmp_path / "r.json"
     assert main(["eval", "hellaswag", "--model", "x", "--data", str(setup["data"]), "--limit", "5", "--no-progress", "--json", str(out)]) == 0
     res = _strict_json(out.read_text())
@@ -294,7 +294,7 @@ def test_offline_cli_ends_in_one_sentence(setup, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(urllib.request, "urlopen", _no_network)
     hf_calls = []
     monkeypatch.setattr(H, "load_hf_hellaswag", lambda *a, **k: hf_calls.append(a) or pytest.fail("tried the hub with no network"))
-    monkeypatch.setattr(H, "_load_model", lambda *a: pytest.fail("loaded the model before the data"))
+    monkeypatch.setattr(H, "load_model", lambda *a, **k: pytest.fail("loaded the model before the data"))
     assert main(["eval", "hellaswag", "--model", str(setup["ckpt"]), "--cache-dir", str(tmp_path / "hs"), "--no-progress"]) == 1
     cap = capsys.readouterr()
     err = cap.err.strip()
@@ -346,7 +346,7 @@ def test_cli_flags_checked_before_any_work(setup, tmp_path, monkeypatch, capsys,
     (tmp_path / "FILE").write_text("x"); (tmp_path / "DIR").mkdir()
     flags = [str(tmp_path / f) if f in ("DIR", "FILE/r.json") else f for f in flags]
     monkeypatch.setattr(H, "load_hellaswag", lambda *a, **k: pytest.fail("read the data before checking the flags"))
-    monkeypatch.setattr(H, "_load_model", lambda *a: pytest.fail("loaded the model before checking the flags"))
+    monkeypatch.setattr(H, "load_model", lambda *a, **k: pytest.fail("loaded the model before checking the flags"))
     assert main(["eval", "hellaswag", "--model", str(setup["ckpt"]), "--data", str(setup["data"]), "--no-progress"] + flags) == 2
     err = capsys.readouterr().err
     assert err.startswith("nanogpt-course eval: error: ") and msg in err and "Traceback" not in err, err

@@ -30,8 +30,8 @@ def test_cli_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def _course_checkpoint(tmp_path):
     from nanogpt_course.model import GPT, GPTConfig
-    from nanogpt_course.playground import gpt2_encoding
-    enc = gpt2_encoding()
+    from nanogpt_course.tokenizer import get_tokenizer
+    enc = get_tokenizer("gpt2")
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_preset("tiny", vocab_size=enc.n_vocab))
     run = tmp_path / "runs" / "demo" / "pretrain"
@@ -63,14 +63,15 @@ def test_app_on_a_real_checkpoint_found_by_env(tmp_path, monkeypatch):
 def test_classifier_checkpoints_are_not_offered_as_language_models(tmp_path, monkeypatch):
     "A classification run under runs/ (notebook 12's classifier.pt) sorted first and became the default model; Generate failed."
     from nanogpt_course.classify import GPTClassifier
-    from nanogpt_course.playground import playground, find_checkpoints, load_choice, gpt2_encoding, CHECKPOINTS_ENV
+    from nanogpt_course.playground import playground, find_checkpoints, load_choice, CHECKPOINTS_ENV
+    from nanogpt_course.tokenizer import get_tokenizer
     from nanogpt_course.train import save_checkpoint, CheckpointError
     from nanogpt_course.tokenizer import tokenizer_state
     model, ck = _course_checkpoint(tmp_path)
     clf = GPTClassifier.from_gpt(model)
     spam = tmp_path / "runs" / "12_classify" / "last" / "classifier.pt"  # sorts before runs/demo
     save_checkpoint(spam, {"model": clf.state_dict(), "config": dataclasses.asdict(clf.config), "kind": "classifier",
-                           "tokenizer": tokenizer_state(gpt2_encoding()), "labels": list(clf.labels), "max_len": clf.max_len})
+                           "tokenizer": tokenizer_state(get_tokenizer("gpt2")), "labels": list(clf.labels), "max_len": clf.max_len})
     assert list(find_checkpoints([tmp_path / "runs"]).values()) == [str(ck)]
     monkeypatch.setenv(CHECKPOINTS_ENV, str(tmp_path / "runs"))
     app = playground(gpt2=False, max_tokens=3, temperature=0.0, prompt="Hello").app
