@@ -186,9 +186,14 @@ def _short_lines(n: int = 800) -> str:
     return "\n\n".join(docs)
 
 
-def test_main_job_summary_holds_what_each_stage_taught(tmp_path, capsys):
+def test_main_job_summary_holds_what_each_stage_taught(tmp_path, capsys, monkeypatch):
     "A tiny run with skills: summary.json has tokens, loss vs ln V, multiple choice, skills per family, stop rate, stage times and precision; no NaN."
     (tmp_path / "corpus.txt").write_text(_short_lines())
+    asked, real = {}, P.tune_in_budget
+    def spy(init, records, out_dir, seconds, max_steps, **kw):  # what the main job asks of instruction tuning
+        asked.update(records=len(records), seconds=seconds, max_steps=max_steps, **kw)
+        return real(init, records, out_dir, seconds, max_steps, **kw)
+    monkeypatch.setattr(P, "tune_in_budget", spy)
     P.run(str(tmp_path / "run"), minutes=0.25, corpus=str(tmp_path / "corpus.txt"), instructions="builtin", vocab_size=300,
           preset="tiny", block_size=128, mc_examples=8, skill_items=20, serve=False, progress=False)
     text = (tmp_path / "run" / "summary.json").read_text()
@@ -209,6 +214,10 @@ def test_main_job_summary_holds_what_each_stage_taught(tmp_path, capsys):
     assert st["pretraining"]["precision"] == st["instruction tuning"]["precision"] == s["precision"]["dtype"]
     assert all(isinstance(v["cut"], bool) and isinstance(v["replanned"], bool) and v["seconds"] >= 0 for v in st.values())
     assert s["stages"]["instruction tuning"]["skill_items"] == 20 * len(S.SKILLS)
+    # batches of SFT_BATCH (32: batches of 8 at SFT_LR were too noisy to learn the skills), passes counted in those batches
+    assert asked["batch_size"] == P.SFT_BATCH == 32 and asked["lr"] == P.SFT_LR
+    assert asked["max_steps"] == max(10, int(3.0 * 0.9 * asked["records"] / P.SFT_BATCH))
+    assert asked["seconds"] >= 0.1 * 0.25 * 60  # at least a tenth of the budget, even after pretraining overran
     ev = s["stages"]["evaluation"]
     assert ev["sampling"]["seed"] is not None and ev["sampling"]["temperature"] > 0
     assert all("greedy" in a for a in ev["answers"]) and any(a["context"] for a in ev["answers"])  # skill items shown too
@@ -222,3 +231,14 @@ def test_cli_refuses_negative_skill_items(tmp_path, capsys):
         P.cli(["--skill-items", "-1", "--out", str(tmp_path / "r"), "--no-serve"])
     assert e.value.code == 2 and "--skill-items must be an integer >= 0" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_cli_defaults_are_run_defaults(tmp_path, monkeypatch):
+    "`nanogpt-course run` with no flags asks `run` for what `run` does by default: 2,000 skill items per family, 15 minutes."
+    import inspect
+    defaults = {k: v.default for k, v in inspect.signature(P.run).parameters.items()}
+    got = {}
+    monkeypatch.setattr(P, "run", lambda *a, **k: got.update(args=a, kw=k))
+    assert P.cli(["--out", str(tmp_path / "r"), "--no-serve"]) == 0
+    assert got["kw"]["skill_items"] == defaults["skill_items"] == 2000
+    assert got["args"][1] == defaults["minutes"] == 15.0
