@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from .model import GPT
 from .checkpoint import load_model  # notebook 03b: one loader
+from .runtime import pick_device  # notebook 03c
 from .train import configure_optimizer, make_config, to_json  # notebook 04b: one optimizer
 from .sft import (SFTDataset, sft_parser, collate, stratified_split, sft_lr, response_loss, generate_response,
                                 check_finetune_args, instruction_data, describe_data)  # notebook 05: data, template, labels, metric
@@ -156,6 +157,7 @@ def hf_finetune(init,  # course checkpoint / run dir / HF dir / HF id, or a (GPT
     args = {k: v for k, v in locals().items() if k not in ("init", "data", "flags")}
     check_finetune_args(flags=flags, **{k: v for k, v in args.items() if k not in ("out_dir", "overwrite", "progress")})
     check_hf_out(out_dir, overwrite, flags)  # every argument and the output folder before any work
+    device = str(pick_device(device))  # 'auto': CUDA, else MPS, else the CPU (notebook 03c)
     sources = []; records = _records(data, sources)
     if progress:
         for r in sources: print("data:", describe_data(r))

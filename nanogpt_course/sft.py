@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_sft.ipynb #f1d25c5e
 from __future__ import annotations
-import json, math, os, random, re, time, warnings
+import copy, json, math, os, random, re, time, warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -15,8 +15,8 @@ __all__ = ['INSTRUCTION_HEADER', 'CONTEXT_HEADER', 'RESPONSE_HEADER', 'EOT', 'PR
            'load_instructions', 'describe_data', 'builtin_instructions', 'instruction_data', 'line_words',
            'skill_lines', 'skill_tasks', 'tokenize_example', 'SFTDataset', 'collate', 'LoRALinear', 'count_parameters',
            'apply_lora', 'merge_lora', 'has_lora', 'stratified_split', 'sft_lr', 'response_loss', 'check_finetune_args',
-           'load_sft_model', 'finetune', 'generate_response', 'exact_match', 'skill_scores', 'sft_parser', 'cli',
-           'answer_table']
+           'SFTConfig', 'finetune', 'Answer', 'respond', 'generate_response', 'exact_match', 'skill_scores',
+           'sft_parser', 'cli', 'answer_table']
 
 # %% ../nbs/05_sft.ipynb #20c5e2f9
 INSTRUCTION_HEADER = "### Instruction:\n"
@@ -117,6 +117,7 @@ def _read_json_records(path, report, strict=False):
             continue
         yield no, obj
 
+# %% ../nbs/05_sft.ipynb #2e1ad452
 def _normalise(obj, schema):
     "Map a Dolly or Alpaca object to the record shape; return (record, None) or (None, why_skipped)."
     if not isinstance(obj, dict): return None, "not_an_object"
@@ -138,6 +139,7 @@ def _schema_of(obj) -> str:
     "A record's own schema: Alpaca when it has Alpaca's keys (`output` or `input`), else Dolly."
     return "alpaca" if isinstance(obj, dict) and ("output" in obj or "input" in obj) else "dolly"
 
+# %% ../nbs/05_sft.ipynb #82786e52
 def _load(rows, schema, source, strict=False, report=None):
     "Normalise (number, object) rows in `schema`, or each in its own (`schema='auto'`); skip and count the bad ones."
     report = report if report is not None else {}
@@ -187,6 +189,7 @@ def load_dolly(path: str | os.PathLike | None = None,  # local Dolly jsonl/json;
     report = {}
     return _load(_read_json_records(path, report, strict), "dolly", path, strict, report)
 
+# %% ../nbs/05_sft.ipynb #e4ae7abd
 def load_instructions(path: str | os.PathLike,  # a Dolly- or Alpaca-schema file, or one mixing both
                       strict: bool = False,  # raise instead of skipping bad records
                      ) -> InstructionSet:
@@ -245,6 +248,7 @@ def builtin_instructions() -> InstructionSet:
     return InstructionSet(recs, {"source": "builtin", "schema": "dolly", "kept": len(recs), "skipped": {},
                                  "n_skipped": 0, "malformed": []})
 
+# %% ../nbs/05_sft.ipynb #fb1cbaba
 def instruction_data(source: str = "auto",  # "auto", "dolly", "alpaca" (the NANOGPT_COURSE_DATA file), "builtin", or a file path
                     ) -> InstructionSet:
     "The best instruction set available: Dolly-15k (a local copy, else online), else the offline Alpaca file, else the built-in one."
@@ -400,6 +404,7 @@ class LoRALinear(nn.Module):
         "W + (alpha/r) B A, the weight of the equivalent plain linear layer."
         return self.base.weight + self.scaling * (self.lora_B @ self.lora_A)
 
+# %% ../nbs/05_sft.ipynb #071261da
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     "(trainable, total) parameter counts, counting tied weights once."
     seen, trainable, total = set(), 0, 0
@@ -408,6 +413,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         seen.add(id(p)); total += p.numel(); trainable += p.numel() if p.requires_grad else 0
     return trainable, total
 
+# %% ../nbs/05_sft.ipynb #e5fba687
 def apply_lora(model: nn.Module,  # a GPT (or any module with nn.Linear layers)
                r: int = 8,  # rank of the update
                alpha: float = 16.0,  # scale; the update is multiplied by alpha / r
@@ -466,6 +472,9 @@ def stratified_split(records: list[dict],  # normalised records
     rng.shuffle(train); rng.shuffle(val)
     return train, val
 
+# %% ../nbs/05_sft.ipynb #411094de
+from .train import get_lr, make_config  # notebook 04b: pretraining's warmup + cosine, the one home of that schedule
+
 def sft_lr(step: int,  # current optimizer step, 0-based
            max_steps: int,  # total steps of the run
            lr: float,  # peak learning rate
@@ -473,15 +482,16 @@ def sft_lr(step: int,  # current optimizer step, 0-based
            min_lr_ratio: float = 0.1,  # the decay ends at lr * min_lr_ratio
            schedule: str = "cosine",  # "cosine", "linear" or "constant" after warmup
           ) -> float:
-    "Learning rate at `step`: linear warmup, then cosine or linear decay to `min_lr_ratio * lr`."
+    "Learning rate at `step`: linear warmup, then notebook 04b's cosine (`get_lr`) or a linear decay to `min_lr_ratio * lr`."
+    if schedule == "cosine":
+        return get_lr(step, make_config(None, lr=lr, warmup_steps=warmup_steps, max_steps=max_steps, min_lr_ratio=min_lr_ratio))
     if step < warmup_steps: return lr * (step + 1) / warmup_steps
     if schedule == "constant": return lr
+    if schedule != "linear": raise ValueError(f"schedule must be 'cosine', 'linear' or 'constant', got {schedule!r}")
     t = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-    if schedule == "cosine": f = 0.5 * (1 + math.cos(math.pi * t))
-    elif schedule == "linear": f = 1 - t
-    else: raise ValueError(f"schedule must be 'cosine', 'linear' or 'constant', got {schedule!r}")
-    return lr * (min_lr_ratio + (1 - min_lr_ratio) * f)
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * (1 - t))
 
+# %% ../nbs/05_sft.ipynb #3d6c5ab1
 @torch.no_grad()
 def response_loss(model,  # a GPT
                   dataset: SFTDataset,  # tokenized, prompt-masked examples
@@ -509,20 +519,6 @@ def _name(arg: str, flags: bool) -> str:
     "How to name `arg` in a message: as the command-line flag, or as finetune's argument."
     return _FLAGS.get(arg, "--" + arg.replace("_", "-")) if flags else arg
 
-def _check_device(device, flags: bool = False):
-    "Refuse a device this machine does not have, before any work."
-    d, name = str(device), _name("device", flags)
-    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", d):
-        raise ValueError(f"{name} {d!r} is not a device the course runs on; use cpu, cuda, cuda:N or mps")
-    if d.startswith("cuda"):
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0: raise ValueError(f"{name} {d}: CUDA is not available on this machine "
-                                    f"({'this torch is built without CUDA' if torch.version.cuda is None else 'no GPU is visible'}); use cpu")
-        if ":" in d and int(d.split(":")[1]) >= n:
-            raise ValueError(f"{name} {d}: this machine has {n} CUDA devices, cuda:0 to cuda:{n - 1}")
-    if d == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"{name} mps: Apple's MPS backend is not available on this machine; use cpu")
-
 _OTHER_RUNS = ("ckpt_*.pt", "log.jsonl", "meta.json", "train_*.bin", "val_*.bin")  # a pretraining run's or `prepare`'s files
 _OURS = ("sft.pt", "sft_log.jsonl", "summary.json")  # what finetune writes
 
@@ -548,6 +544,8 @@ def _check_out_dir(out_dir, overwrite: bool = False, flags: bool = False):
                               f"or pass {_name('overwrite', flags)}{'' if flags else '=True'} to replace it")
 
 # %% ../nbs/05_sft.ipynb #910cc69f
+from .runtime import check_device, pick_device, autocast_for  # notebook 03c: one home for device and precision
+
 _int = lambda v: isinstance(v, int) and not isinstance(v, bool)
 _num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 _RANGES = {  # finetune argument: (allowed?, the allowed values in words)
@@ -583,10 +581,50 @@ def check_finetune_args(flags: bool = False,  # name arguments as command-line f
         if not ok(v): raise ValueError(f"{_name(k, flags)} must be {allowed}, got {v!r}")
     if args.get("lora_r", 0) > 0 and "lora_targets" in args and not args["lora_targets"]:
         raise ValueError(f"{_name('lora_targets', flags)} is empty; name the linear layers to adapt, e.g. c_attn")
-    if "device" in args: _check_device(args["device"], flags)
+    if "device" in args:  # notebook 03c's check; a Python caller's message names the argument, not the flag
+        try: check_device(str(args["device"]))
+        except ValueError as e: raise ValueError(str(e) if flags else str(e).replace("--device", "device")) from None
     if "out_dir" in args and args.get("save", True): _check_out_dir(args["out_dir"], args.get("overwrite", False), flags)
 
 # %% ../nbs/05_sft.ipynb #87edf34c
+from dataclasses import dataclass, asdict, fields
+
+@dataclass
+class SFTConfig:
+    "Every setting of a fine-tuning run: `finetune`'s keyword arguments, recorded in its checkpoint and summary."
+    steps: int | None = None           # optimizer steps; None: `epochs` passes over the training set
+    epochs: float = 1.0                # used when steps is None
+    batch_size: int = 8                # examples per step
+    lr: float = 1e-4                   # peak learning rate (full fine-tuning of GPT-2: ~2e-5; LoRA / tiny models: ~3e-4-1e-3)
+    warmup_steps: int | None = None    # None: 5% of steps (at least 1)
+    min_lr_ratio: float = 0.1          # the schedule decays to lr * min_lr_ratio
+    schedule: str = "cosine"           # "cosine" (notebook 04b's), "linear" or "constant"
+    weight_decay: float = 0.0          # AdamW weight decay on 2-D weights
+    grad_clip: float = 1.0             # clip the gradient norm (0: off)
+    val_frac: float = 0.1              # held-out fraction of each category
+    eval_every: int | None = None      # validation every N steps; None: 5 times per run
+    eval_batches: int | None = None    # cap on validation batches (None: the whole validation set)
+    overlong: str = "truncate"         # "truncate" or "drop" examples longer than the context
+    lora_r: int = 0                    # LoRA rank; 0 = full fine-tuning
+    lora_alpha: float = 16.0           # LoRA scale alpha (update scaled by alpha / r)
+    lora_targets: tuple[str, ...] = ("c_attn",)  # linear layers that get adapters
+    lora_dropout: float = 0.0          # dropout on the adapters' input
+    max_seconds: float | None = None   # stop training after this wall time (checkpoint still written)
+    seed: int = 0                      # split, shuffling and init seed
+    device: str = "cpu"                # "auto", "cpu", "cuda", "cuda:N", "mps" (notebook 03c)
+    dtype: str = "auto"                # "auto" (bf16 autocast on CUDA), "float32", or "bfloat16" (autocast on any device)
+
+_CONFIG = {f.name for f in fields(SFTConfig)}
+
+def _run_args(cfg: SFTConfig, init, data, out_dir, **run) -> dict:
+    "What a run records as `args`: its config, where its model and data came from, where it wrote, and how it ran (`run`)."
+    return {**asdict(cfg), "lora_targets": list(cfg.lora_targets), "out_dir": str(out_dir),
+            "init": init if isinstance(init, (str, os.PathLike)) else "<in-memory model>",
+            "data": data if isinstance(data, str) else "<records or list>", **run}
+
+# %% ../nbs/05_sft.ipynb #f31ffa63
+from .checkpoint import load_model, save_checkpoint, checkpoint_dict  # notebook 03b: one loader, one atomic save, one schema
+
 def _resolve_data(data, report_sources: list) -> list[dict]:
     "Records from a source name, a path, a list of paths/names, or a list of records."
     if isinstance(data, (list, tuple)) and data and all(isinstance(r, dict) for r in data):
@@ -600,19 +638,134 @@ def _resolve_data(data, report_sources: list) -> list[dict]:
     if not out: raise ValueError(f"no usable instruction records in {data!r}: " + "; ".join(describe_data(r) for r in report_sources))
     return out
 
-from .train import load_model, save_checkpoint, configure_optimizer, make_config, json_safe  # notebook 04: one loader, one atomic save, one optimizer
-
 def _load_init(init, device):
+    "(model, tokenizer) to fine-tune: a `(GPT, Encoding)` pair as given (on `device`), or whatever `load_model` reads."
     if isinstance(init, tuple) and len(init) == 2: return init[0].to(device), init[1]
     if isinstance(init, nn.Module): raise ValueError("pass init=(model, enc) so the tokenizer travels with the model")
     return load_model(str(init), device=device)
 
-def load_sft_model(path: str | os.PathLike,  # a checkpoint written by `finetune` (or any course checkpoint)
-                   device: str = "cpu",  # where to put the model
-                  ):
-    "(GPT, Encoding) from a checkpoint `finetune` wrote: `train.load_model`, which reads every checkpoint the course writes."
-    return load_model(str(path), device=device)
+# %% ../nbs/05_sft.ipynb #1c52c910
+def _datasets(records: list[dict], enc, block_size: int, cfg: SFTConfig) -> tuple:
+    "(train records, validation records, train dataset, validation dataset): the stratified split, tokenized and prompt-masked."
+    train_recs, val_recs = stratified_split(records, cfg.val_frac, cfg.seed)
+    train_ds, val_ds = (SFTDataset(r, enc, block_size, cfg.overlong) for r in (train_recs, val_recs))
+    if len(train_ds) == 0:
+        raise ValueError(f"no training example fits block_size={block_size} (dropped {train_ds.report['dropped']}); "
+                         "use a model with a longer context or overlong='truncate'")
+    return train_recs, val_recs, train_ds, val_ds
 
+def _plan(cfg: SFTConfig, n_train: int) -> tuple[int, int, int]:
+    "(steps, warmup steps, validate every N steps) of a run on `n_train` examples: what a None setting leaves to finetune."
+    steps = max(1, math.ceil(cfg.epochs * n_train / cfg.batch_size)) if cfg.steps is None else cfg.steps
+    warmup = max(1, round(0.05 * steps)) if cfg.warmup_steps is None else cfg.warmup_steps
+    return steps, warmup, cfg.eval_every or max(1, steps // 5)
+
+# %% ../nbs/05_sft.ipynb #33396986
+from .train import configure_optimizer, train_step, json_safe  # notebook 04b: one optimizer, one training step
+
+class _Feed:
+    "`train_step`'s `next_batch`: padded batches of shuffled examples, reshuffled each epoch; counts their response tokens."
+    def __init__(self, ds: SFTDataset, batch_size: int, seed: int, device):
+        self.ds, self.batch_size, self.device, self.tokens = ds, batch_size, device, 0
+        self.gen = torch.Generator().manual_seed(seed)
+        self.order, self.pos = self._shuffle(), 0
+    def _shuffle(self) -> list[int]: return torch.randperm(len(self.ds), generator=self.gen).tolist()
+    def indices(self) -> list[int]:
+        "The next batch's examples (a batch may span an epoch boundary)."
+        idx = []
+        while len(idx) < self.batch_size:
+            if self.pos == len(self.order): self.order, self.pos = self._shuffle(), 0
+            take = self.order[self.pos:self.pos + self.batch_size - len(idx)]; idx += take; self.pos += len(take)
+        return idx
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        xb, yb = collate([self.ds[i] for i in self.indices()], self.ds.pad_id)  # (B, T) each
+        self.tokens += int((yb != IGNORE_INDEX).sum())
+        return xb.to(self.device), yb.to(self.device)
+
+# %% ../nbs/05_sft.ipynb #0a10766d
+class _StepLog:
+    "sft_log.jsonl: one JSON object a line, flushed as it goes (NaN written as null); nothing when the run is not saved."
+    def __init__(self, path=None): self.f = open(path, "w") if path else None
+    def __call__(self, **rec):
+        if self.f: self.f.write(json.dumps(json_safe(rec)) + "\n"); self.f.flush()
+    def close(self):
+        if self.f: self.f.close()
+
+def _train(model, opt, feed: _Feed, cfg: SFTConfig, plan: tuple, device, val_loss, log: _StepLog, bar=None) -> tuple:
+    "Up to `plan`'s steps of notebook 04b's `train_step`, validating every `eval_every` steps, at the end and when time is up."
+    steps, warmup, eval_every = plan
+    autocast, t0 = autocast_for(device, cfg.dtype), time.time()  # notebook 03c: bf16 when asked for, or 'auto' on CUDA
+    train_losses, val_losses, step = [], [], 0
+    for step in range(1, steps + 1):
+        lr = sft_lr(step - 1, steps, cfg.lr, warmup, cfg.min_lr_ratio, cfg.schedule)
+        loss = train_step(model, opt, feed, 1, lr, cfg.grad_clip, autocast)[0].item()
+        train_losses.append([step, loss]); log(step=step, loss=loss, lr=lr)
+        if bar: bar.update(1); bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}")
+        out_of_time = cfg.max_seconds is not None and time.time() - t0 > cfg.max_seconds
+        if step % eval_every == 0 or step == steps or out_of_time:
+            v = val_loss(); val_losses.append([step, v]); log(step=step, val_loss=v)
+            if bar: bar.set_postfix(loss=f"{loss:.3f}", val=f"{v:.3f}")
+        if out_of_time: break
+    return step, train_losses, val_losses  # the last step, [step, loss] and [step, validation loss] pairs
+
+# %% ../nbs/05_sft.ipynb #e7d7c294
+def _merge_adapters(model, cfg: SFTConfig) -> dict | None:
+    "Fold LoRA adapters into the weights (the checkpoint is a plain GPT), keeping a copy of them; None without LoRA."
+    if cfg.lora_r == 0: return None
+    adapters = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if "lora_" in k}
+    merge_lora(model)
+    return {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "targets": list(cfg.lora_targets), "adapters": adapters}
+
+def _counts(records, train_recs, val_recs, train_ds, val_ds) -> dict:
+    "Records in each split and category, and what tokenizing kept, truncated and dropped."
+    return {"records": len(records), "train_records": len(train_recs), "val_records": len(val_recs),
+            "train": train_ds.report, "val": val_ds.report,
+            "train_categories": dict(Counter(r["category"] for r in train_recs)),
+            "val_categories": dict(Counter(r["category"] for r in val_recs))}
+
+def _save_sft(path, model, enc, step: int, val_loss: float, args: dict, counts: dict, lora: dict | None) -> str:
+    "Write the model as a course checkpoint of kind 'sft' (notebook 03b's schema) with its template, settings and adapters."
+    ckpt = checkpoint_dict(model, enc, "sft", step, val_loss=val_loss,
+                           template={"prompt": PROMPT_TEMPLATE, "context_block": CONTEXT_BLOCK, "eot": EOT},
+                           sft={"args": args, "counts": counts}, lora=lora)
+    return str(save_checkpoint(path, ckpt))
+
+# %% ../nbs/05_sft.ipynb #409c2c60
+def _prepare(init, data, cfg: SFTConfig, device: str, progress: bool):
+    "What a run trains: its data (and the loaders' reports), the model (with adapters if asked), the datasets and the plan."
+    from types import SimpleNamespace
+    sources = []
+    records = _resolve_data(data, sources)
+    if progress:
+        for r in sources: print("data:", describe_data(r))
+    torch.manual_seed(cfg.seed)
+    model, enc = _load_init(init, device)
+    if isinstance(init, tuple): model = copy.deepcopy(model)  # the caller's model stays as it was
+    train_recs, val_recs, train_ds, val_ds = _datasets(records, enc, model.config.block_size, cfg)
+    if cfg.lora_r > 0: apply_lora(model, cfg.lora_r, cfg.lora_alpha, tuple(cfg.lora_targets), cfg.lora_dropout, verbose=progress)
+    return SimpleNamespace(model=model, enc=enc, sources=sources, train_ds=train_ds, val_ds=val_ds, plan=_plan(cfg, len(train_ds)),
+                           counts=_counts(records, train_recs, val_recs, train_ds, val_ds), params=count_parameters(model))
+
+def _fit(r, cfg: SFTConfig, device: str, out_dir: Path, save: bool, progress: bool) -> dict:
+    "Train the prepared run `r`, measuring the validation loss before, during and after: losses, steps, seconds, tokens."
+    # notebook 04b's optimizer: decay on 2-D weights only, betas (0.9, 0.95), fused on CUDA; only what requires_grad (LoRA)
+    opt = configure_optimizer(r.model, make_config(None, lr=cfg.lr, weight_decay=cfg.weight_decay), torch.device(device).type)
+    if save: out_dir.mkdir(parents=True, exist_ok=True)
+    log = _StepLog(out_dir / "sft_log.jsonl" if save else None)
+    val_loss = lambda: response_loss(r.model, r.val_ds, cfg.batch_size, device, cfg.eval_batches) if len(r.val_ds) else float("nan")
+    val_before = val_loss(); log(step=0, val_loss=val_before)
+    feed, bar, t0 = _Feed(r.train_ds, cfg.batch_size, cfg.seed, device), None, time.time()
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=r.plan[0], desc="sft", leave=True)
+    step, train_losses, val_losses = _train(r.model, opt, feed, cfg, r.plan, device, val_loss, log, bar)
+    if bar: bar.close()
+    seconds, val_losses = time.time() - t0, [[0, val_before]] + val_losses
+    if val_losses[-1][0] != step: val_losses.append([step, val_loss()])
+    log.close()
+    return dict(step=step, train_losses=train_losses, val_losses=val_losses, seconds=seconds, tokens=feed.tokens)
+
+# %% ../nbs/05_sft.ipynb #4c152bd6
 def finetune(init,  # base model: course checkpoint / run dir / HF dir / HF id ("gpt2"), or a (GPT, Encoding) pair (copied, not modified)
              data="auto",  # "auto", "dolly", "alpaca", "builtin", a Dolly/Alpaca file, a list of those, or a list of records
              out_dir: str | os.PathLike = "runs/sft",  # where sft.pt, sft_log.jsonl and summary.json go
@@ -635,147 +788,78 @@ def finetune(init,  # base model: course checkpoint / run dir / HF dir / HF id (
              lora_dropout: float = 0.0,  # dropout on the adapters' input
              max_seconds: float | None = None,  # stop training after this wall time (checkpoint still written)
              seed: int = 0,  # split, shuffling and init seed
-             device: str = "cpu",  # "cpu", "cuda", "cuda:N", "mps"
+             device: str = "cpu",  # "auto" (CUDA, else MPS, else the CPU), "cpu", "cuda", "cuda:N", "mps"
              dtype: str = "auto",  # "auto" (bf16 autocast on CUDA), "float32", or "bfloat16" (autocast on any device: a CPU with bf16 units)
              save: bool = True,  # write the checkpoint, log and summary
              overwrite: bool = False,  # replace an earlier fine-tuning run in out_dir (never another kind of run)
              progress: bool = True,  # show a tqdm progress bar, and print what data was loaded and skipped
             ) -> dict:
     "Instruction-tune a GPT on the prompt template; returns a summary dict (losses, counts, checkpoint path)."
-    import copy, dataclasses
-    from nanogpt_course.tokenizer import tokenizer_state
-    args = {k: v for k, v in locals().items() if k not in ("init", "data", "copy", "dataclasses", "tokenizer_state")}
-    args.update(init=init if isinstance(init, (str, os.PathLike)) else "<in-memory model>", out_dir=str(out_dir),
-                data=data if isinstance(data, str) else "<records or list>", lora_targets=list(lora_targets))
+    cfg = SFTConfig(**{k: v for k, v in locals().items() if k in _CONFIG})
+    args = _run_args(cfg, init, data, out_dir, save=save, overwrite=overwrite, progress=progress)
     check_finetune_args(**args)  # every argument, the device and the output folder, before any work
-    sources = []
-    records = _resolve_data(data, sources)
-    if progress:
-        for r in sources: print("data:", describe_data(r))
-    torch.manual_seed(seed)
-    model, enc = _load_init(init, device)
-    if isinstance(init, tuple): model = copy.deepcopy(model)
-    block_size = model.config.block_size
-    train_recs, val_recs = stratified_split(records, val_frac, seed)
-    train_ds = SFTDataset(train_recs, enc, block_size, overlong)
-    val_ds = SFTDataset(val_recs, enc, block_size, overlong)
-    if len(train_ds) == 0:
-        raise ValueError(f"no training example fits block_size={block_size} (dropped {train_ds.report['dropped']}); "
-                         "use a model with a longer context or overlong='truncate'")
-    if steps is None: steps = max(1, math.ceil(epochs * len(train_ds) / batch_size))
-    warmup = max(1, round(0.05 * steps)) if warmup_steps is None else warmup_steps
-    eval_every = eval_every or max(1, steps // 5)
-    if lora_r > 0: apply_lora(model, lora_r, lora_alpha, tuple(lora_targets), lora_dropout, verbose=progress)
-    trainable, total = count_parameters(model)
-    params = [p for p in model.parameters() if p.requires_grad]  # what is trained (LoRA: the adapters only), and clipped
-    # notebook 04's optimizer: decay on 2-D weights only, betas (0.9, 0.95), fused on CUDA; only what requires_grad (LoRA)
-    opt = configure_optimizer(model, make_config(None, lr=lr, weight_decay=weight_decay), torch.device(device).type)
-    out_dir = Path(out_dir)
-    if save: out_dir.mkdir(parents=True, exist_ok=True)
-    log = open(out_dir / "sft_log.jsonl", "w") if save else None
-    def _log(**kw):
-        if log: log.write(json.dumps(json_safe(kw)) + "\n"); log.flush()
-    val_loss = lambda: response_loss(model, val_ds, batch_size, device, eval_batches) if len(val_ds) else float("nan")
-    val_before = val_loss()
-    val_losses, train_losses = [[0, val_before]], []
-    _log(step=0, val_loss=val_before)
-    gen = torch.Generator().manual_seed(seed)
-    order, pos = torch.randperm(len(train_ds), generator=gen).tolist(), 0
-    t0, tokens, step = time.time(), 0, 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=steps, desc="sft", leave=True)
-    model.train()
-    for step in range(1, steps + 1):
-        idx = []
-        while len(idx) < batch_size:  # reshuffle at each epoch boundary
-            if pos == len(order): order, pos = torch.randperm(len(train_ds), generator=gen).tolist(), 0
-            take = order[pos:pos + batch_size - len(idx)]; idx += take; pos += len(take)
-        xb, yb = collate([train_ds[i] for i in idx], enc.eot_token)
-        xb, yb = xb.to(device), yb.to(device)
-        cur_lr = sft_lr(step - 1, steps, lr, warmup, min_lr_ratio, schedule)
-        for g in opt.param_groups: g["lr"] = cur_lr
-        with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=dtype == "bfloat16" or (dtype == "auto" and str(device).startswith("cuda"))):
-            _, loss = model(xb, yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0: torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        tokens += int((yb != IGNORE_INDEX).sum())
-        train_losses.append([step, loss.item()])
-        _log(step=step, loss=loss.item(), lr=cur_lr)
-        if bar: bar.update(1); bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{cur_lr:.1e}")
-        out_of_time = max_seconds is not None and time.time() - t0 > max_seconds
-        if step % eval_every == 0 or step == steps or out_of_time:
-            v = val_loss(); val_losses.append([step, v]); _log(step=step, val_loss=v)
-            if bar: bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{v:.3f}")
-        if out_of_time: break
-    if bar: bar.close()
-    seconds = time.time() - t0
-    if val_losses[-1][0] != step: val_losses.append([step, val_loss()])
-    lora_info = None
-    if lora_r > 0:
-        adapters = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if "lora_" in k}
-        lora_info = {"r": lora_r, "alpha": lora_alpha, "targets": list(lora_targets), "adapters": adapters}
-        merge_lora(model)
-    model.eval()
-    counts = {"records": len(records), "train_records": len(train_recs), "val_records": len(val_recs),
-              "train": train_ds.report, "val": val_ds.report,
-              "train_categories": dict(Counter(r["category"] for r in train_recs)),
-              "val_categories": dict(Counter(r["category"] for r in val_recs))}
-    ckpt_path = None
-    if save:
-        ckpt = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "config": dataclasses.asdict(model.config),
-                "tokenizer": tokenizer_state(enc), "kind": "sft", "step": step, "val_loss": val_losses[-1][1],
-                "template": {"prompt": PROMPT_TEMPLATE, "context_block": CONTEXT_BLOCK, "eot": EOT},
-                "sft": {"args": args, "counts": counts}, "lora": lora_info}
-        ckpt_path = str(out_dir / "sft.pt")
-        save_checkpoint(ckpt_path, ckpt)
-    summary = {"kind": "sft", "checkpoint": ckpt_path, "val_loss_before": val_before, "val_loss_after": val_losses[-1][1],
-               "train_losses": train_losses, "val_losses": val_losses, "data": sources, "counts": counts,
-               "steps": step, "planned_steps": steps, "seconds": seconds, "tokens": tokens,
-               "tokens_per_s": tokens / max(seconds, 1e-9), "trainable_params": trainable, "total_params": total,
-               "lora": None if lora_info is None else {k: v for k, v in lora_info.items() if k != "adapters"},
-               "args": args}
-    if log: log.close()
+    device, out_dir = str(pick_device(cfg.device)), Path(out_dir)  # notebook 03c: 'auto' is CUDA, else MPS, else the CPU
+    r = _prepare(init, data, cfg, device, progress)
+    fit = _fit(r, cfg, device, out_dir, save, progress)
+    lora = _merge_adapters(r.model, cfg)
+    r.model.eval()
+    after = fit["val_losses"][-1][1]
+    ckpt = _save_sft(out_dir / "sft.pt", r.model, r.enc, fit["step"], after, args, r.counts, lora) if save else None
+    summary = {"kind": "sft", "checkpoint": ckpt, "val_loss_before": fit["val_losses"][0][1], "val_loss_after": after,
+               "train_losses": fit["train_losses"], "val_losses": fit["val_losses"], "data": r.sources, "counts": r.counts,
+               "steps": fit["step"], "planned_steps": r.plan[0], "seconds": fit["seconds"], "tokens": fit["tokens"],
+               "tokens_per_s": fit["tokens"] / max(fit["seconds"], 1e-9), "trainable_params": r.params[0], "total_params": r.params[1],
+               "lora": None if lora is None else {k: v for k, v in lora.items() if k != "adapters"}, "args": args}
     if save: (out_dir / "summary.json").write_text(json.dumps(json_safe(summary), indent=1, default=str))
     return summary
 
 # %% ../nbs/05_sft.ipynb #672e2970
-@torch.no_grad()
-def generate_response(model,  # a GPT
-                      enc,  # its tiktoken.Encoding
-                      instruction: str,  # what to ask
-                      context: str = "",  # optional passage
-                      max_new_tokens: int = 64,  # at most this many tokens of answer (also capped by the context left)
-                      temperature: float = 0.0,  # 0: greedy
-                      top_k: int | None = None,  # sample from the k most likely tokens
-                      top_p: float | None = None,  # nucleus sampling
-                      seed: int | None = None,  # for reproducible sampling
-                      with_stop: bool = False,  # also return whether the answer ended with `<|endoftext|>`
-                     ) -> str | tuple[str, bool]:
-    "The model's answer to `instruction` in the course's prompt template (text before `<|endoftext|>`)."
+@dataclass
+class Answer:
+    "A model's answer: the text before `<|endoftext|>`, and whether it stopped there (rather than at the token limit)."
+    text: str
+    stopped: bool
+
+def _prompt_ids(model, enc, instruction: str, context: str = "") -> list[int]:
+    "The prompt's token ids; refused when the tokenizer is not the model's or the prompt leaves no room for an answer."
     if enc.n_vocab > model.config.vocab_size:
         raise ValueError(f"the tokenizer has {enc.n_vocab:,} tokens but the model's vocab_size is {model.config.vocab_size:,}: "
                          "they do not belong together; load both from one checkpoint")
     ids = enc.encode_ordinary(format_prompt(instruction, context))
-    room = model.config.block_size - len(ids)
-    if room < 1:
+    if model.config.block_size - len(ids) < 1:
         raise ValueError(f"prompt is {len(ids)} tokens but block_size is {model.config.block_size}; "
                          "shorten the instruction/context or use a model with a longer context")
+    return ids
+
+# %% ../nbs/05_sft.ipynb #e7734ab3
+@torch.no_grad()
+def respond(model,  # a GPT
+            enc,  # its tiktoken.Encoding
+            instruction: str,  # what to ask
+            context: str = "",  # optional passage
+            max_new_tokens: int = 64,  # at most this many tokens of answer (also capped by the context left)
+            temperature: float = 0.0,  # 0: greedy
+            top_k: int | None = None,  # sample from the k most likely tokens
+            top_p: float | None = None,  # nucleus sampling
+            seed: int | None = None,  # for reproducible sampling
+           ) -> Answer:
+    "The model's `Answer` to `instruction` in the course's prompt template."
+    ids = _prompt_ids(model, enc, instruction, context)
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
     was_training = model.training; model.eval()
-    out = model.generate(torch.tensor([ids], device=dev), min(max_new_tokens, room), temperature=temperature,
-                         top_k=top_k, top_p=top_p, eos_token_id=enc.eot_token, generator=gen,
+    out = model.generate(torch.tensor([ids], device=dev), min(max_new_tokens, model.config.block_size - len(ids)),
+                         temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=enc.eot_token, generator=gen,
                          n_vocab=enc.n_vocab)  # a padded vocabulary's extra rows (50,304 for 50,257) are never chosen
     model.train(was_training)
     new = out[0, len(ids):].tolist()
     stop = enc.eot_token in new
-    if stop: new = new[:new.index(enc.eot_token)]
-    text = enc.decode(new).strip()
-    return (text, stop) if with_stop else text
+    return Answer(enc.decode(new[:new.index(enc.eot_token)] if stop else new).strip(), stop)
+
+def generate_response(model, enc, instruction: str, context: str = "", max_new_tokens: int = 64, temperature: float = 0.0,
+                      top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> str:
+    "The text of `respond`'s answer (its arguments are `respond`'s)."
+    return respond(model, enc, instruction, context, max_new_tokens, temperature, top_k, top_p, seed).text
 
 # %% ../nbs/05_sft.ipynb #5c11a006
 def exact_match(answer: str, reference: str) -> bool:
@@ -792,8 +876,8 @@ def skill_scores(model,                  # a GPT
     by = defaultdict(lambda: [0, 0, 0])
     for r in items:
         budget = min(max_new_tokens, len(enc.encode_ordinary(r["response"])) + slack)  # a longer answer cannot be exact
-        a, stop = generate_response(model, enc, r["instruction"], r["context"], budget, with_stop=True)
-        c = by[r["category"].removeprefix("skill_")]; c[0] += 1; c[1] += exact_match(a, r["response"]); c[2] += stop
+        a = respond(model, enc, r["instruction"], r["context"], budget)
+        c = by[r["category"].removeprefix("skill_")]; c[0] += 1; c[1] += exact_match(a.text, r["response"]); c[2] += a.stopped
     fam = {f: {"n": n, "accuracy": round(k / n, 4), "stop_rate": round(s / n, 4)} for f, (n, k, s) in by.items()}
     n = sum(v["n"] for v in fam.values())
     return {**fam, "mean": {"n": n, "accuracy": round(sum(v["accuracy"] for v in fam.values()) / max(1, len(fam)), 4),
@@ -828,11 +912,12 @@ def sft_parser(prog: str,         # the command's name in --help
     r = p.add_argument_group("run")
     r.add_argument("--eval-batches", type=int, default=None, help="cap on validation batches")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps")
+    r.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (auto: CUDA, else MPS, else the CPU)")
     r.add_argument("--overwrite", action="store_true", help="replace an earlier fine-tuning run in --out (never a pretraining run)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p, r
 
+# %% ../nbs/05_sft.ipynb #78daa6f4
 def cli(argv: list[str] | None = None) -> int:
     "`nanogpt-course sft`: instruction fine-tuning from a course checkpoint or GPT-2 weights."
     import sys
@@ -878,9 +963,9 @@ def answer_table(models: dict,  # name -> (model, enc)
     for rec in records:
         row = {"category": rec["category"], "instruction": rec["instruction"], "reference": rec["response"]}
         for name, (m, e) in models.items():
-            try: row[name], row[name + "_stop"] = generate_response(m, e, rec["instruction"], rec["context"],
-                                                                     max_new_tokens, with_stop=True)  # greedy
-            except ValueError: row[name], row[name + "_stop"] = "(prompt too long)", False
+            try: a = respond(m, e, rec["instruction"], rec["context"], max_new_tokens)  # greedy
+            except ValueError: a = Answer("(prompt too long)", False)
+            row[name], row[name + "_stop"] = a.text, a.stopped
         rows.append(row)
     clip = lambda s: (s.replace("\n", " / ")[:width] + ("..." if len(s) > width else ""))
     for r in rows:

@@ -15,7 +15,8 @@ from nanogpt_course import sft
 from nanogpt_course.train import load_checkpoint
 from nanogpt_course.sft import (IGNORE_INDEX, SFTDataset, apply_lora, builtin_instructions, collate, count_parameters,
                                 format_chat, format_prompt, load_alpaca, load_dolly, load_instructions, merge_lora,
-                                stratified_split, tokenize_example, finetune, response_loss, load_sft_model)
+                                stratified_split, tokenize_example, finetune, response_loss)
+from nanogpt_course.checkpoint import load_model  # notebook 03b's loader reads every checkpoint finetune writes
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)  # the suite shares a small CPU with other processes; more threads only contend
@@ -216,12 +217,11 @@ def test_finetune_writes_a_course_checkpoint(enc, tmp_path):
     assert ck["kind"] == "sft" and ck["step"] == 12 and set(ck) >= {"model", "config", "tokenizer", "kind", "step"}
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in ck["model"])
     json.loads((tmp_path / "run" / "summary.json").read_text())  # the summary is JSON
-    model, enc2 = load_sft_model(s["checkpoint"])
+    model, enc2 = load_model(s["checkpoint"])
     assert enc2.encode_ordinary(format_prompt("Hi")) == enc.encode_ordinary(format_prompt("Hi"))
     # the saved weights are the fine-tuned ones: their validation loss is the one finetune reported
     _, val = stratified_split(builtin_instructions(), 0.1, 0)
     assert abs(response_loss(model, SFTDataset(val, enc2, 64)) - s["val_loss_after"]) < 1e-4
-    from nanogpt_course.train import load_model
     m2, _ = load_model(s["checkpoint"])  # what serving, the playground and evaluation call
     x = torch.tensor([enc.encode_ordinary(format_prompt("Hi"))])
     assert torch.allclose(m2(x)[0], model(x)[0])
@@ -235,7 +235,7 @@ def test_finetune_with_lora_saves_merged_weights(enc, tmp_path):
     assert not any("lora_" in k for k in ck["model"]) and ck["lora"]["r"] == 2
     assert s["trainable_params"] < s["total_params"] / 5
     assert any("lora_B" in k for k in ck["lora"]["adapters"])
-    merged, _ = load_sft_model(s["checkpoint"])
+    merged, _ = load_model(s["checkpoint"])
     assert not torch.equal(merged.state_dict()["transformer.h.0.attn.c_attn.weight"],
                            base.state_dict()["transformer.h.0.attn.c_attn.weight"])
     assert torch.equal(merged.state_dict()["transformer.wte.weight"], base.state_dict()["transformer.wte.weight"])
@@ -297,17 +297,18 @@ def test_generate_response_refuses_a_prompt_that_fills_the_context(enc):
     new = model.generate(torch.tensor([ids]), 3, temperature=0, eos_token_id=enc.eot_token)[0, len(ids):].tolist()
     want = enc.decode(new[:new.index(enc.eot_token)] if enc.eot_token in new else new).strip()  # greedy, cut at eot, trimmed
     assert out == want
-    text, stopped = sft.generate_response(model, enc, "Q?", max_new_tokens=3, with_stop=True)
-    assert text == want and stopped == (enc.eot_token in new)
+    a = sft.respond(model, enc, "Q?", max_new_tokens=3)
+    assert a == sft.Answer(want, enc.eot_token in new)
 
 
 def test_answer_table_uses_generate_response(enc, capsys):
-    "Each model's greedy answer and stop flag come from generate_response; a prompt that fills the context is a row, not a crash."
+    "Each model's greedy answer and stop flag come from respond; a prompt that fills the context is a row, not a crash."
     model = tiny_model(enc, block_size=32)
     recs = [{"category": "open_qa", "instruction": "Q?", "context": "", "response": "A."},
             {"category": "summarization", "instruction": "word " * 40, "context": "", "response": "short"}]
     rows = sft.answer_table({"m": (model, enc)}, recs, max_new_tokens=3)
-    assert (rows[0]["m"], rows[0]["m_stop"]) == sft.generate_response(model, enc, "Q?", max_new_tokens=3, with_stop=True)
+    a = sft.respond(model, enc, "Q?", max_new_tokens=3)
+    assert (rows[0]["m"], rows[0]["m_stop"]) == (a.text, a.stopped)
     assert rows[1]["m"] == "(prompt too long)" and rows[1]["m_stop"] is False
     assert "[summarization]" in capsys.readouterr().out
 
@@ -345,18 +346,22 @@ def test_finetune_checks_its_arguments_before_loading(kw, name, tmp_path):
 
 def test_device_that_is_not_there_is_a_message(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without CUDA, even on a GPU machine
-    for dev, want in [("cuda", "--device cuda: CUDA is not available"), ("cuda:1", "--device cuda:1: CUDA is not available"),
-                      ("tpu", "--device 'tpu' is not a device"), ("cuda0", "--device 'cuda0' is not a device")]:
+    # the words are notebook 03c's `check_device`, which every command uses: the flag, the device, and what to use instead
+    for dev, want, fix in [("cuda", "--device cuda: this PyTorch sees no CUDA GPU", "use --device cpu"),
+                           ("cuda:1", "--device cuda:1: this PyTorch sees no CUDA GPU", "use --device cpu"),
+                           ("tpu", "--device must be auto, cpu, cuda (or cuda:N) or mps, got 'tpu'", "must be auto, cpu"),
+                           ("cuda0", "--device must be auto, cpu, cuda (or cuda:N) or mps, got 'cuda0'", "must be auto, cpu")]:
         rc = sft.cli(["--init", str(tmp_path / "no-model.pt"), "--data", "builtin", "--out", str(tmp_path / "out"),
                       "--device", dev, "--no-progress"])
         err = capsys.readouterr().err
-        assert rc == 2 and want in err and "use cpu" in err and "Traceback" not in err, err
-    with pytest.raises(ValueError, match="device 'tpu' is not a device"):
+        assert rc == 2 and want in err and fix in err and "Traceback" not in err and err.count("\n") == 1, err
+    with pytest.raises(ValueError, match=r"^device must be auto, cpu, cuda \(or cuda:N\) or mps, got 'tpu'"):  # Python: the argument's name
         finetune(str(tmp_path / "no-model.pt"), "builtin", tmp_path / "out", device="tpu", progress=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    with pytest.raises(ValueError, match="has 2 CUDA devices, cuda:0 to cuda:1"):
+    with pytest.raises(ValueError, match=r"has 2 CUDA device\(s\), cuda:0 to cuda:1"):
         finetune(str(tmp_path / "no-model.pt"), "builtin", tmp_path / "out", device="cuda:2", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_out_never_replaces_a_run_without_overwrite(enc, tmp_path, capsys):
@@ -446,8 +451,7 @@ def test_generate_response_never_picks_a_padding_id():
         model.lm_head.weight[gpt2.n_vocab:] = 1.0
     ids = gpt2.encode_ordinary(format_prompt("Q?"))
     assert model.generate(torch.tensor([ids]), 1, temperature=0)[0, -1] >= gpt2.n_vocab  # unguarded, a padding id wins
-    text, _ = sft.generate_response(model, gpt2, "Q?", max_new_tokens=4, with_stop=True)
-    assert isinstance(text, str)
+    assert isinstance(sft.respond(model, gpt2, "Q?", max_new_tokens=4).text, str)
     assert isinstance(sft.generate_response(model, gpt2, "Q?", max_new_tokens=4, temperature=1.0, seed=0), str)
 
 
@@ -498,11 +502,11 @@ def test_exact_match_and_skill_scores(enc, monkeypatch):
     assert not sft.exact_match("good.", "good") and not sft.exact_match("", "good")
     _, held = sft.skill_tasks(_lines_text(), n_train=10, n_heldout=4)
     # a model that is right on `repeat` and `first_word` only, and stops on half the items
-    def fake(model, enc, instruction, context, max_new_tokens, with_stop=False, **kw):
+    def fake(model, enc, instruction, context, max_new_tokens, **kw):
         right = next(r["response"] for r in held if r["instruction"] == instruction and r["context"] == context)
         fam = next(f for f, (ins, _) in sft.SKILLS.items() if ins == instruction)
-        return (right if fam in ("repeat", "first_word") else "wrong"), fam in ("repeat", "last_word")
-    monkeypatch.setattr(sft, "generate_response", fake)
+        return sft.Answer((right if fam in ("repeat", "first_word") else "wrong"), fam in ("repeat", "last_word"))
+    monkeypatch.setattr(sft, "respond", fake)
     s = sft.skill_scores(None, enc, held)
     assert {f: v["accuracy"] for f, v in s.items()} == {"repeat": 1.0, "first_word": 1.0, "last_word": 0.0,
                                                         "first_last": 0.0, "question": 0.0, "mean": 0.4}
@@ -515,3 +519,51 @@ def test_finetune_in_bf16_on_the_cpu_and_dtype_checked(enc, tmp_path):
     assert s["steps"] == 2 and s["args"]["dtype"] == "bfloat16" and all(map(lambda v: v == v, (l for _, l in s["train_losses"])))
     with pytest.raises(ValueError, match="dtype must be 'auto', 'float32' or 'bfloat16', got 'fp8'"):
         finetune(str(tmp_path / "no-model.pt"), str(tmp_path / "no-data.jsonl"), tmp_path / "out", dtype="fp8", progress=False)
+
+
+# --- one training step, one schedule, one runtime, one config (issue 12) ---
+
+def test_finetune_steps_with_pretrainings_train_step_and_schedule(enc, monkeypatch):
+    "Every optimizer step is notebook 04b's train_step at sft_lr's rate, and sft_lr's cosine is 04b's get_lr."
+    from nanogpt_course import train as T
+    calls = []
+    def spy(model, optimizer, next_batch, accum=1, lr=1e-3, grad_clip=1.0, autocast=None):
+        calls.append((accum, lr, grad_clip))
+        return T.train_step(model, optimizer, next_batch, accum, lr, grad_clip, autocast)
+    monkeypatch.setattr(sft, "train_step", spy)
+    s = finetune((tiny_model(enc), enc), "builtin", "unused", steps=5, batch_size=4, lr=2e-3, grad_clip=0.5, save=False, progress=False)
+    assert s["steps"] == 5 and len(s["train_losses"]) == 5
+    assert calls == [(1, sft.sft_lr(i, 5, 2e-3, 1), 0.5) for i in range(5)]
+    for step in (0, 3, 10, 57, 99, 100, 150):  # warmup, the cosine, its end and past it
+        cfg = T.make_config(None, lr=3e-4, warmup_steps=10, max_steps=100, min_lr_ratio=0.2)
+        assert sft.sft_lr(step, 100, 3e-4, 10, 0.2) == T.get_lr(step, cfg)
+    monkeypatch.setattr(sft, "get_lr", lambda step, cfg: 42.0)  # the cosine lives in 04b: change it there, SFT follows
+    assert sft.sft_lr(50, 100, 3e-4, 10) == 42.0 and sft.sft_lr(50, 100, 3e-4, 10, schedule="linear") != 42.0
+
+
+def test_finetune_autocasts_with_the_runtime_policy(enc, monkeypatch):
+    "The forward passes run in notebook 03c's autocast_for(device, dtype), the one home of the precision policy."
+    seen = []
+    real = sft.autocast_for
+    monkeypatch.setattr(sft, "autocast_for", lambda device, dtype="auto": seen.append((str(device), dtype)) or real(device, dtype))
+    finetune((tiny_model(enc), enc), "builtin", "unused", steps=1, batch_size=2, dtype="bfloat16", save=False, progress=False)
+    assert seen == [("cpu", "bfloat16")]
+
+
+def test_sft_config_holds_finetunes_settings_and_is_recorded(enc, tmp_path):
+    "SFTConfig has finetune's settings with the same defaults; the checkpoint and summary record them as args."
+    import dataclasses, inspect
+    params = inspect.signature(finetune).parameters
+    fields = {f.name: f.default for f in dataclasses.fields(sft.SFTConfig)}
+    assert fields == {k: params[k].default for k in fields}
+    s = finetune((tiny_model(enc), enc), "builtin", tmp_path / "run", steps=2, batch_size=2, lora_r=2, progress=False)
+    ck = load_checkpoint(s["checkpoint"])
+    assert ck["sft"]["args"] == s["args"] and set(s["args"]) >= set(fields)
+    assert s["args"]["steps"] == 2 and s["args"]["lora_targets"] == ["c_attn"] and s["args"]["init"] == "<in-memory model>"
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["args"]["lora_r"] == 2
+
+
+def test_finetune_takes_device_auto(enc):
+    "--device auto, as every other command takes it (notebook 03c's pick_device): CUDA, else MPS, else the CPU."
+    s = finetune((tiny_model(enc), enc), "builtin", "unused", steps=1, batch_size=2, device="auto", save=False, progress=False)
+    assert s["steps"] == 1 and s["args"]["device"] == "auto"
