@@ -4,8 +4,10 @@
 
 # %% auto #0
 __all__ = ['SHOWCASE', 'SAMPLING', 'SFT_LR', 'SFT_BATCH', 'choose_corpus', 'seconds_per_step', 'plan_steps', 'has_bf16_units',
-           'choose_precision', 'replan_checkpoint', 'pretrain_in_budget', 'tune_in_budget', 'at_a_glance',
-           'default_out_dir', 'run', 'report', 'serve_run', 'cli']
+           'choose_precision', 'replan_checkpoint', 'pretrain_in_budget', 'tune_in_budget', 'default_out_dir',
+           'start_run', 'tokenizer_stage', 'shards_stage', 'mc_questions', 'plan_pretraining', 'pretraining_stage',
+           'skill_split', 'tuning_stage', 'score_models', 'showcase_answers', 'evaluation_stage', 'run', 'at_a_glance',
+           'report', 'serve_run', 'cli']
 
 # %% ../nbs/09_pipeline.ipynb #6c6f6c49
 import os, sys, json, math, time, argparse
@@ -13,6 +15,8 @@ from pathlib import Path
 import torch
 from .tokenizer import BPETokenizer, get_tokenizer
 from .model import GPT, GPTConfig
+from .runtime import autocast_for, pick_device
+from .checkpoint import latest_checkpoint, save_checkpoint, load_model
 from . import data as D, train as T, hellaswag as H
 
 # %% ../nbs/09_pipeline.ipynb #0cfd110c
@@ -41,19 +45,15 @@ def seconds_per_step(cfg: GPTConfig,          # the model to time
                      seq_len: int,             # tokens per sequence
                      accum: int = 1,           # micro-batches per optimizer step
                      device: str = "cpu", n: int = 5,
-                     dtype: str = "float32",   # "float32", or "bfloat16" for bf16 autocast (as `pretrain --dtype bfloat16`)
+                     dtype: str = "float32",   # "float32", or "bfloat16" for bf16 autocast (as `pretrain --dtype bfloat16`), or "auto"
                     ) -> float:
-    "Fastest wall time of one optimizer step (forward, backward, AdamW) in `n` steps, after one warm-up step."
+    "Fastest wall time of one optimizer step (notebook 04b's `train_step`, with AdamW) in `n` steps, after one warm-up step."
     torch.manual_seed(0)
     m = GPT(cfg).to(device)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
     x = torch.randint(0, cfg.vocab_size, (batch_size, seq_len), device=device)
-    dev_type = torch.device(device).type
-    def step():
-        for _ in range(accum):
-            with torch.autocast(dev_type, torch.bfloat16, enabled=dtype == "bfloat16"): _, loss = m(x, x)
-            loss.backward()
-        opt.step(); opt.zero_grad(set_to_none=True)
+    # the step pretraining takes, in the precision notebook 03c's `autocast_for` sets
+    step = lambda: T.train_step(m, opt, lambda: (x, x), accum, lr=1e-4, autocast=autocast_for(device, dtype))
     step()
     times = []
     for _ in range(n):  # the fastest step is what the machine can do; a slow one was disturbed by another process
@@ -104,14 +104,14 @@ def replan_checkpoint(run_dir: str | Path,        # a pretraining run's folder
                       warmup_steps: int | None = None, # the new warmup (None: unchanged)
                      ) -> Path:
     "Give a run's newest checkpoint a new schedule length, so that resuming continues on the re-planned schedule."
-    path, ckpt = T.latest_checkpoint(run_dir)
+    path, ckpt = latest_checkpoint(run_dir)
     if ckpt is None: raise FileNotFoundError(f"{run_dir} holds no checkpoint to re-plan; pretrain into it first")
     if max_steps <= ckpt["step"]:
         raise ValueError(f"max_steps={max_steps} must be more than the {ckpt['step']} steps {path} has already done")
     ckpt.pop("checksum", None)  # save_checkpoint writes the new one
     ckpt["train_config"] = {**ckpt["train_config"], "max_steps": max_steps,
                             **({"warmup_steps": warmup_steps} if warmup_steps is not None else {})}
-    return T.save_checkpoint(path, ckpt)
+    return save_checkpoint(path, ckpt)
 
 # %% ../nbs/09_pipeline.ipynb #1f37df65
 def pretrain_in_budget(data: str,              # shards folder (`nanogpt-course prepare`)
@@ -198,33 +198,178 @@ def _stage(summary, name, out, fn):
     return res
 
 
-# %% ../nbs/09_pipeline.ipynb #9a14a005
-SFT_LR = 3e-3  # the main job's instruction-tuning peak learning rate: a small model takes big steps
-SFT_BATCH = 32  # its examples a step: at that rate, batches of 8 are too noisy for the skills to be learned (see "The stages")
-
-def at_a_glance(summary: dict, # a run's summary so far (its stages)
-                ev: dict,      # the evaluation stage's result
-                n_vocab: int,  # the tokenizer's size: a uniform guess costs ln(n_vocab) nats a token
-               ) -> dict:
-    "What a learner reads first: tokens seen, validation loss against a uniform guess, multiple choice, skills, stop rate, stages."
-    st, sk = summary["stages"], ev.get("skill_scores")
-    pre = st.get("pretraining", {})
-    return {"tokens_seen": pre.get("tokens"),
-            "validation_loss": {"pretrained": pre.get("val_loss"), "uniform_baseline": round(math.log(n_vocab), 4)},
-            "multiple_choice": {k: v["acc_norm"] for k, v in ev["multiple_choice_from_heldout_text"].items()},
-            "skills": {f: {"pretrained": v["accuracy"], "tuned": sk["instruction-tuned"][f]["accuracy"], "n": v["n"]}
-                       for f, v in sk["pretrained"].items()} if sk else None,
-            "stop_rate": {k: sk[name]["mean"]["stop_rate"] for k, name in (("pretrained", "pretrained"), ("tuned", "instruction-tuned"))}
-                         if sk else None,
-            "stage_times": {name: {"seconds": s.get("seconds"), "precision": s.get("precision"), "replanned": bool(s.get("replanned")),
-                                   "cut": bool(s.get("cut"))} for name, s in st.items()}}
-
-
-# %% ../nbs/09_pipeline.ipynb #cea4b67e
+# %% ../nbs/09_pipeline.ipynb #283c92d5
 def default_out_dir() -> str:
     "A new run directory, `runs/main-YYYYmmdd-HHMMSS`."
     return time.strftime("runs/main-%Y%m%d-%H%M%S")
 
+def start_run(out_dir: str | None, # the run's folder, new or empty (None: `default_out_dir()`)
+              minutes: float,      # the time budget
+              skill_items: int,    # generated skill items per family (0: none)
+              device: str,         # "auto", "cpu", "cuda", "cuda:N" or "mps"
+             ) -> tuple[Path, str]:
+    "(the run's folder, now made; the device to run on), every argument checked before anything is written."
+    out = Path(out_dir or default_out_dir())
+    if not minutes > 0: raise ValueError(f"--minutes must be a positive number of minutes, got {minutes}")
+    if not (isinstance(skill_items, int) and skill_items >= 0):
+        raise ValueError(f"--skill-items must be an integer >= 0, got {skill_items!r}")
+    device = str(pick_device(device))  # notebook 03c
+    if out.exists() and any(out.iterdir()):  # never mix two runs' checkpoints, never delete a finished run
+        raise FileExistsError(f"{out} already holds a run; choose another --out (the default makes a new timestamped one)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out, device
+
+# %% ../nbs/09_pipeline.ipynb #515079a6
+def tokenizer_stage(out: Path,       # the run's folder: tokenizer.json goes here
+                    source,          # the pretraining corpus (`choose_corpus`)
+                    vocab_size: int, # the BPE vocabulary
+                    chars: int,      # train on the corpus's first `chars` characters
+                   ) -> dict:
+    "Notebook 00: a BPE tokenizer trained on the start of the corpus and saved; its size and characters per token."
+    text = _sample_text(source, chars)
+    tok = BPETokenizer.train(text, vocab_size)
+    tok.save(out / "tokenizer.json")
+    enc = tok.to_tiktoken()
+    sample = text[:2000]
+    return {"path": str(out / "tokenizer.json"), "vocab_size": enc.n_vocab, "trained_on_chars": len(text),
+            "chars_per_token": round(len(sample) / max(1, len(enc.encode_ordinary(sample))), 2)}
+
+# %% ../nbs/09_pipeline.ipynb #354ca003
+def shards_stage(out: Path,              # the run's folder: the shards go to `out/data`
+                 source,                 # the pretraining corpus (`choose_corpus`)
+                 tokenizer: str,         # the tokenizer's file (`tokenizer_stage`)
+                 max_corpus_tokens: int | None, # cap on tokens from a streamed corpus
+                 progress: bool = True,
+                ) -> dict:
+    "Notebook 04a: the corpus as token shards in `out/data`; how many tokens went to training and to validation."
+    streamed = source == "fineweb-edu" or str(source).startswith("hf:")  # local files are used whole
+    meta = D.prepare(source, out / "data", tokenizer=tokenizer, max_tokens=max_corpus_tokens if streamed else None,
+                     shard_tokens=5_000_000, num_proc=min(2, os.cpu_count() or 1), progress=progress)
+    per = {sp: sum(x["tokens"] for x in meta.get("shards", []) if x["split"] == sp) for sp in ("train", "val")}
+    return {"path": str(out / "data"), "train_tokens": per["train"], "val_tokens": per["val"], "shards": len(meta.get("shards", []))}
+
+# %% ../nbs/09_pipeline.ipynb #5d6b3a1b
+def mc_questions(out: Path, # the run's folder, with its shards: the questions go to `out/mc_heldout.jsonl`
+                 enc,       # the run's tokenizer
+                 n: int,    # how many questions
+                 seed: int = 1337,
+                ) -> list[dict]:
+    "Notebook 06: `n` HellaSwag-format questions from the held-out text, also written where pretraining reads them."
+    examples = H.make_mc_examples(D.heldout_text(out / "data", enc), enc, n=n, seed=seed)
+    (out / "mc_heldout.jsonl").write_text("".join(json.dumps({"ctx": e["ctx"], "endings": e["endings"], "label": e["label"]}) + "\n"
+                                                  for e in examples))
+    return examples
+
+# %% ../nbs/09_pipeline.ipynb #7d0b9f81
+def plan_pretraining(preset: str,             # pretraining preset (notebook 04b)
+                     block_size: int | None,  # context length override
+                     n_vocab: int,            # the run's tokenizer size
+                     seconds: float,          # pretraining's share of the budget
+                     device: str = "cpu",
+                    ) -> tuple[dict, int]:
+    "(the precision `choose_precision` picked, the pretraining steps that fit in `seconds`) for the step pretraining takes."
+    tcfg = T.make_config(preset, block_size=block_size, seq_len=block_size)
+    mcfg = GPTConfig.from_preset(tcfg.model, vocab_size=n_vocab, **({"block_size": block_size} if block_size else {}))
+    seq, batch, _, accum = T.batch_geometry(tcfg, mcfg.block_size)  # notebook 04b's own geometry, on one process
+    prec = choose_precision(mcfg, batch, seq, accum, device)  # float32 or bf16 autocast: whichever is clearly faster
+    steps = plan_steps(seconds, prec["seconds_per_step"])
+    print(f"precision: {prec['dtype']} ({prec['why']})", flush=True)
+    print(f"timing probe: {prec['seconds_per_step']:.3g} s a step at its fastest -> {steps} pretraining steps planned "
+          f"in {seconds:.0f} s", flush=True)
+    return prec, steps
+
+# %% ../nbs/09_pipeline.ipynb #0ff6d5e5
+def pretraining_stage(out: Path,       # the run's folder: the run goes to `out/pretrain`
+                      seconds: float,  # pretraining's share of the budget
+                      steps: int,      # the first plan (`plan_pretraining`)
+                      dtype: str,      # its precision (`plan_pretraining`)
+                      preset: str, block_size: int | None,
+                      device: str = "cpu", seed: int = 1337, progress: bool = True,
+                     ) -> dict:
+    "Notebook 04b in the budget (`pretrain_in_budget`), scoring `out/mc_heldout.jsonl`; its result and its precision."
+    r = pretrain_in_budget(str(out / "data"), str(out / "pretrain"), seconds, steps, preset=preset, block_size=block_size,
+                           seq_len=block_size, hellaswag=str(out / "mc_heldout.jsonl"), device=device, seed=seed, progress=progress,
+                           dtype=dtype)
+    return {**r, "precision": dtype}
+
+# %% ../nbs/09_pipeline.ipynb #98ea6fb9
+SFT_LR = 3e-3  # the main job's instruction-tuning peak learning rate: a small model takes big steps
+SFT_BATCH = 32  # its examples a step: at that rate, batches of 8 are too noisy for the skills to be learned (see "The stages")
+
+def skill_split(source,           # the pretraining corpus (`choose_corpus`)
+                skill_items: int, # training items per family (0: none)
+                seed: int = 1337,
+               ) -> tuple[list, list]:
+    "Notebook 05's skills from the corpus: (training items, 25 held-out items a family); none when there is nothing to make them from."
+    from nanogpt_course import sft as S
+    if not skill_items: return [], []
+    try: return S.skill_tasks(_sample_text(source, 2_000_000), n_train=skill_items, n_heldout=25, seed=seed)
+    except ValueError as e:  # a corpus of long paragraphs has few short lines
+        print(f"skills: none this run ({e})", flush=True)
+        return [], []
+
+# %% ../nbs/09_pipeline.ipynb #277e0f69
+def tuning_stage(out: Path,           # the run's folder: from `out/pretrain` to `out/sft`
+                 instructions: str,   # "auto", "dolly", "alpaca", "builtin" or a file (`sft.instruction_data`)
+                 skill_train: list,   # generated skill items to add (`skill_split`)
+                 seconds: float,      # instruction tuning's share of the budget
+                 epochs: float,       # at most this many passes over the instruction set
+                 dtype: str,          # pretraining's precision
+                 device: str = "cpu", seed: int = 1337, progress: bool = True,
+                ) -> dict:
+    "Notebook 05 in the budget (`tune_in_budget`): what it trained on, its plan, its losses, its checkpoint."
+    from nanogpt_course import sft as S
+    records = S.instruction_data(instructions)
+    records = S.InstructionSet(list(records) + skill_train, records.report)
+    # a few epochs at most: a small model memorises a thousand answers long before the time runs out
+    passes = max(10, int(epochs * 0.9 * len(records) / SFT_BATCH))
+    res = tune_in_budget(str(out / "pretrain"), records, out / "sft", seconds, passes, batch_size=SFT_BATCH, lr=SFT_LR,
+                         device=device, seed=seed, progress=progress, dtype=dtype)
+    try: T.plot_log(out / "sft" / "sft_log.jsonl", save=out / "sft" / "loss.png", title="instruction tuning (response tokens)")
+    except Exception as e: print(f"warning: could not draw {out / 'sft' / 'loss.png'}: {e}", file=sys.stderr)  # the model is saved
+    return {**{k: res[k] for k in ("checkpoint", "val_loss_before", "val_loss_after", "planned_steps", "steps", "plan", "cut",
+                                   "tokens", "data", "counts")}, "skill_items": len(skill_train), "precision": dtype}
+
+# %% ../nbs/09_pipeline.ipynb #99757977
+def score_models(models: list,  # (name, GPT) pairs
+                 enc, examples: list, device="cpu", progress: bool = True,
+                ) -> dict:
+    "Each model's multiple-choice accuracy (notebook 06): acc, acc_norm and n."
+    res = {name: H.evaluate(m, enc, examples, device=device, progress=progress) for name, m in models}
+    return {k: {m: v[m] for m in ("acc", "acc_norm", "n")} for k, v in res.items()}
+
+def showcase_answers(models: list, # (name, GPT) pairs
+                     enc, skill_heldout: list,
+                    ) -> list[dict]:
+    "Each model's answers to `SHOWCASE` and two held-out skill items: sampled (`SAMPLING`), and greedy."
+    from nanogpt_course import sft as S
+    asks = [(q, "") for q in SHOWCASE] + [(r["instruction"], r["context"]) for r in skill_heldout[::25][:2]]
+    return [{"instruction": q, "context": c, **{name: S.generate_response(m, enc, q, c, max_new_tokens=40, **SAMPLING)
+                                                for name, m in models},
+             "greedy": {name: S.generate_response(m, enc, q, c, max_new_tokens=40) for name, m in models}} for q, c in asks]
+
+# %% ../nbs/09_pipeline.ipynb #bcc1a4d0
+def evaluation_stage(out: Path,    # the run's folder: `eval.json` goes here
+                     enc, examples: list, # the run's tokenizer and its multiple-choice questions
+                     pre: dict, tuned: dict, # the pretraining and instruction-tuning stages' results
+                     skill_heldout: list,    # held-out skill items (`skill_split`)
+                     device: str = "cpu", seed: int = 1337, progress: bool = True,
+                    ) -> dict:
+    "Notebook 06: multiple choice for the untrained, pretrained and tuned models; their answers; their skills; the losses."
+    from nanogpt_course import sft as S
+    base, _ = load_model(str(out / "pretrain"), device=device)
+    tuned_m, _ = load_model(tuned["checkpoint"], device=device)
+    torch.manual_seed(seed); untrained = GPT(base.config).to(device).eval()
+    res = score_models([("untrained", untrained), ("pretrained", base), ("instruction-tuned", tuned_m)], enc, examples, device, progress)
+    models = [("pretrained", base), ("instruction-tuned", tuned_m)]
+    answers = showcase_answers(models, enc, skill_heldout)
+    sk = {name: S.skill_scores(m, enc, skill_heldout) for name, m in models} if skill_heldout else None
+    (out / "eval.json").write_text(json.dumps(T.json_safe({"multiple_choice": res, "answers": answers, "skills": sk}), indent=1))
+    return {"multiple_choice_from_heldout_text": res, "chance": 0.25, "answers": answers, "sampling": SAMPLING, "skill_scores": sk,
+            "validation_loss": {"pretraining": pre.get("val_loss"), "instruction_before": tuned["val_loss_before"],
+                                "instruction_after": tuned["val_loss_after"]}}
+
+# %% ../nbs/09_pipeline.ipynb #cea4b67e
 def run(out_dir: str | None = None,     # everything the run writes goes here; must be new or empty (default: `default_out_dir()`)
         minutes: float = 15.0,            # the time budget for all stages (serving excluded)
         corpus: str = "auto",             # "auto", "fineweb-edu", "stdlib" or a local text/jsonl/parquet file
@@ -244,107 +389,28 @@ def run(out_dir: str | None = None,     # everything the run writes goes here; m
         progress: bool = True,
        ) -> dict:
     "The main job: tokenizer -> shards -> pretraining -> instruction tuning -> evaluation -> serving. Returns the summary."
-    out_dir = out_dir or default_out_dir()
-    from nanogpt_course import sft as S, hellaswag as H
-    out = Path(out_dir)
-    if not minutes > 0: raise ValueError(f"--minutes must be a positive number of minutes, got {minutes}")
-    if out.exists() and any(out.iterdir()):  # never mix two runs' checkpoints, never delete a finished run
-        raise FileExistsError(f"{out} already holds a run; choose another --out (the default makes a new timestamped one)")
-    out.mkdir(parents=True, exist_ok=True)
-    if device == "auto": device = "cuda" if torch.cuda.is_available() else "cpu"
+    out, device = start_run(out_dir, minutes, skill_items, device)
     budget, t_start = 60.0 * minutes, time.time()
     source, why = choose_corpus(corpus)
     summary = {"out_dir": str(out), "minutes": minutes, "device": device, "corpus": {"source": source, "why": why},
                "torch": torch.__version__, "stages": {}}
-    if not (isinstance(skill_items, int) and skill_items >= 0): raise ValueError(f"--skill-items must be an integer >= 0, got {skill_items!r}")
     print(f"run directory: {out}\npretraining text: {why}\ndevice: {device}, budget {minutes:g} min", flush=True)
-
-    # 00 · a tokenizer trained on (the start of) the corpus
-    def tokenizer():
-        text = _sample_text(source, 1_000_000 if budget >= 300 else 200_000)
-        tok = BPETokenizer.train(text, vocab_size)
-        tok.save(out / "tokenizer.json")
-        enc = tok.to_tiktoken()
-        sample = text[:2000]
-        return {"path": str(out / "tokenizer.json"), "vocab_size": enc.n_vocab, "trained_on_chars": len(text),
-                "chars_per_token": round(len(sample) / max(1, len(enc.encode_ordinary(sample))), 2)}
-    tok_res = _stage(summary, "tokenizer", out, tokenizer)
-    enc = get_tokenizer(tok_res["path"])
-
-    # 04 · token shards
-    def shards():
-        streamed = source == "fineweb-edu" or str(source).startswith("hf:")  # local files are used whole
-        meta = D.prepare(source, out / "data", tokenizer=tok_res["path"], max_tokens=max_corpus_tokens if streamed else None,
-                         shard_tokens=5_000_000, num_proc=min(2, os.cpu_count() or 1), progress=progress)
-        per = {sp: sum(x["tokens"] for x in meta.get("shards", []) if x["split"] == sp) for sp in ("train", "val")}
-        return {"path": str(out / "data"), "train_tokens": per["train"], "val_tokens": per["val"], "shards": len(meta.get("shards", []))}
-    _stage(summary, "shards", out, shards)
-
-    # 06 · a HellaSwag-format multiple-choice set from the held-out text, scored during pretraining and after
-    examples = H.make_mc_examples(D.heldout_text(out / "data", enc), enc, n=mc_examples, seed=seed)
-    mc_path = out / "mc_heldout.jsonl"
-    mc_path.write_text("".join(json.dumps({"ctx": e["ctx"], "endings": e["endings"], "label": e["label"]}) + "\n" for e in examples))
-
-    # 03 + 04 · pretraining, its length planned from a measured step time and re-planned from the pace it keeps
-    tcfg = T.make_config(preset, block_size=block_size, seq_len=block_size)
-    mcfg = GPTConfig.from_preset(tcfg.model, vocab_size=enc.n_vocab, **({"block_size": block_size} if block_size else {}))
-    seq = tcfg.seq_len or mcfg.block_size
-    accum = max(1, (tcfg.total_batch_tokens or tcfg.batch_size * seq) // (tcfg.batch_size * seq))
+    tok = _stage(summary, "tokenizer", out, lambda: tokenizer_stage(out, source, vocab_size, 1_000_000 if budget >= 300 else 200_000))
+    enc = get_tokenizer(tok["path"])
+    _stage(summary, "shards", out, lambda: shards_stage(out, source, tok["path"], max_corpus_tokens, progress))
+    examples = mc_questions(out, enc, mc_examples, seed)
     pre_budget = 0.6 * budget
-    prec = choose_precision(mcfg, tcfg.batch_size, seq, accum, device)  # float32 or bf16 autocast: whichever is clearly faster
+    prec, steps = plan_pretraining(preset, block_size, enc.n_vocab, pre_budget, device)
     summary["precision"] = prec
-    probe = prec["seconds_per_step"]
-    steps = plan_steps(pre_budget, probe)
-    print(f"precision: {prec['dtype']} ({prec['why']})", flush=True)
-    print(f"timing probe: {probe:.3g} s a step at its fastest -> {steps} pretraining steps planned in {pre_budget:.0f} s", flush=True)
-    def pretraining():
-        r = pretrain_in_budget(str(out / "data"), str(out / "pretrain"), pre_budget, steps, preset=preset, block_size=block_size,
-                               seq_len=block_size, hellaswag=str(mc_path), device=device, seed=seed, progress=progress,
-                               dtype=prec["dtype"])
-        return {**r, "precision": prec["dtype"]}
-    pre = _stage(summary, "pretraining", out, pretraining)
-
-    # 05 · skills a small model can learn, generated from the corpus: training items join the instruction set, held-out ones are scored
-    skill_train, skill_heldout = [], []
-    if skill_items:
-        try: skill_train, skill_heldout = S.skill_tasks(_sample_text(source, 2_000_000), n_train=skill_items, n_heldout=25, seed=seed)
-        except ValueError as e: print(f"skills: none this run ({e})", flush=True)  # a corpus of long paragraphs has few short lines
-
-    # 05 · instruction tuning from the last pretraining checkpoint
+    pre = _stage(summary, "pretraining", out,
+                 lambda: pretraining_stage(out, pre_budget, steps, prec["dtype"], preset, block_size, device, seed, progress))
+    skill_train, skill_heldout = skill_split(source, skill_items, seed)
     left = budget - (time.time() - t_start)
     sft_budget = max(0.1 * budget, 0.85 * left)  # all but what evaluation needs; a share even when pretraining overran
-    def tuning():
-        records = S.instruction_data(instructions)  # Dolly online, else the Alpaca file, else the built-in set (or the file given)
-        records = S.InstructionSet(list(records) + skill_train, records.report)
-        # a few epochs at most: a small model memorises a thousand answers long before the time runs out
-        passes = max(10, int(sft_epochs * 0.9 * len(records) / SFT_BATCH))
-        res = tune_in_budget(str(out / "pretrain"), records, out / "sft", sft_budget, passes, batch_size=SFT_BATCH, lr=SFT_LR,
-                             device=device, seed=seed, progress=progress, dtype=prec["dtype"])
-        try: T.plot_log(out / "sft" / "sft_log.jsonl", save=out / "sft" / "loss.png", title="instruction tuning (response tokens)")
-        except Exception as e: print(f"warning: could not draw {out / 'sft' / 'loss.png'}: {e}", file=sys.stderr)  # the model is saved
-        return {**{k: res[k] for k in ("checkpoint", "val_loss_before", "val_loss_after", "planned_steps", "steps", "plan", "cut",
-                                       "tokens", "data", "counts")}, "skill_items": len(skill_train), "precision": prec["dtype"]}
-    tuned = _stage(summary, "instruction tuning", out, tuning)
-
-    # 06 · evaluation: multiple choice on held-out text, untrained vs pretrained vs tuned
-    def evaluation():
-        base, _ = T.load_model(str(out / "pretrain"), device=device)
-        tuned_m, _ = T.load_model(tuned["checkpoint"], device=device)
-        torch.manual_seed(seed); untrained = GPT(base.config).to(device).eval()
-        res = {name: H.evaluate(m, enc, examples, device=device, progress=progress) for name, m in
-               [("untrained", untrained), ("pretrained", base), ("instruction-tuned", tuned_m)]}
-        res = {k: {m: v[m] for m in ("acc", "acc_norm", "n")} for k, v in res.items()}
-        models = [("pretrained", base), ("instruction-tuned", tuned_m)]
-        asks = [(q, "") for q in SHOWCASE] + [(r["instruction"], r["context"]) for r in skill_heldout[::25][:2]]
-        answers = [{"instruction": q, "context": c, **{name: S.generate_response(m, enc, q, c, max_new_tokens=40, **SAMPLING)
-                                                        for name, m in models},
-                    "greedy": {name: S.generate_response(m, enc, q, c, max_new_tokens=40) for name, m in models}} for q, c in asks]
-        sk = {name: S.skill_scores(m, enc, skill_heldout) for name, m in models} if skill_heldout else None
-        (out / "eval.json").write_text(json.dumps(T.json_safe({"multiple_choice": res, "answers": answers, "skills": sk}), indent=1))
-        return {"multiple_choice_from_heldout_text": res, "chance": 0.25, "answers": answers, "sampling": SAMPLING, "skill_scores": sk,
-                "validation_loss": {"pretraining": pre.get("val_loss"), "instruction_before": tuned["val_loss_before"],
-                                    "instruction_after": tuned["val_loss_after"]}}
-    ev = _stage(summary, "evaluation", out, evaluation)
+    tuned = _stage(summary, "instruction tuning", out, lambda: tuning_stage(out, instructions, skill_train, sft_budget, sft_epochs,
+                                                                          prec["dtype"], device, seed, progress))
+    ev = _stage(summary, "evaluation", out,
+                lambda: evaluation_stage(out, enc, examples, pre, tuned, skill_heldout, device, seed, progress))
     summary.update(at_a_glance(summary, ev, enc.n_vocab))
     summary["seconds"] = round(time.time() - t_start, 1)
     _save(out, summary)
@@ -352,51 +418,82 @@ def run(out_dir: str | None = None,     # everything the run writes goes here; m
     if serve: serve_run(out, host=host, port=port, seconds=serve_seconds, device=device)
     return summary
 
+# %% ../nbs/09_pipeline.ipynb #9a14a005
+def at_a_glance(summary: dict, # a run's summary so far (its stages)
+                ev: dict,      # the evaluation stage's result
+                n_vocab: int,  # the tokenizer's size: a uniform guess costs ln(n_vocab) nats a token
+               ) -> dict:
+    "What a learner reads first: tokens seen, validation loss against a uniform guess, multiple choice, skills, stop rate, stages."
+    st, sk = summary["stages"], ev.get("skill_scores")
+    pre = st.get("pretraining", {})
+    return {"tokens_seen": pre.get("tokens"),
+            "validation_loss": {"pretrained": pre.get("val_loss"), "uniform_baseline": round(math.log(n_vocab), 4)},
+            "multiple_choice": {k: v["acc_norm"] for k, v in ev["multiple_choice_from_heldout_text"].items()},
+            "skills": {f: {"pretrained": v["accuracy"], "tuned": sk["instruction-tuned"][f]["accuracy"], "n": v["n"]}
+                       for f, v in sk["pretrained"].items()} if sk else None,
+            "stop_rate": {k: sk[name]["mean"]["stop_rate"] for k, name in (("pretrained", "pretrained"), ("tuned", "instruction-tuned"))}
+                         if sk else None,
+            "stage_times": {name: {"seconds": s.get("seconds"), "precision": s.get("precision"), "replanned": bool(s.get("replanned")),
+                                   "cut": bool(s.get("cut"))} for name, s in st.items()}}
+
 # %% ../nbs/09_pipeline.ipynb #bce79d34
 def _num(x, fmt=".3f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
 
-def report(summary: dict) -> str:
-    "A short human-readable account of a run's summary."
-    st = summary["stages"]; L = [f"\n== results ({summary.get('seconds', 0):.0f} s in all; written to {summary['out_dir']}/summary.json)"]
-    L.append(f"pretraining text:   {summary['corpus']['why']}")
+def _report_data(summary: dict) -> list[str]:
+    "Where the text came from, the tokenizer, the precision."
+    st = summary["stages"]; L = [f"pretraining text:   {summary['corpus']['why']}"]
     if summary["corpus"]["source"] != "fineweb-edu":
         L.append("                    (FineWeb-Edu needs the network: `nanogpt-course prepare fineweb-edu --out data/edu_fineweb10B`, notebook 04a)")
     if "tokenizer" in st: L.append(f"tokenizer:          {st['tokenizer']['vocab_size']} tokens, {st['tokenizer']['chars_per_token']} characters per token")
     if summary.get("precision"): L.append(f"precision:          {summary['precision']['dtype']} ({summary['precision']['why']})")
-    if "pretraining" in st:
-        p = st["pretraining"]; L.append(f"pretraining:        {p.get('steps')} steps, {p.get('tokens', 0):,} tokens, val loss {_num(p.get('val_loss'))} ({p['seconds']:.0f} s)")
-        if summary.get("validation_loss"): L.append(f"                    a uniform guess over the vocabulary scores ln V = {summary['validation_loss']['uniform_baseline']:.3f}")
-        if p.get("replanned"): L.append(f"                    planned {p['planned_steps']} steps, re-planned from the pace it kept: " +
-                                        ", ".join(f"{r['from']} -> {r['to']} at step {r['at_step']}" for r in p["replanned"]))
-        if p.get("cut"): L.append(f"                    CUT SHORT: {p['cut']}")
-    if "instruction tuning" in st:
-        s = st["instruction tuning"]
-        srcs = ", ".join(f"{Path(str(d.get('source', d))).name} ({d.get('schema', '?')}, {d.get('kept', '?')} records)" if isinstance(d, dict) else str(d)
-                         for d in s["data"])
-        L.append(f"instruction tuning: {s['steps']} steps on {srcs}; response val loss "
-                 f"{_num(s['val_loss_before'])} -> {_num(s['val_loss_after'])} ({s['seconds']:.0f} s)")
-        if s.get("skill_items"): L.append(f"                    plus {s['skill_items']} generated skill items (notebook 05)")
-        if s.get("plan"): L.append(f"                    planned {s['planned_steps']} steps, limited by {s['plan']['limit']} ({s['plan']['why']})")
-        if s.get("cut"): L.append(f"                    CUT SHORT: {s['cut']}")
-        if not any("dolly" in str(d.get("source", d) if isinstance(d, dict) else d).lower() for d in s["data"]):
-            L.append("                    (Dolly-15k needs the network: `nanogpt-course sft --data dolly`, notebook 05)")
-    if "evaluation" in st:
-        L.append("evaluation:         HellaSwag-format questions built from held-out text (the real HellaSwag needs the network: "
-                 "`nanogpt-course eval hellaswag --model RUN/sft`, notebook 06)")
-        for k, v in st["evaluation"]["multiple_choice_from_heldout_text"].items():
-            L.append(f"multiple choice:    {k:<18} acc {v['acc']:.3f}  acc_norm {v['acc_norm']:.3f}  (n={v['n']}, chance 0.25)")
-        mc = st["evaluation"]["multiple_choice_from_heldout_text"]
-        if "pretrained" in mc and "instruction-tuned" in mc:
-            d, after = mc["instruction-tuned"]["acc_norm"] - mc["pretrained"]["acc_norm"], mc["instruction-tuned"]["acc_norm"]
-            L.append(f"                    what tuning cost here: acc_norm {d:+.3f}; the tuned model is {'still above' if after > 0.25 else 'not above'} chance")
-        for a in st["evaluation"].get("answers", []):
-            L.append(f"\n### Instruction: {a['instruction']}" + (f"\n### Input: {a['context']}" if a.get("context") else ""))
-            for k in ("pretrained", "instruction-tuned"):
-                L.append(f"  {k + ':':<19} {a[k]!r}")
-                if "greedy" in a: L.append(f"  {'  (greedy)':<19} {a['greedy'][k]!r}")
-        if st["evaluation"].get("sampling"):
-            L.append("\n(answers sampled with " + ", ".join(f"{k}={v}" for k, v in st["evaluation"]["sampling"].items()) + "; greedy below each)")
+    return L
+
+def _report_pretraining(p: dict, summary: dict) -> list[str]:
+    "Pretraining's steps, tokens and loss against ln V; its re-plans; whether it was cut."
+    L = [f"pretraining:        {p.get('steps')} steps, {p.get('tokens', 0):,} tokens, val loss {_num(p.get('val_loss'))} ({p['seconds']:.0f} s)"]
+    if summary.get("validation_loss"): L.append(f"                    a uniform guess over the vocabulary scores ln V = {summary['validation_loss']['uniform_baseline']:.3f}")
+    if p.get("replanned"): L.append(f"                    planned {p['planned_steps']} steps, re-planned from the pace it kept: " +
+                                    ", ".join(f"{r['from']} -> {r['to']} at step {r['at_step']}" for r in p["replanned"]))
+    if p.get("cut"): L.append(f"                    CUT SHORT: {p['cut']}")
+    return L
+
+def _report_tuning(s: dict) -> list[str]:
+    "Instruction tuning's data, steps and response loss before and after; its plan; whether it was cut."
+    srcs = ", ".join(f"{Path(str(d.get('source', d))).name} ({d.get('schema', '?')}, {d.get('kept', '?')} records)" if isinstance(d, dict) else str(d)
+                     for d in s["data"])
+    L = [f"instruction tuning: {s['steps']} steps on {srcs}; response val loss "
+         f"{_num(s['val_loss_before'])} -> {_num(s['val_loss_after'])} ({s['seconds']:.0f} s)"]
+    if s.get("skill_items"): L.append(f"                    plus {s['skill_items']} generated skill items (notebook 05)")
+    if s.get("plan"): L.append(f"                    planned {s['planned_steps']} steps, limited by {s['plan']['limit']} ({s['plan']['why']})")
+    if s.get("cut"): L.append(f"                    CUT SHORT: {s['cut']}")
+    if not any("dolly" in str(d.get("source", d) if isinstance(d, dict) else d).lower() for d in s["data"]):
+        L.append("                    (Dolly-15k needs the network: `nanogpt-course sft --data dolly`, notebook 05)")
+    return L
+
+# %% ../nbs/09_pipeline.ipynb #22876d55
+def _report_evaluation(e: dict) -> list[str]:
+    "Multiple choice for each model against chance, what tuning cost, and the answers."
+    L = ["evaluation:         HellaSwag-format questions built from held-out text (the real HellaSwag needs the network: "
+         "`nanogpt-course eval hellaswag --model RUN/sft`, notebook 06)"]
+    mc = e["multiple_choice_from_heldout_text"]
+    for k, v in mc.items():
+        L.append(f"multiple choice:    {k:<18} acc {v['acc']:.3f}  acc_norm {v['acc_norm']:.3f}  (n={v['n']}, chance 0.25)")
+    if "pretrained" in mc and "instruction-tuned" in mc:
+        d, after = mc["instruction-tuned"]["acc_norm"] - mc["pretrained"]["acc_norm"], mc["instruction-tuned"]["acc_norm"]
+        L.append(f"                    what tuning cost here: acc_norm {d:+.3f}; the tuned model is {'still above' if after > 0.25 else 'not above'} chance")
+    for a in e.get("answers", []):
+        L.append(f"\n### Instruction: {a['instruction']}" + (f"\n### Input: {a['context']}" if a.get("context") else ""))
+        for k in ("pretrained", "instruction-tuned"):
+            L.append(f"  {k + ':':<19} {a[k]!r}")
+            if "greedy" in a: L.append(f"  {'  (greedy)':<19} {a['greedy'][k]!r}")
+    if e.get("sampling"):
+        L.append("\n(answers sampled with " + ", ".join(f"{k}={v}" for k, v in e["sampling"].items()) + "; greedy below each)")
+    return L
+
+def _report_skills_and_times(summary: dict) -> list[str]:
+    "Skills before and after tuning, the stop rate, and each stage's time."
+    L = []
     if summary.get("skills"):
         L.append("\nskills:             exact match on held-out items (lines no training item used), greedy, the reference's length + 8 tokens at most")
         L.append(f"                    {'family':<12} {'pretrained':>10} {'tuned':>7}")
@@ -407,7 +504,16 @@ def report(summary: dict) -> str:
         L.append("stages:             " + " | ".join(f"{k} {v['seconds']:.0f} s" + (f" {v['precision']}" if v.get("precision") else "")
                                                    + (" re-planned" if v["replanned"] else "") + (" CUT" if v["cut"] else "")
                                                    for k, v in summary["stage_times"].items()))
-    return "\n".join(L)
+    return L
+
+def report(summary: dict) -> str:
+    "A short human-readable account of a run's summary."
+    st = summary["stages"]
+    L = [f"\n== results ({summary.get('seconds', 0):.0f} s in all; written to {summary['out_dir']}/summary.json)", *_report_data(summary)]
+    if "pretraining" in st: L += _report_pretraining(st["pretraining"], summary)
+    if "instruction tuning" in st: L += _report_tuning(st["instruction tuning"])
+    if "evaluation" in st: L += _report_evaluation(st["evaluation"])
+    return "\n".join(L + _report_skills_and_times(summary))
 
 # %% ../nbs/09_pipeline.ipynb #6aa6d2b0
 def serve_run(out: str | Path,            # a run directory written by `run`
@@ -417,7 +523,7 @@ def serve_run(out: str | Path,            # a run directory written by `run`
     "Serve a run's pretrained and tuned models (web page + OpenAI-compatible API)."
     from nanogpt_course.serve import create_app, ServerThread
     out = Path(out)
-    models = {"base": T.load_model(str(out / "pretrain"), device=device), "sft": T.load_model(str(out / "sft" / "sft.pt"), device=device)}
+    models = {"base": load_model(str(out / "pretrain"), device=device), "sft": load_model(str(out / "sft" / "sft.pt"), device=device)}
     app = create_app(models, default_model="sft")
     with ServerThread(app, host=host, port=port) as srv:
         print(f"\n== serving (Ctrl-C to stop)\n  web page:   {srv.url}/\n  OpenAI API: {srv.url}/v1   (model ids: base, sft)\n"

@@ -1,7 +1,7 @@
 """The main job (nanogpt_course.pipeline, notebook 09): the training schedules end inside the time budget on a machine
 slower than its timing probe promised, a stage cut by the time limit says so, and the whole job runs end to end.
 Self-contained: a small corpus and a 300-token BPE made here; a busy machine is a monkeypatched slow optimizer step."""
-import json, random, time
+import json, random, re, time
 from pathlib import Path
 import pytest
 
@@ -242,3 +242,66 @@ def test_cli_defaults_are_run_defaults(tmp_path, monkeypatch):
     assert P.cli(["--out", str(tmp_path / "r"), "--no-serve"]) == 0
     assert got["kw"]["skill_items"] == defaults["skill_items"] == 2000
     assert got["args"][1] == defaults["minutes"] == 15.0
+
+
+# --- the main job in stages, each asking the lesson that owns a decision (issue 12) ---
+
+def test_run_checks_every_argument_before_it_makes_the_run_directory(tmp_path):
+    "A bad --skill-items or --device is refused before the run's folder exists (it used to be made first)."
+    for kw, says in ((dict(skill_items=-1), "--skill-items must be an integer >= 0"),
+                     (dict(device="tpu"), "--device must be auto, cpu, cuda"),
+                     (dict(minutes=0), "--minutes must be a positive number of minutes")):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            P.run(str(tmp_path / "r"), serve=False, progress=False, **kw)
+        assert not (tmp_path / "r").exists(), kw
+
+
+def test_pretraining_plan_asks_training_for_its_batch_geometry(monkeypatch):
+    "The step timed is the step notebook 04b takes: `batch_geometry`'s sequence, micro-batch and accumulation."
+    asked, timed = [], []
+    real = T.batch_geometry
+    monkeypatch.setattr(T, "batch_geometry", lambda *a, **k: asked.append(a) or real(*a, **k))
+    monkeypatch.setattr(P, "choose_precision", lambda cfg, B, T_, accum, device: timed.append((B, T_, accum)) or
+                        {"dtype": "float32", "seconds_per_step": 0.5, "why": "made up"})
+    prec, steps = P.plan_pretraining("tiny", 64, 300, 100)
+    seq, batch, _, accum = real(T.make_config("tiny", block_size=64, seq_len=64), 64)
+    assert asked and timed == [(batch, seq, accum)] == [(8, 64, 2)]
+    assert steps == P.plan_steps(100, 0.5) and prec["dtype"] == "float32"
+    # a batch that does not divide the preset's tokens a step is refused with training's own message, before any timing
+    timed.clear()
+    with pytest.raises(ValueError, match=r"total_batch_tokens=1024 must be a multiple of batch_size\*seq_len"):
+        P.plan_pretraining("tiny", 48, 300, 100)
+    assert not timed
+
+
+def test_step_timing_uses_the_training_step_in_the_runtime_precision(monkeypatch):
+    "seconds_per_step runs notebook 04b's train_step inside notebook 03c's autocast_for, and refuses an unknown dtype."
+    contexts, steps = [], []
+    real_ctx, real_step = P.autocast_for, T.train_step
+    monkeypatch.setattr(P, "autocast_for", lambda device, dtype: contexts.append((device, dtype)) or real_ctx(device, dtype))
+    monkeypatch.setattr(T, "train_step", lambda *a, **k: steps.append(a[3]) or real_step(*a, **k))
+    cfg = P.GPTConfig.from_preset("tiny", vocab_size=64, block_size=16)
+    assert P.seconds_per_step(cfg, 2, 16, accum=3, n=2, dtype="bfloat16") > 0
+    assert set(contexts) == {("cpu", "bfloat16")} and steps == [3, 3, 3]  # a warm-up step and n timed ones, 3 micro-batches each
+    with pytest.raises(ValueError, match="--dtype must be auto, float32 or bfloat16"):
+        P.seconds_per_step(cfg, 2, 16, n=1, dtype="fp16")
+
+
+def test_evaluation_stage_loads_models_through_the_checkpoint_lesson(data, tmp_path, monkeypatch):
+    "The evaluation loads both models with notebook 03b's load_model, scores three models and writes eval.json."
+    from nanogpt_course import checkpoint as C, hellaswag as H
+    from nanogpt_course.tokenizer import get_tokenizer
+    loaded = []
+    monkeypatch.setattr(P, "load_model", lambda p, device="cpu": loaded.append(str(p)) or C.load_model(p, device=device))
+    enc = get_tokenizer(str(data / "tok.json"))
+    examples = H.make_mc_examples(P.D.heldout_text(data / "data", enc), enc, n=4, seed=0)
+    (tmp_path / "pretrain").symlink_to(data / "base", target_is_directory=True)
+    tuned = {"checkpoint": str(data / "base"), "val_loss_before": 2.0, "val_loss_after": 1.0}
+    ev = P.evaluation_stage(tmp_path, enc, examples, {"val_loss": 3.0}, tuned, [], progress=False)
+    assert loaded == [str(tmp_path / "pretrain"), str(data / "base")]
+    assert list(ev["multiple_choice_from_heldout_text"]) == ["untrained", "pretrained", "instruction-tuned"]
+    assert all(v["n"] == 4 for v in ev["multiple_choice_from_heldout_text"].values())
+    assert len(ev["answers"]) == len(P.SHOWCASE) and ev["skill_scores"] is None
+    assert ev["validation_loss"] == {"pretraining": 3.0, "instruction_before": 2.0, "instruction_after": 1.0}
+    on_disk = json.loads((tmp_path / "eval.json").read_text())
+    assert on_disk["multiple_choice"] == ev["multiple_choice_from_heldout_text"]

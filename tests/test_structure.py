@@ -34,3 +34,25 @@ def test_no_module_imports_a_later_lesson():
     later = [f"{m} ({order[m]}) imports {d} ({order[d]})"
              for m in order for d in _imports(PKG / f"{m}.py") if d in order and order[d] > order[m]]
     assert not later, "a lesson imports a later one:\n" + "\n".join(later)
+
+
+def exported_cell_sizes() -> list[tuple[int, str, int]]:
+    "(lines, notebook, cell index) of every exported cell: the lines after its `#| export` line."
+    import json
+    out = []
+    for nb in sorted((PKG.parent / "nbs").glob("*.ipynb")):
+        for i, c in enumerate(json.loads(nb.read_text())["cells"]):
+            src = "".join(c["source"])
+            if c["cell_type"] == "code" and re.match(r"#\|\s*export\b", src):
+                out.append((len(src.rstrip("\n").split("\n")) - 1, nb.name, i))
+    return out
+
+
+def test_lessons_come_in_small_steps(capsys):
+    "Exported cells (course22p2's habit): none over 60 lines, and a mean of at most 25. `.ci/run` prints both."
+    sizes = exported_cell_sizes()
+    mean, big = sum(s for s, _, _ in sizes) / len(sizes), sorted(x for x in sizes if x[0] > 60)
+    with capsys.disabled():
+        print(f"\nexported cells: {len(sizes)}, mean {mean:.1f} lines, largest {max(sizes)[0]} ({max(sizes)[1]}), over 60: {len(big)}")
+    assert not big, f"exported cells over 60 lines: {big}"
+    assert mean <= 25, f"exported cells average {mean:.1f} lines; split the largest"
