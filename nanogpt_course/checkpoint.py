@@ -10,8 +10,8 @@ import torch
 from .model import GPT, GPTConfig
 
 # %% auto #0
-__all__ = ['checkpoint_dict', 'CheckpointError', 'checksum', 'save_checkpoint', 'load_checkpoint', 'list_checkpoints',
-           'latest_checkpoint', 'load_model']
+__all__ = ['checkpoint_dict', 'CheckpointError', 'checksum', 'atomic_file', 'save_checkpoint', 'load_checkpoint',
+           'list_checkpoints', 'latest_checkpoint', 'load_model']
 
 # %% ../nbs/03b_checkpoint.ipynb #961f8d17
 def checkpoint_dict(model: GPT,          # a course GPT (or a subclass with a `config`)
@@ -50,19 +50,27 @@ def checksum(obj, crc: int = 0) -> int:
     return zlib.crc32(repr(obj).encode(), crc)
 
 # %% ../nbs/03b_checkpoint.ipynb #59fcdbdd
+@contextlib.contextmanager
+def atomic_file(path: str | Path): # the file to write
+    "A binary file that becomes `path` only once complete: readers see the old file or the whole new one, never half of it."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # hidden, in the same folder: the rename stays atomic
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush(); os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True); raise  # an error mid-write leaves the old file and no debris
+    _fsync_dir(path.parent)
+
 def save_checkpoint(path: str | Path, # final file name
                     ckpt: dict,       # at least model, config, tokenizer, kind, step
                    ) -> Path:
-    "torch.save `ckpt` with its checksum to `path` atomically (temporary file, fsync, rename, fsync of the folder)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    "torch.save `ckpt` with its checksum to `path` through `atomic_file`."
     ckpt = {**ckpt, "checksum": checksum(ckpt)}  # a flipped bit inside a tensor loads fine: only this catches it
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return path
+    with atomic_file(path) as f: torch.save(ckpt, f)
+    return Path(path)
 
 # %% ../nbs/03b_checkpoint.ipynb #08fa3341
 def load_checkpoint(path: str | Path,       # a checkpoint file

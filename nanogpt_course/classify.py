@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .model import GPT, GPTConfig
 from .data import DataUnavailable
 from .tokenizer import get_tokenizer, tokenizer_state
-from .checkpoint import load_model, load_checkpoint, save_checkpoint, checkpoint_dict, CheckpointError
+from .checkpoint import atomic_file, load_model, load_checkpoint, save_checkpoint, checkpoint_dict, CheckpointError
 from .runtime import check_device
 from .train import configure_optimizer, make_config, to_json
 from .sft import apply_lora, merge_lora, count_parameters, sft_lr
@@ -77,7 +77,7 @@ def download_sms(cache_dir: str | os.PathLike | None = None, # where SMSSpamColl
     except (zipfile.BadZipFile, KeyError):
         raise ValueError(f"{url} is not the SMS Spam Collection's zip (it holds no {SMS_FILE}); {_how_to_get()}.") from None
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part"); tmp.write_bytes(data); os.replace(tmp, dest)  # never a half-written file
+    with atomic_file(dest) as f: f.write(data)  # notebook 03b: never a half-written file
     return dest
 
 def load_sms(path: str | os.PathLike | None = None, # a file in the collection's format; None: find or download it

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 import numpy as np
 from .tokenizer import stdlib_documents  # notebook 00: the prose that ships with Python, one document at a time
+from .checkpoint import atomic_file  # notebook 03b: files that are complete or not there
 from fastcore.basics import patch  # adds a method to a class in the cell that explains it
 
 # %% ../nbs/04a_data.ipynb #484baffb
@@ -31,7 +32,7 @@ def dtype_for_vocab(vocab_size: int # number of token ids the tokenizer can prod
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 # %% ../nbs/04a_data.ipynb #01e479a6
-def write_shard(path: str | Path,  # where to write (a `.tmp` beside it is renamed over it when complete)
+def write_shard(path: str | Path,  # where to write (through `atomic_file`: complete or not there)
                 tokens,            # 1-D array-like of token ids
                 eot: int,          # id of <|endoftext|> (recorded in the header)
                 vocab_size: int,   # tokenizer vocabulary size (picks uint16/uint32)
@@ -44,10 +45,7 @@ def write_shard(path: str | Path,  # where to write (a `.tmp` beside it is renam
     arr = np.ascontiguousarray(arr, dtype=dt.newbyteorder("<"))
     fields = _HDR.pack(MAGIC, VERSION, dt.itemsize, arr.size, zlib.crc32(arr.data), eot, vocab_size)
     header = (fields + _HCRC.pack(zlib.crc32(fields))).ljust(HEADER_BYTES, b"\0")
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(header); f.write(arr.data); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_file(path) as f: f.write(header); f.write(arr.data)  # notebook 03b: never half a shard under its name
     return path
 
 # %% ../nbs/04a_data.ipynb #1309e7f3
@@ -347,9 +345,8 @@ def _val_tokens(source, shard_tokens: int, val_tokens: int | None, max_tokens: i
 
 # %% ../nbs/04a_data.ipynb #5b085789
 def _save_json(path: Path, obj):
-    "Write `obj` as JSON to `path` atomically: a `.tmp` file beside it, renamed over it."
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
+    "Write `obj` as JSON to `path` through notebook 03b's `atomic_file`."
+    with atomic_file(path) as f: f.write(json.dumps(obj, indent=1).encode())
 
 def _start_meta(settings: dict, eot: int, vocab: int) -> dict:
     "meta.json before the first shard: the settings, the tokenizer's eot and vocabulary size, no shards yet."

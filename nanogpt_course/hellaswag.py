@@ -8,7 +8,7 @@ import os, re, sys, json, inspect, contextlib, time, random, shutil, argparse, h
 from pathlib import Path
 import torch
 import torch.nn.functional as F
-from .checkpoint import load_model  # notebook 03b
+from .checkpoint import atomic_file, load_model  # notebook 03b
 from .runtime import autocast_for, check_device, setup_distributed, teardown_distributed, unwrap  # notebook 03c
 from .train import EvalHook, to_json
 
@@ -112,24 +112,21 @@ def download_hellaswag(split: str = "validation", # train, validation (val) or t
                        url: str | None = None,   # where to fetch it from; `HELLASWAG_URLS[split]` when None
                        timeout: float = 60.0     # seconds before giving up on the network
                       ) -> Path:
-    "Download one split's jsonl (atomically: a `.part` file, then a rename) unless it is cached; return its path."
+    "Download one split's jsonl (atomically, through `atomic_file`) unless it is cached; return its path."
     split = _split(split)
     url = url or HELLASWAG_URLS[split]
     dest = Path(cache_dir or default_cache_dir()) / Path(url).name
     if dest.is_file() and dest.stat().st_size > 0: return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f: shutil.copyfileobj(r, f)
+    try:  # notebook 03b's atomic_file: a download cut short leaves no file under the cached name
+        with urllib.request.urlopen(url, timeout=timeout) as r, atomic_file(dest) as f: shutil.copyfileobj(r, f)
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-        tmp.unlink(missing_ok=True)
         answered = isinstance(e, urllib.error.HTTPError)  # the server replied (403, 404, 5xx), so the network works
         reason = f"HTTP {e.code} {e.reason}" if answered else str(getattr(e, "reason", e) or type(e).__name__)
         err = RuntimeError(f"could not download HellaSwag {split} from {url} ({reason}); {_how_to_get(url, dest, 'that file')}, "
                            f"or load the Hugging Face copy with `--source hf` (`source='hf'`, needs `datasets`).")
         err.reason, err.answered = reason, answered
         raise err from None
-    os.replace(tmp, dest)
     return dest
 
 # %% ../nbs/06_hellaswag.ipynb #1b74d37e

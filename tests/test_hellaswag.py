@@ -301,7 +301,7 @@ def test_offline_cli_ends_in_one_sentence(setup, tmp_path, monkeypatch, capsys):
     assert err.count("\n") == 0 and "Traceback" not in err and err.startswith("nanogpt-course eval: error: could not download"), err
     assert H.HELLASWAG_URLS["validation"] in err and "Name or service not known" in err
     assert f"put it at {tmp_path / 'hs' / 'hellaswag_val.jsonl'}" in err and "--data FILE" in err and err.endswith(".")
-    assert not hf_calls and not list((tmp_path / "hs").glob("*.part"))
+    assert not hf_calls and not [p.name for p in (tmp_path / "hs").glob("*")] + [p.name for p in (tmp_path / "hs").glob(".*")]  # nothing half-downloaded
 
 
 def test_server_error_tries_hugging_face_then_one_sentence(tmp_path, monkeypatch):
