@@ -4,7 +4,6 @@
 
 # %% ../nbs/14_moe.ipynb #783cf62c
 from __future__ import annotations
-import math
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -21,7 +20,7 @@ def route(logits: torch.Tensor,  # (N, E) the router's score of each expert for 
           k: int,                # experts per token
          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "(gates (N, k), chosen experts (N, k), router probabilities (N, E)): each token's top-k experts and their weights."
-    probs = F.softmax(logits.float(), dim=-1)  # float32 even under bf16 autocast: the gates decide, keep them exact
+    probs = F.softmax(logits.float(), dim=-1)  # in float32 whatever the logits came in
     top, chosen = probs.topk(k, dim=-1)        # (N, k), best first; topk never picks an expert twice
     # k = 1 (Switch): the gate is the probability itself, < 1, so the language-model loss trains the router too;
     # k > 1 (Mixtral): the k probabilities renormalised to sum to 1
@@ -56,7 +55,9 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
         shape = x.shape
         x = x.reshape(-1, shape[-1])                            # (N, C): routing is token by token
-        gates, chosen, probs = route(self.router(x), self.k)   # (N, k), (N, k), (N, E)
+        with torch.autocast(x.device.type, enabled=False):  # the router in float32 even under bf16 autocast (Switch's
+            logits = self.router(x.float())                    # "selective precision"): rounding must not flip a choice
+        gates, chosen, probs = route(logits, self.k)           # (N, k), (N, k), (N, E)
         y = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):               # only the tokens routed to e pass through e
             rows, slot = torch.where(chosen == e)               # which tokens, and which of their k choices e was
