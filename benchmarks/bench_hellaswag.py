@@ -20,7 +20,7 @@ Data: a HellaSwag-format set built from held-out text of tinyshakespeare (`make_
 Each mode runs in its own process so that its peak memory (ru_maxrss) is its own. Wall-clock examples/s is what a
 user sees; examples per CPU-second is printed too because on a shared machine it is the steadier of the two.
 Set BENCH_THREADS=1 for one torch thread per run. With --dtype bfloat16 every mode, the reference loop included, runs under
-bf16 autocast (`hellaswag.eval_autocast`), so that each ratio compares like with like."""
+bf16 autocast (`runtime.autocast_for`, notebook 03c), so that each ratio compares like with like."""
 import argparse, dataclasses, json, os, resource, subprocess, sys, tempfile, time
 from pathlib import Path
 import torch
@@ -32,7 +32,7 @@ def build(work: Path, args):
     from nanogpt_course import hellaswag as H
     from nanogpt_course.model import GPT, GPTConfig
     from nanogpt_course.tokenizer import BPETokenizer, get_tokenizer, stdlib_corpus, tokenizer_state
-    from nanogpt_course.train import save_checkpoint
+    from nanogpt_course.checkpoint import save_checkpoint
     data = os.environ.get("NANOGPT_COURSE_DATA")
     f = Path(data) / "tinyshakespeare.txt" if data else None
     text = f.read_text(encoding="utf-8") if f and f.exists() else stdlib_corpus()
@@ -72,10 +72,11 @@ MODES = {"reference": None, "rows1": dict(pack=False, batch_size=1), "rowsB": di
 def child(work: Path, mode: str, batch_size: int, dtype: str):
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     from nanogpt_course import hellaswag as H
-    from nanogpt_course.train import load_model
+    from nanogpt_course.checkpoint import load_model
+    from nanogpt_course.runtime import autocast_for
     model, enc = load_model(work / "model.pt")
     ex = H.load_hellaswag(path=work / "examples.jsonl")
-    amp = H.eval_autocast("cpu", dtype)
+    amp = autocast_for("cpu", dtype)
     with torch.no_grad(), amp:
         kw = {"batch_size": batch_size, "dtype": dtype, **(MODES[mode] or {})}
         run = (lambda e: reference_eval(model, enc, e)) if mode == "reference" else \

@@ -56,3 +56,21 @@ def test_lessons_come_in_small_steps(capsys):
         print(f"\nexported cells: {len(sizes)}, mean {mean:.1f} lines, largest {max(sizes)[0]} ({max(sizes)[1]}), over 60: {len(big)}")
     assert not big, f"exported cells over 60 lines: {big}"
     assert mean <= 25, f"exported cells average {mean:.1f} lines; split the largest"
+
+
+def test_benchmarks_use_only_names_the_library_has():
+    "Benchmarks are not run by CI, so a renamed function would break them silently: every `nanogpt_course` name they use exists."
+    import importlib
+    missing = []
+    for f in sorted((PKG.parent / "benchmarks").glob("*.py")):
+        tree, mods = ast.parse(f.read_text()), {}
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("nanogpt_course"):
+                m = importlib.import_module(n.module)
+                for a in n.names:
+                    if not hasattr(m, a.name) and not (PKG / f"{a.name}.py").exists(): missing.append(f"{f.name}: {n.module}.{a.name}")
+                    elif (PKG / f"{a.name}.py").exists() and n.module == "nanogpt_course": mods[a.asname or a.name] = importlib.import_module(f"nanogpt_course.{a.name}")
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in mods and not hasattr(mods[n.value.id], n.attr):
+                missing.append(f"{f.name}:{n.lineno}: {n.value.id}.{n.attr}")
+    assert not missing, "benchmarks use names the library no longer has:\n" + "\n".join(missing)
