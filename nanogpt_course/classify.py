@@ -334,6 +334,19 @@ def _run_epoch(model, opt, enc, train, batch_size, step, total, lr, warmup, gen,
         if deadline and time.monotonic() > deadline: break
     return step, sum(losses) / len(losses)
 
+# %% ../nbs/12_classify.ipynb #037a5aec
+def _train_epochs(model, opt, enc, train, val, epochs, batch_size, lr, warmup_frac, seed, max_seconds, log, progress):
+    "Up to `epochs` passes (warmup, then cosine), validated after each, stopping early past `max_seconds`: (steps, epochs, seconds)."
+    steps_per_epoch = math.ceil(len(train) / batch_size); total = epochs * steps_per_epoch
+    gen, step, t0 = torch.Generator().manual_seed(seed), 0, time.monotonic()
+    deadline = t0 + max_seconds if max_seconds else None
+    for epoch in range(1, epochs + 1):
+        step, train_loss = _run_epoch(model, opt, enc, train, batch_size, step, total, lr, max(1, round(warmup_frac * total)), gen, log, deadline)
+        v = evaluate(model, enc, val); log(step=step, epoch=epoch, val_accuracy=v["accuracy"], val_loss=v["loss"])
+        if progress: print(f"epoch {epoch}: train loss {train_loss:.3f} | validation loss {v['loss']:.3f}, accuracy {v['accuracy']:.3f} | {time.monotonic() - t0:.0f}s")
+        if deadline and time.monotonic() > deadline: break
+    return step, epoch, time.monotonic() - t0
+
 # %% ../nbs/12_classify.ipynb #3f75b9d3
 def train_classifier(init,                      # base model: course checkpoint / run folder / HF folder / "gpt2", or a (GPT, Encoding) pair
                      data=None,                 # an SMS-format file, a list of (text, label) pairs, or None: `load_sms()`
@@ -375,15 +388,7 @@ def train_classifier(init,                      # base model: course checkpoint 
     log(step=0, val_accuracy=before["accuracy"], val_loss=before["loss"])
     if progress: print(f"train {len(train)} / validation {len(val)} / test {len(test)} messages; trainable {n_train:,} of {n_total:,} "
                        f"parameters ({trainable}); validation accuracy before training {before['accuracy']:.3f}")
-    steps_per_epoch = math.ceil(len(train) / batch_size); total = epochs * steps_per_epoch
-    gen, step, t0 = torch.Generator().manual_seed(seed), 0, time.monotonic()
-    deadline = t0 + max_seconds if max_seconds else None
-    for epoch in range(1, epochs + 1):
-        step, train_loss = _run_epoch(model, opt, enc, train, batch_size, step, total, lr, max(1, round(warmup_frac * total)), gen, log, deadline)
-        v = evaluate(model, enc, val); log(step=step, epoch=epoch, val_accuracy=v["accuracy"], val_loss=v["loss"])
-        if progress: print(f"epoch {epoch}: train loss {train_loss:.3f} | validation loss {v['loss']:.3f}, accuracy {v['accuracy']:.3f} | {time.monotonic() - t0:.0f}s")
-        if deadline and time.monotonic() > deadline: break
-    train_seconds = time.monotonic() - t0
+    step, epoch, train_seconds = _train_epochs(model, opt, enc, train, val, epochs, batch_size, lr, warmup_frac, seed, max_seconds, log, progress)
     if trainable == "lora": merge_lora(model)  # a plain classifier again: same outputs, no adapters to carry
     model.eval()
     metrics = {"validation": evaluate(model, enc, val), "test": evaluate(model, enc, test)}

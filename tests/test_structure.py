@@ -37,14 +37,14 @@ def test_no_module_imports_a_later_lesson():
 
 
 def exported_cell_sizes() -> list[tuple[int, str, int]]:
-    "(lines, notebook, cell index) of every exported cell: the lines after its `#| export` line."
+    "(lines, notebook, cell index) of every exported cell, its `#| export` line included."
     import json
     out = []
     for nb in sorted((PKG.parent / "nbs").glob("*.ipynb")):
         for i, c in enumerate(json.loads(nb.read_text())["cells"]):
             src = "".join(c["source"])
             if c["cell_type"] == "code" and re.match(r"#\|\s*export\b", src):
-                out.append((len(src.rstrip("\n").split("\n")) - 1, nb.name, i))
+                out.append((len(src.rstrip("\n").split("\n")), nb.name, i))
     return out
 
 
