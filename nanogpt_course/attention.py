@@ -93,12 +93,14 @@ class CausalSelfAttention(nn.Module):
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hs)
         return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
 
-    def forward(self,
-                x: torch.Tensor,  # (B, T, C) input
-                cache: KVCache | None = None,  # keys/values of earlier positions, updated in place
-                layer: int = 0,  # this layer's slot in the cache
-                attn_mask: torch.Tensor | None = None,  # (T, T) or (B, 1, T, T): bool (True = may attend) or added to the scores; replaces causal
-               ) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, C) input
+        cache: KVCache | None = None,  # keys/values of earlier positions, updated in place
+        layer: int = 0,  # this layer's slot in the cache
+        # (T, T) or (B, 1, T, T): bool (True = may attend) or added to the scores; replaces causal
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         q, k, v = self.qkv(x)
         mask, causal = None, True
         if attn_mask is not None:

@@ -47,22 +47,25 @@ class MLP(nn.Module):
 # %% ../nbs/02_block.ipynb #a9681c3b
 class Block(nn.Module):
     "Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."
-    def __init__(self,
-                 config,  # any object with n_embd, n_head, dropout, bias
-                 mlp: nn.Module | None = None,  # the feed-forward part; None: GPT-2's MLP (appendix A4 brings a mixture of experts)
-                ):
+    def __init__(
+        self,
+        config,  # any object with n_embd, n_head, dropout, bias
+        # the feed-forward part; None: GPT-2's MLP (appendix A4 brings a mixture of experts)
+        mlp: nn.Module | None = None,
+    ):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config) if mlp is None else mlp
 
-    def forward(self,
-                x: torch.Tensor,  # (B, T, C) residual stream
-                cache: KVCache | None = None,  # KV cache shared by all layers, or None
-                layer: int = 0,  # this block's index (its slot in the cache)
-                attn_mask: torch.Tensor | None = None,  # who may attend to whom, instead of causal (see CausalSelfAttention)
-               ) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, C) residual stream
+        cache: KVCache | None = None,  # KV cache shared by all layers, or None
+        layer: int = 0,  # this block's index (its slot in the cache)
+        attn_mask: torch.Tensor | None = None,  # who may attend to whom, instead of causal (see CausalSelfAttention)
+    ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache=cache, layer=layer, attn_mask=attn_mask)
         x = x + self.mlp(self.ln_2(x))
         return x

@@ -6,12 +6,13 @@
 from __future__ import annotations
 import contextlib, dataclasses, os, re, sys, zlib
 from pathlib import Path
+from typing import NamedTuple
 import torch
 from .model import GPT, GPTConfig
 
 # %% auto #0
 __all__ = ['checkpoint_dict', 'CheckpointError', 'checksum', 'atomic_file', 'save_checkpoint', 'load_checkpoint',
-           'list_checkpoints', 'latest_checkpoint', 'load_model']
+           'list_checkpoints', 'FoundCheckpoint', 'latest_checkpoint', 'load_model']
 
 # %% ../nbs/03b_checkpoint.ipynb #961f8d17
 def checkpoint_dict(model: GPT,          # a course GPT (or a subclass with a `config`)
@@ -20,10 +21,11 @@ def checkpoint_dict(model: GPT,          # a course GPT (or a subclass with a `c
                     step: int = 0,       # optimizer steps behind it
                     **extra,             # anything the writer adds: optimizer, rng, metrics, labels, ...
                    ) -> dict:
-    "The course's checkpoint schema: model, config, tokenizer, kind, step, and the writer's extras (tensors on the CPU)."
+    ("The course's checkpoint schema: model, config, tokenizer, kind, step, and the writer's extras "
+     "(tensors on the CPU).")
     from nanogpt_course.tokenizer import tokenizer_state
-    return dict(model={k: v.detach().cpu() for k, v in model.state_dict().items()}, config=dataclasses.asdict(model.config),
-                tokenizer=tokenizer_state(enc), kind=kind, step=step, **extra)
+    return dict(model={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                config=dataclasses.asdict(model.config), tokenizer=tokenizer_state(enc), kind=kind, step=step, **extra)
 
 # %% ../nbs/03b_checkpoint.ipynb #6973c504
 class CheckpointError(ValueError):
@@ -36,7 +38,8 @@ def _fsync_dir(d: Path):
         finally: os.close(fd)
 
 def checksum(obj, crc: int = 0) -> int:
-    "CRC-32 of every tensor's dtype, shape and bytes and every plain value in `obj` (nested dicts, lists, tuples), in order."
+    ("CRC-32 of every tensor's dtype, shape and bytes and every plain value in `obj` (nested dicts, lists, "
+     "tuples), in order.")
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous().reshape(-1)
         crc = zlib.crc32(f"{t.dtype}{tuple(obj.shape)}".encode(), crc)
@@ -52,7 +55,8 @@ def checksum(obj, crc: int = 0) -> int:
 # %% ../nbs/03b_checkpoint.ipynb #59fcdbdd
 @contextlib.contextmanager
 def atomic_file(path: str | Path): # the file to write
-    "A binary file that becomes `path` only once complete: readers see the old file or the whole new one, never half of it."
+    ("A binary file that becomes `path` only once complete: readers see the old file or the whole new one, "
+     "never half of it.")
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # hidden, in the same folder: the rename stays atomic
     try:
@@ -82,10 +86,12 @@ def load_checkpoint(path: str | Path,       # a checkpoint file
     way_out = "use an earlier checkpoint of the run (`load_model(run_dir)` and --resume pick the newest good one)"
     with open(path, "rb") as f: head = f.read(4)
     if head[:2] != b"PK":  # torch.save writes a zip archive
-        raise CheckpointError(f"{path} is not a checkpoint: it is not a PyTorch file (it starts with {head!r}, not a zip archive's 'PK')")
+        raise CheckpointError(f"{path} is not a checkpoint: it is not a PyTorch file (it starts with {head!r}, not a "
+                              "zip archive's 'PK')")
     try: ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path} is not a loadable checkpoint (truncated or corrupt: {str(e).splitlines()[0][:120]}); {way_out}") from None
+        raise CheckpointError(f"{path} is not a loadable checkpoint (truncated or corrupt: "
+                              f"{str(e).splitlines()[0][:120]}); {way_out}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path} is a torch file but not a course checkpoint (no 'model'/'config' entries)")
     saved = ckpt.pop("checksum", None)  # checkpoints written before checksums have none
@@ -103,16 +109,22 @@ def list_checkpoints(run_dir: str | Path # a run's out_dir
     "The run's checkpoints, newest (highest step) first."
     d = Path(run_dir)
     ck = sorted(d.glob("ckpt_*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[-1]), reverse=True)
-    return ck or sorted((p for p in d.glob("*.pt") if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime, reverse=True)
+    return ck or sorted((p for p in d.glob("*.pt") if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime,
+                        reverse=True)
+
+class FoundCheckpoint(NamedTuple):
+    "A checkpoint `latest_checkpoint` found: its file and what it holds."
+    path: Path   # the ckpt_STEP.pt file
+    ckpt: dict   # its contents, as `load_checkpoint` returns them
 
 def latest_checkpoint(run_dir: str | Path, # a run's out_dir
-                      map_location="cpu",
-                     ) -> tuple[Path, dict] | tuple[None, None]:
-    "(path, checkpoint) of the newest checkpoint that loads, skipping damaged ones with a warning."
+                      map_location="cpu",  # where the tensors go (a device)
+                     ) -> FoundCheckpoint | None:
+    "The newest checkpoint that loads, skipping damaged ones with a warning; None when none loads."
     for p in list_checkpoints(run_dir):
-        try: return p, load_checkpoint(p, map_location)
+        try: return FoundCheckpoint(p, load_checkpoint(p, map_location))
         except CheckpointError as e: print(f"warning: skipping {e}", file=sys.stderr)
-    return None, None
+    return None
 
 # %% ../nbs/03b_checkpoint.ipynb #26f2e441
 def load_model(path_or_name: str | Path, # checkpoint file, run folder, Hugging Face folder, or Hugging Face id ("gpt2")
@@ -125,16 +137,19 @@ def load_model(path_or_name: str | Path, # checkpoint file, run folder, Hugging 
         model = GPT.from_pretrained(str(p)); enc = get_tokenizer("gpt2")
     elif p.exists():
         if p.is_dir():
-            cp, ckpt = latest_checkpoint(p)
-            if ckpt is None: raise FileNotFoundError(f"{p} holds no checkpoint (ckpt_*.pt) and no config.json")
+            if (found := latest_checkpoint(p)) is None:
+                raise FileNotFoundError(f"{p} holds no checkpoint (ckpt_*.pt) and no config.json")
+            cp, ckpt = found
         else: cp, ckpt = p, load_checkpoint(p)
         if ckpt.get("kind") == "classifier":  # notebook 12's: a label head, no language-model head to load
-            raise CheckpointError(f"{cp} is a classifier (notebook 12): it labels text and does not generate; load it with "
-                                  "nanogpt_course.classify.load_classifier, or serve it at POST /v1/classifications")
+            raise CheckpointError(f"{cp} is a classifier (notebook 12): it labels text and does not "
+                                  "generate; load it with nanogpt_course.classify.load_classifier, or serve it at POST "
+                                  "/v1/classifications")
         model = GPT(GPTConfig(**ckpt["config"]))
         model.load_state_dict(_clean_state_dict(ckpt["model"]))
         enc = get_tokenizer(ckpt.get("tokenizer", "gpt2"))
-    elif str(path_or_name).endswith((".pt", ".pth")) or os.sep in str(path_or_name) and not re.fullmatch(r"[\w.-]+/[\w.-]+", str(path_or_name)):
+    elif (str(path_or_name).endswith((".pt", ".pth"))
+          or os.sep in str(path_or_name) and not re.fullmatch(r"[\w.-]+/[\w.-]+", str(path_or_name))):
         raise FileNotFoundError(f"model {path_or_name} does not exist")
     else:
         model = GPT.from_pretrained(str(path_or_name)); enc = get_tokenizer("gpt2")

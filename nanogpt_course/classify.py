@@ -38,51 +38,62 @@ def _how_to_get() -> str:
     return (f"download {SMS_URL} on a machine with network access, unzip it and put its {SMS_FILE} file in "
             f"$NANOGPT_COURSE_DATA or {default_cache_dir()}, or pass its path with `--data FILE`")
 
-def read_sms(path: str | os.PathLike, # a file in the collection's format: `ham` or `spam`, a tab, the message; one a line
-            ) -> list[tuple[str, int]]:
+def read_sms(
+    path: str | os.PathLike, # a file in the collection's format: `ham` or `spam`, a tab, the message; one a line
+) -> list[tuple[str, int]]:
     "(text, label) pairs, label 0 for ham and 1 for spam; a bad line raises a ValueError naming the file and line."
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"SMS file {path} {'is a folder' if path.is_dir() else 'does not exist'}; {_how_to_get()}")
+        raise FileNotFoundError(f"SMS file {path} "
+                                f"{'is a folder' if path.is_dir() else 'does not exist'}; {_how_to_get()}")
     out = []
     with open(path, "rb") as f:
         for i, raw in enumerate(f, 1):
             where = f"{path}, line {i}"
             try: line = raw.decode("utf-8").rstrip("\r\n")  # the UCI file ends its lines with CRLF
             except UnicodeDecodeError as e:
-                raise ValueError(f"{where}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); save the file as UTF-8") from None
+                raise ValueError(f"{where}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); save "
+                                 "the file as UTF-8") from None
             if not line.strip(): continue  # a blank line (a trailing newline) is not a message
             label, tab, text = line.partition("\t")
-            if not tab: raise ValueError(f"{where}: no tab; each line is `ham` or `spam`, a tab, then the message (got {line[:40]!r})")
-            if label not in LABELS: raise ValueError(f"{where}: the label is {label[:20]!r}; it must be ham or spam (lower case)")
-            if not text.strip(): raise ValueError(f"{where}: the message after the tab is empty; write it or delete the line")
+            if not tab: raise ValueError(f"{where}: no tab; each line is `ham` or `spam`, a tab, then the message "
+                                         f"(got {line[:40]!r})")
+            if label not in LABELS: raise ValueError(f"{where}: the label is {label[:20]!r}; it must be ham or "
+                                                     "spam (lower case)")
+            if not text.strip(): raise ValueError(f"{where}: the message after the tab is empty; write it "
+                                                  "or delete the line")
             out.append((text, LABELS.index(label)))
     if not out: raise ValueError(f"{path} holds no messages; {_how_to_get()}")
     return out
 
 # %% ../nbs/12_classify.ipynb #bddff9c3
-def download_sms(cache_dir: str | os.PathLike | None = None, # where SMSSpamCollection goes; `default_cache_dir()` when None
-                 url: str = SMS_URL,     # the zip to fetch
-                 timeout: float = 30.0,  # seconds before giving up on the network
-                ) -> Path:
+def download_sms(
+    cache_dir: str | os.PathLike | None = None, # where SMSSpamCollection goes; `default_cache_dir()` when None
+    url: str = SMS_URL,     # the zip to fetch
+    timeout: float = 30.0,  # seconds before giving up on the network
+) -> Path:
     "Fetch the official zip (unless the file is cached) and extract SMSSpamCollection from it, atomically; its path."
     dest = Path(cache_dir or default_cache_dir()) / SMS_FILE
     if dest.is_file() and dest.stat().st_size > 0: return dest
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r: blob = r.read()
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-        reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else str(getattr(e, "reason", e) or type(e).__name__)
-        raise DataUnavailable(f"could not download the SMS Spam Collection from {url} ({reason}); {_how_to_get()}.") from None
+        reason = (f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError)
+                  else str(getattr(e, "reason", e) or type(e).__name__))
+        raise DataUnavailable(f"could not download the SMS Spam Collection from {url} ({reason}); "
+                              f"{_how_to_get()}.") from None
     try: data = zipfile.ZipFile(io.BytesIO(blob)).read(SMS_FILE)
     except (zipfile.BadZipFile, KeyError):
-        raise ValueError(f"{url} is not the SMS Spam Collection's zip (it holds no {SMS_FILE}); {_how_to_get()}.") from None
+        raise ValueError(f"{url} is not the SMS Spam Collection's zip (it holds no {SMS_FILE}); "
+                         f"{_how_to_get()}.") from None
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(dest) as f: f.write(data)  # notebook 03b: never a half-written file
     return dest
 
 def load_sms(path: str | os.PathLike | None = None, # a file in the collection's format; None: find or download it
             ) -> list[tuple[str, int]]:
-    "The SMS Spam Collection: `path`, else $NANOGPT_COURSE_DATA/SMSSpamCollection, else the download cache, else UCI's zip."
+    ("The SMS Spam Collection: `path`, else $NANOGPT_COURSE_DATA/SMSSpamCollection, else the download "
+     "cache, else UCI's zip.")
     if path is not None: return read_sms(path)
     d = os.environ.get("NANOGPT_COURSE_DATA")
     if d and (Path(d) / SMS_FILE).is_file(): return read_sms(Path(d) / SMS_FILE)
@@ -114,7 +125,8 @@ def split_sms(records: list[tuple[str, int]],      # (text, label) pairs
         for part, chunk in zip(parts, (g[:n_tr], g[n_tr:n_tr + n_va], g[n_tr + n_va:])): part.extend(chunk)
     for p in parts: rng.shuffle(p)
     if not all(parts):
-        raise ValueError(f"{len(records)} messages are too few to split {fracs}: a split came out empty; give more messages")
+        raise ValueError(f"{len(records)} messages are too few to split {fracs}: a split came out empty; "
+                         "give more messages")
     return parts
 
 # %% ../nbs/12_classify.ipynb #332a2667
@@ -143,7 +155,8 @@ class GPTClassifier(GPT):
     def __init__(self, config: GPTConfig, labels=LABELS, max_len: int | None = None):
         super().__init__(config)
         self.labels, self.max_len = tuple(labels), max_len or config.block_size  # tokens of a text it reads
-        self.lm_head = nn.Linear(config.n_embd, len(self.labels))  # replaces the tied (n_embd -> vocab) head; wte still embeds the input
+        # replaces the tied (n_embd -> vocab) head; wte still embeds the input
+        self.lm_head = nn.Linear(config.n_embd, len(self.labels))
         self._init_weights(self.lm_head)
 
     def forward(self, idx: torch.Tensor,                 # (B, T) token ids, right-padded
@@ -153,7 +166,8 @@ class GPTClassifier(GPT):
         B, T = idx.shape
         last = torch.full((B,), T - 1, device=idx.device) if lengths is None else lengths.to(idx.device) - 1
         if lengths is not None and (lengths.shape != (B,) or int(last.min()) < 0 or int(last.max()) >= T):
-            raise ValueError(f"lengths must be {B} numbers in 1..{T} (the real tokens of each row), got {lengths.tolist()}")
+            raise ValueError(f"lengths must be {B} numbers in 1..{T} (the real tokens of each row), got "
+                             f"{lengths.tolist()}")
         h = self.hidden_states(idx)  # (B, T, C)
         return self.lm_head(h[torch.arange(B, device=idx.device), last])  # (B, C) -> (B, n_classes)
 
@@ -161,12 +175,14 @@ class GPTClassifier(GPT):
     def from_gpt(cls, gpt: GPT, labels=LABELS, max_len: int | None = None) -> GPTClassifier:
         "A classifier with `gpt`'s weights (copied) and a new, randomly initialised head."
         m = cls(gpt.config, labels, max_len).to(gpt.transformer.wte.weight.device)
-        missing, unexpected = m.load_state_dict({k: v for k, v in gpt.state_dict().items() if not k.startswith("lm_head.")}, strict=False)
+        body = {k: v for k, v in gpt.state_dict().items() if not k.startswith("lm_head.")}
+        missing, unexpected = m.load_state_dict(body, strict=False)
         assert sorted(missing) == ["lm_head.bias", "lm_head.weight"] and not unexpected, (missing, unexpected)
         return m
 
     def generate(self, *args, **kwargs):
-        raise TypeError("a GPTClassifier scores text, it does not generate it: use `predict`, or the base model to generate")
+        raise TypeError("a GPTClassifier scores text, it does not generate it: use `predict`, or the base "
+                        "model to generate")
     stream = generate
 
 # %% ../nbs/12_classify.ipynb #9dad51e1
@@ -179,7 +195,8 @@ def set_trainable(model: GPTClassifier,     # a classifier fresh from `from_gpt`
                   verbose: bool = False,    # print LoRA's parameter count
                  ) -> GPTClassifier:
     "Freeze everything `trainable` does not name (in place); LoRA adds adapters and trains them and the head."
-    if trainable not in TRAINABLE: raise ValueError(f"trainable must be one of {', '.join(TRAINABLE)}, got {trainable!r}")
+    if trainable not in TRAINABLE: raise ValueError(f"trainable must be one of {', '.join(TRAINABLE)}, "
+                                                    f"got {trainable!r}")
     if trainable == "lora":
         apply_lora(model, lora_r, lora_alpha, tuple(lora_targets), verbose=verbose)  # freezes the model, adds adapters
         model.lm_head.requires_grad_(True)  # the head is new (random): it is trained in full, as in every mode
@@ -195,7 +212,8 @@ def binary_metrics(preds: list[int],    # predicted class of each example
                    n_classes: int = 2,  # rows and columns of the confusion matrix
                    positive: int = 1,   # the class precision, recall and F1 are about (spam)
                   ) -> dict:
-    "Accuracy, precision, recall, F1 and the confusion matrix (rows: true class, columns: predicted); 0.0, never NaN, for 0/0."
+    ("Accuracy, precision, recall, F1 and the confusion matrix (rows: true class, columns: predicted); 0.0, "
+     "never NaN, for 0/0.")
     if len(preds) != len(targets): raise ValueError(f"{len(preds)} predictions for {len(targets)} targets")
     cm = [[0] * n_classes for _ in range(n_classes)]
     for p, t in zip(preds, targets): cm[t][p] += 1
@@ -203,8 +221,8 @@ def binary_metrics(preds: list[int],    # predicted class of each example
     n_pred, n_true = sum(row[positive] for row in cm), sum(cm[positive])  # predicted positive; truly positive
     ratio = lambda a, b: a / b if b else 0.0  # scikit-learn's zero_division=0: nothing to count is 0, not NaN
     precision, recall = ratio(tp, n_pred), ratio(tp, n_true)
-    return dict(accuracy=ratio(sum(cm[i][i] for i in range(n_classes)), len(targets)), precision=precision, recall=recall,
-                f1=ratio(2 * precision * recall, precision + recall), n=len(targets), confusion=cm)
+    return dict(accuracy=ratio(sum(cm[i][i] for i in range(n_classes)), len(targets)), precision=precision,
+                recall=recall, f1=ratio(2 * precision * recall, precision + recall), n=len(targets), confusion=cm)
 
 # %% ../nbs/12_classify.ipynb #b642ed2d
 @torch.no_grad()
@@ -224,19 +242,23 @@ def class_logits(model: GPTClassifier, enc, texts: list[str], batch_size: int = 
 def evaluate(model: GPTClassifier, enc, records: list[tuple[str, int]], batch_size: int = 32) -> dict:
     "`binary_metrics` of `model` on (text, label) records, and its mean cross-entropy (`loss`)."
     logits, y = class_logits(model, enc, [t for t, _ in records], batch_size), torch.tensor([l for _, l in records])
-    return dict(binary_metrics(logits.argmax(-1).tolist(), y.tolist(), len(model.labels)), loss=F.cross_entropy(logits, y).item())
+    return dict(binary_metrics(logits.argmax(-1).tolist(), y.tolist(), len(model.labels)),
+                loss=F.cross_entropy(logits, y).item())
 
 def predict(model: GPTClassifier, enc, texts: list[str], batch_size: int = 32) -> list[dict]:
     "For each text, {'label': the likeliest class, 'probabilities': {label: probability}}."
-    if isinstance(texts, str): raise TypeError("predict takes a list of texts; for one text write predict(model, enc, [text])")
+    if isinstance(texts, str): raise TypeError("predict takes a list of texts; for one text write "
+                                               "predict(model, enc, [text])")
     probs = class_logits(model, enc, list(texts), batch_size).softmax(-1)
-    return [dict(label=model.labels[int(p.argmax())], probabilities={l: float(q) for l, q in zip(model.labels, p)}) for p in probs]
+    return [dict(label=model.labels[int(p.argmax())], probabilities={l: float(q) for l, q in zip(model.labels, p)})
+            for p in probs]
 
 # %% ../nbs/12_classify.ipynb #d29b2443
-def plot_confusion(cms: dict,            # name -> confusion matrix (rows: true class, columns: predicted), e.g. {"test": ...}
-                   labels=LABELS,        # class names
-                   save: str | os.PathLike | None = None,  # also write a PNG here
-                  ):
+def plot_confusion(
+    cms: dict,            # name -> confusion matrix (rows: true class, columns: predicted), e.g. {"test": ...}
+    labels=LABELS,        # class names
+    save: str | os.PathLike | None = None,  # also write a PNG here
+):
     "One heat map per confusion matrix, with the counts written in; returns the matplotlib figure."
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(cms), figsize=(3.4 * len(cms), 3.2), squeeze=False)
@@ -265,7 +287,8 @@ _RANGES = {  # train_classifier argument: (allowed?, the allowed values in words
     "trainable": (lambda v: v in TRAINABLE, " or ".join(TRAINABLE)),
     "lora_r": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "lora_alpha": (lambda v: _num(v) and v > 0, "a number > 0"),
-    "lora_targets": (lambda v: bool(v) and all(isinstance(t, str) and t for t in v), "one or more layer names, e.g. c_attn,c_fc"),
+    "lora_targets": (lambda v: bool(v) and all(isinstance(t, str) and t for t in v),
+                     "one or more layer names, e.g. c_attn,c_fc"),
     "max_seconds": (lambda v: v is None or (_num(v) and v > 0), "a number of seconds > 0"),
     "seed": (lambda v: _int(v) and 0 <= v < 2**63, "an integer in [0, 2**63)"),
 }
@@ -273,7 +296,8 @@ _FLAG = lambda k, flags: ("--out" if k == "out_dir" else "--" + k.replace("_", "
 _OURS = ("classifier.pt", "summary.json", "log.jsonl", "confusion.png")  # what train_classifier writes
 
 def _check_out_dir(out_dir, overwrite: bool, flags: bool):
-    "Refuse a file, or (unless `overwrite`) a folder that holds a run; a classification run is the only kind ever replaced."
+    ("Refuse a file, or (unless `overwrite`) a folder that holds a run; a classification run is the only "
+     "kind ever replaced.")
     d, name = Path(out_dir), _FLAG("out_dir", flags)
     if d.exists() and not d.is_dir(): raise FileExistsError(f"{name} {d} is a file; give a folder for the run")
     if not d.is_dir() or not any(d.iterdir()): return
@@ -287,40 +311,51 @@ def _check_out_dir(out_dir, overwrite: bool, flags: bool):
 def check_classify_args(flags: bool = False, # name arguments as command-line flags (`--batch-size`) in messages
                         **args,              # any of train_classifier's arguments
                        ) -> None:
-    "Raise a ValueError (FileExistsError for the output folder) naming the first argument `train_classifier` cannot use."
+    ("Raise a ValueError (FileExistsError for the output folder) naming the first argument "
+     "`train_classifier` cannot use.")
     for k, v in args.items():
-        if k in _RANGES and not _RANGES[k][0](v): raise ValueError(f"{_FLAG(k, flags)} must be {_RANGES[k][1]}, got {v!r}")
+        if k in _RANGES and not _RANGES[k][0](v):
+            raise ValueError(f"{_FLAG(k, flags)} must be {_RANGES[k][1]}, got {v!r}")
     if "device" in args:
         try: check_device(str(args["device"]))
         except ValueError as e: raise ValueError(str(e) if flags else str(e).replace("--device", "device")) from None
     if isinstance(args.get("data"), (str, os.PathLike)) and not Path(args["data"]).is_file():
-        raise FileNotFoundError(f"{_FLAG('data', flags)} {args['data']} {'is a folder' if Path(args['data']).is_dir() else 'does not exist'}; "
-                                f"give the SMSSpamCollection file, or leave {_FLAG('data', flags)} out to use {SMS_FILE} from $NANOGPT_COURSE_DATA")
+        raise FileNotFoundError(f"{_FLAG('data', flags)} {args['data']} "
+                                f"{'is a folder' if Path(args['data']).is_dir() else 'does not exist'}; give the "
+                                f"SMSSpamCollection file, or leave {_FLAG('data', flags)} out to use {SMS_FILE} from "
+                                "$NANOGPT_COURSE_DATA")
     init = args.get("init")
-    if isinstance(init, (str, os.PathLike)) and not Path(init).exists() and (str(init).endswith((".pt", ".pth")) or os.sep in str(init)) \
-            and not re.fullmatch(r"[\w.-]+/[\w.-]+", str(init)):
-        raise FileNotFoundError(f"{_FLAG('init', flags)} {init} does not exist; give a course checkpoint or run folder, "
-                                "a Hugging Face folder, or gpt2")
-    if "out_dir" in args and args.get("save", True): _check_out_dir(args["out_dir"], args.get("overwrite", False), flags)
+    if (isinstance(init, (str, os.PathLike)) and not Path(init).exists()
+            and (str(init).endswith((".pt", ".pth")) or os.sep in str(init))
+            and not re.fullmatch(r"[\w.-]+/[\w.-]+", str(init))):
+        raise FileNotFoundError(f"{_FLAG('init', flags)} {init} does not exist; give a course "
+                                "checkpoint or run folder, a Hugging Face folder, or gpt2")
+    if "out_dir" in args and args.get("save", True):
+        _check_out_dir(args["out_dir"], args.get("overwrite", False), flags)
 
 # %% ../nbs/12_classify.ipynb #e57795c4
 def _init_classifier(init, labels, max_len, device):
-    "(classifier, tokenizer) from a course checkpoint / run folder / Hugging Face folder or id, or a (GPT, Encoding) pair (copied)."
+    ("(classifier, tokenizer) from a course checkpoint / run folder / Hugging Face folder or id, or a (GPT, "
+     "Encoding) pair (copied).")
     if isinstance(init, tuple) and len(init) == 2: gpt, enc = copy.deepcopy(init[0]), init[1]
     else: gpt, enc = load_model(str(init), device="cpu")  # notebook 04's one loader; GPT.from_pretrained for "gpt2"
     if isinstance(gpt, GPTClassifier): raise ValueError("init is already a classifier; start from a language model")
     return GPTClassifier.from_gpt(gpt.cpu(), labels, max_len).to(device), enc
 
 def _check_records(records) -> list[tuple[str, int]]:
-    "In-memory data: (text, label) pairs with a non-empty text and a label 0 (ham) or 1 (spam); else a ValueError naming the record."
+    ("In-memory data: (text, label) pairs with a non-empty text and a label 0 (ham) or 1 (spam); else a ValueError "
+     "naming the record.")
     for i, r in enumerate(records):
-        if not (isinstance(r, (list, tuple)) and len(r) == 2 and isinstance(r[0], str) and r[0].strip() and r[1] in (0, 1) and not isinstance(r[1], bool)):
-            raise ValueError(f"record {i} is {r!r:.80}; each record must be (text, label) with a non-empty text and label 0 (ham) or 1 (spam)")
+        if not (isinstance(r, (list, tuple)) and len(r) == 2 and isinstance(r[0], str) and r[0].strip()
+                and r[1] in (0, 1) and not isinstance(r[1], bool)):
+            raise ValueError(f"record {i} is {r!r:.80}; each record must be (text, label) with a non-empty text and "
+                             "label 0 (ham) or 1 (spam)")
     return [tuple(r) for r in records]
 
 def _run_epoch(model, opt, enc, train, batch_size, step, total, lr, warmup, gen, log, deadline):
     "One shuffled pass over `train` (stops at `deadline`); returns (step, mean loss)."
-    model.train(); order, losses, dev = torch.randperm(len(train), generator=gen).tolist(), [], model.transformer.wte.weight.device
+    model.train()
+    order, losses, dev = torch.randperm(len(train), generator=gen).tolist(), [], model.transformer.wte.weight.device
     seqs, _ = encode_texts([train[i][0] for i in order], enc, model.max_len)
     params = [p for p in model.parameters() if p.requires_grad]
     for i in range(0, len(order), batch_size):
@@ -336,48 +371,53 @@ def _run_epoch(model, opt, enc, train, batch_size, step, total, lr, warmup, gen,
 
 # %% ../nbs/12_classify.ipynb #037a5aec
 def _train_epochs(model, opt, enc, train, val, epochs, batch_size, lr, warmup_frac, seed, max_seconds, log, progress):
-    "Up to `epochs` passes (warmup, then cosine), validated after each, stopping early past `max_seconds`: (steps, epochs, seconds)."
+    ("Up to `epochs` passes (warmup, then cosine), validated after each, stopping early past `max_seconds`: (steps, "
+     "epochs, seconds).")
     steps_per_epoch = math.ceil(len(train) / batch_size); total = epochs * steps_per_epoch
     gen, step, t0 = torch.Generator().manual_seed(seed), 0, time.monotonic()
     deadline = t0 + max_seconds if max_seconds else None
     for epoch in range(1, epochs + 1):
-        step, train_loss = _run_epoch(model, opt, enc, train, batch_size, step, total, lr, max(1, round(warmup_frac * total)), gen, log, deadline)
+        step, train_loss = _run_epoch(model, opt, enc, train, batch_size, step, total, lr,
+                                      max(1, round(warmup_frac * total)), gen, log, deadline)
         v = evaluate(model, enc, val); log(step=step, epoch=epoch, val_accuracy=v["accuracy"], val_loss=v["loss"])
-        if progress: print(f"epoch {epoch}: train loss {train_loss:.3f} | validation loss {v['loss']:.3f}, accuracy {v['accuracy']:.3f} | {time.monotonic() - t0:.0f}s")
+        if progress: print(f"epoch {epoch}: train loss {train_loss:.3f} | validation loss {v['loss']:.3f}, accuracy "
+                           f"{v['accuracy']:.3f} | {time.monotonic() - t0:.0f}s")
         if deadline and time.monotonic() > deadline: break
     return step, epoch, time.monotonic() - t0
 
 # %% ../nbs/12_classify.ipynb #3f75b9d3
-def train_classifier(init,                      # base model: course checkpoint / run folder / HF folder / "gpt2", or a (GPT, Encoding) pair
-                     data=None,                 # an SMS-format file, a list of (text, label) pairs, or None: `load_sms()`
-                     out_dir: str | os.PathLike = "runs/classify",  # classifier.pt, summary.json, log.jsonl, confusion.png
-                     trainable: str = "last",   # "head", "last" (head + final LayerNorm + last block), "all", "lora"
-                     epochs: int = 5,           # passes over the training split
-                     batch_size: int = 16,      # messages per step
-                     lr: float | None = None,   # peak learning rate; None: 2e-3 for models under 20M parameters, else 5e-5 (GPT-2)
-                     weight_decay: float = 0.0, # AdamW's, on 2-D weights
-                     warmup_frac: float = 0.05, # linear warmup over this fraction of the steps, then cosine decay to 10%
-                     max_len: int | None = None,  # tokens read of each message (its start); None: the model's block_size
-                     lora_r: int = 8, lora_alpha: float = 16.0, lora_targets: tuple = ("c_attn", "c_proj", "c_fc"),  # trainable="lora"
-                     max_seconds: float | None = None,  # stop training after this long (evaluated and saved all the same)
-                     seed: int = 0,             # balancing, split, head initialisation, shuffling
-                     device: str = "cpu",       # "cpu", "cuda", "mps"
-                     save: bool = True,         # write the run's files
-                     overwrite: bool = False,   # replace an earlier classification run in out_dir (never anything else)
-                     progress: bool = True,     # print a line per epoch
-                    ) -> dict:
+def train_classifier(
+    init,  # base model: course checkpoint / run folder / HF folder / "gpt2", or a (GPT, Encoding) pair
+    data=None,                 # an SMS-format file, a list of (text, label) pairs, or None: `load_sms()`
+    out_dir: str | os.PathLike = "runs/classify",  # classifier.pt, summary.json, log.jsonl, confusion.png
+    trainable: str = "last",   # "head", "last" (head + final LayerNorm + last block), "all", "lora"
+    epochs: int = 5,           # passes over the training split
+    batch_size: int = 16,      # messages per step
+    lr: float | None = None,   # peak learning rate; None: 2e-3 for models under 20M parameters, else 5e-5 (GPT-2)
+    weight_decay: float = 0.0, # AdamW's, on 2-D weights
+    warmup_frac: float = 0.05, # linear warmup over this fraction of the steps, then cosine decay to 10%
+    max_len: int | None = None,  # tokens read of each message (its start); None: the model's block_size
+    lora_r: int = 8, lora_alpha: float = 16.0, lora_targets: tuple = ("c_attn", "c_proj", "c_fc"),  # trainable="lora"
+    max_seconds: float | None = None,  # stop training after this long (evaluated and saved all the same)
+    seed: int = 0,             # balancing, split, head initialisation, shuffling
+    device: str = "cpu",       # "cpu", "cuda", "mps"
+    save: bool = True,         # write the run's files
+    overwrite: bool = False,   # replace an earlier classification run in out_dir (never anything else)
+    progress: bool = True,     # print a line per epoch
+) -> dict:
     "Fine-tune a GPT into a ham/spam classifier; returns the summary (also out_dir/summary.json) with `test_accuracy`."
-    args = dict(init=init if isinstance(init, (str, os.PathLike)) else "<in-memory model>", data=None if data is None else
-                data if isinstance(data, (str, os.PathLike)) else "<records>", out_dir=str(out_dir), trainable=trainable, epochs=epochs,
-                batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_frac=warmup_frac, max_len=max_len, lora_r=lora_r,
-                lora_alpha=lora_alpha, lora_targets=list(lora_targets), max_seconds=max_seconds, seed=seed, device=device)
+    args = dict(init=init if isinstance(init, (str, os.PathLike)) else "<in-memory model>",
+                data=None if data is None else
+                data if isinstance(data, (str, os.PathLike)) else "<records>", out_dir=str(out_dir),
+                trainable=trainable, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                warmup_frac=warmup_frac, max_len=max_len, lora_r=lora_r, lora_alpha=lora_alpha,
+                lora_targets=list(lora_targets), max_seconds=max_seconds, seed=seed, device=device)
     check_classify_args(**{**args, "init": init, "data": data}, save=save, overwrite=overwrite)  # before any work
     t_start = time.monotonic()
     records = _check_records(data) if isinstance(data, (list, tuple)) else load_sms(data)
     counts = {LABELS[c]: sum(r[1] == c for r in records) for c in range(len(LABELS))}
     train, val, test = split_sms(balance(records, seed), seed=seed)
-    torch.manual_seed(seed)
-    model, enc = _init_classifier(init, LABELS, max_len, device)
+    torch.manual_seed(seed); model, enc = _init_classifier(init, LABELS, max_len, device)
     set_trainable(model, trainable, lora_r, lora_alpha, lora_targets)
     lr = lr or (2e-3 if model.num_params() < 20e6 else 5e-5)  # small models take big steps; GPT-2 must not forget
     n_train, n_total = count_parameters(model)
@@ -386,28 +426,36 @@ def train_classifier(init,                      # base model: course checkpoint 
     def log(**kw): records_log.append(kw)
     before = evaluate(model, enc, val)
     log(step=0, val_accuracy=before["accuracy"], val_loss=before["loss"])
-    if progress: print(f"train {len(train)} / validation {len(val)} / test {len(test)} messages; trainable {n_train:,} of {n_total:,} "
-                       f"parameters ({trainable}); validation accuracy before training {before['accuracy']:.3f}")
-    step, epoch, train_seconds = _train_epochs(model, opt, enc, train, val, epochs, batch_size, lr, warmup_frac, seed, max_seconds, log, progress)
+    if progress: print(f"train {len(train)} / validation {len(val)} / test {len(test)} messages; trainable "
+                       f"{n_train:,} of {n_total:,} parameters ({trainable}); validation accuracy before training "
+                       f"{before['accuracy']:.3f}")
+    step, epoch, train_seconds = _train_epochs(model, opt, enc, train, val, epochs, batch_size, lr, warmup_frac, seed,
+                                               max_seconds, log, progress)
     if trainable == "lora": merge_lora(model)  # a plain classifier again: same outputs, no adapters to carry
     model.eval()
     metrics = {"validation": evaluate(model, enc, val), "test": evaluate(model, enc, test)}
-    summary = dict(kind="classifier", test_accuracy=metrics["test"]["accuracy"], val_accuracy=metrics["validation"]["accuracy"],
-                   val_accuracy_before=before["accuracy"], metrics=metrics, labels=list(LABELS), counts=counts,
-                   balanced_per_class=len(train + val + test) // len(LABELS), split=dict(train=len(train), validation=len(val), test=len(test)),
-                   truncated=encode_texts([t for t, _ in train + val + test], enc, model.max_len)[1], max_len=model.max_len, lr=lr, steps=step,
-                   epochs_done=epoch, train_seconds=round(train_seconds, 2), seconds=round(time.monotonic() - t_start, 2),
-                   trainable_params=n_train, total_params=n_total, args=args, checkpoint=None)
+    summary = dict(kind="classifier", test_accuracy=metrics["test"]["accuracy"],
+                   val_accuracy=metrics["validation"]["accuracy"], val_accuracy_before=before["accuracy"],
+                   metrics=metrics, labels=list(LABELS), counts=counts,
+                   balanced_per_class=len(train + val + test) // len(LABELS),
+                   split=dict(train=len(train), validation=len(val), test=len(test)),
+                   truncated=encode_texts([t for t, _ in train + val + test], enc, model.max_len)[1],
+                   max_len=model.max_len, lr=lr, steps=step, epochs_done=epoch, train_seconds=round(train_seconds, 2),
+                   seconds=round(time.monotonic() - t_start, 2), trainable_params=n_train, total_params=n_total,
+                   args=args, checkpoint=None)
     if save: _save_run(out, model, enc, summary, records_log)
     return summary
 
 # %% ../nbs/12_classify.ipynb #f7fe9ca8
 def _save_run(out: Path, model, enc, summary: dict, log: list[dict]):
-    "classifier.pt (notebook 03b's schema and atomic save, with a checksum), summary.json, log.jsonl and confusion.png in `out`."
+    ("classifier.pt (notebook 03b's schema and atomic save, with a checksum), summary.json, log.jsonl and "
+     "confusion.png in `out`.")
     out.mkdir(parents=True, exist_ok=True)
     summary["checkpoint"], summary["plot"] = str(out / "classifier.pt"), str(out / "confusion.png")
-    save_checkpoint(out / "classifier.pt", checkpoint_dict(model, enc, "classifier", summary["steps"], labels=list(model.labels),
-                    max_len=model.max_len, metrics=json.loads(to_json(summary["metrics"])), args=json.loads(to_json(summary["args"]))))
+    save_checkpoint(out / "classifier.pt",
+                    checkpoint_dict(model, enc, "classifier", summary["steps"], labels=list(model.labels),
+                    max_len=model.max_len, metrics=json.loads(to_json(summary["metrics"])),
+                    args=json.loads(to_json(summary["args"]))))
     (out / "log.jsonl").write_text("".join(to_json(r) + "\n" for r in log))
     plot_confusion({k: v["confusion"] for k, v in summary["metrics"].items()}, model.labels, save=out / "confusion.png")
     (out / "summary.json").write_text(to_json(summary, indent=1))  # to_json: null, never NaN
@@ -418,34 +466,45 @@ def load_classifier(path: str | os.PathLike, # classifier.pt, or the run folder 
     "(GPTClassifier in eval mode, its tokenizer) from a checkpoint `train_classifier` wrote."
     p = Path(path)
     if p.is_dir():
-        if not (p / "classifier.pt").is_file(): raise FileNotFoundError(f"{p} holds no classifier.pt; train one with `nanogpt-course classify train --out {p}`")
+        if not (p / "classifier.pt").is_file():
+            raise FileNotFoundError(f"{p} holds no classifier.pt; train one with `nanogpt-course classify "
+                                    f"train --out {p}`")
         p = p / "classifier.pt"
     ck = load_checkpoint(p)  # notebook 04's checks: a missing, truncated or corrupt file is a clear error
     if ck.get("kind") != "classifier":
-        raise CheckpointError(f"{p} is a {ck.get('kind', 'pretrain')} checkpoint, not a classifier; make one from it with "
-                              f"`nanogpt-course classify train --init {p}`")
+        raise CheckpointError(f"{p} is a {ck.get('kind', 'pretrain')} checkpoint, not a classifier; make "
+                              f"one from it with `nanogpt-course classify train --init {p}`")
     model = GPTClassifier(GPTConfig(**ck["config"]), ck["labels"], ck["max_len"])
     model.load_state_dict(ck["model"])
     return model.to(device).eval(), get_tokenizer(ck["tokenizer"])
 
 # %% ../nbs/12_classify.ipynb #d2469f9c
 def _train_parser(sub):
-    t = sub.add_parser("train", help="fine-tune a GPT into a spam classifier", description="Fine-tune a GPT into a ham/spam classifier "
-                       "on the SMS Spam Collection (balanced, split 70/10/20); writes classifier.pt, summary.json, log.jsonl, confusion.png.",
+    t = sub.add_parser("train", help="fine-tune a GPT into a spam classifier",
+                       description="Fine-tune a GPT into a ham/spam classifier "
+                       "on the SMS Spam Collection (balanced, split 70/10/20); writes classifier.pt, summary.json, "
+                       "log.jsonl, confusion.png.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--init", required=True, help="base model: course checkpoint, run folder, Hugging Face folder, or gpt2")
-    t.add_argument("--data", default=None, help=f"an SMS-format file (default: $NANOGPT_COURSE_DATA/{SMS_FILE}, else UCI's zip)")
+    t.add_argument("--init", required=True,
+                   help="base model: course checkpoint, run folder, Hugging Face folder, or gpt2")
+    t.add_argument("--data", default=None,
+                   help=f"an SMS-format file (default: $NANOGPT_COURSE_DATA/{SMS_FILE}, else UCI's zip)")
     t.add_argument("--out", default="runs/classify", help="output folder")
-    t.add_argument("--trainable", default="last", choices=TRAINABLE, help="what is trained: the head; head, final LayerNorm and last block; all; LoRA")
+    t.add_argument("--trainable", default="last", choices=TRAINABLE,
+                   help="what is trained: the head; head, final LayerNorm and last block; all; LoRA")
     t.add_argument("--epochs", type=int, default=5); t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-3 under 20M parameters, else 5e-5)")
+    t.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: 2e-3 under 20M parameters, else 5e-5)")
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--warmup-frac", type=float, default=0.05, help="fraction of the steps spent warming up")
-    t.add_argument("--max-len", type=int, default=None, help="tokens read of each message (default: the model's block_size)")
+    t.add_argument("--max-len", type=int, default=None,
+                   help="tokens read of each message (default: the model's block_size)")
     t.add_argument("--lora-r", type=int, default=8); t.add_argument("--lora-alpha", type=float, default=16.0)
-    t.add_argument("--lora-targets", default="c_attn,c_proj,c_fc", help="comma-separated linear layers that get adapters")
+    t.add_argument("--lora-targets", default="c_attn,c_proj,c_fc",
+                   help="comma-separated linear layers that get adapters")
     t.add_argument("--max-seconds", type=float, default=None, help="stop training after this many seconds")
-    t.add_argument("--seed", type=int, default=0); t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     t.add_argument("--overwrite", action="store_true", help="replace an earlier classification run in --out")
     t.add_argument("--no-progress", action="store_true", help="no line per epoch")
 
@@ -457,36 +516,46 @@ def _predict_parser(sub):
     q.add_argument("--batch-size", type=int, default=32); q.add_argument("--device", default="cpu")
 
 def _serve_parser(sub):
-    s = sub.add_parser("serve", help="serve a classifier at POST /v1/classifications", description="Serve a classifier over "
-                       "notebook 07's HTTP API: POST /v1/classifications {'model', 'input'} -> a label and the probability of each label.")
+    s = sub.add_parser("serve", help="serve a classifier at POST /v1/classifications",
+                       description="Serve a classifier over "
+                       "notebook 07's HTTP API: POST /v1/classifications {'model', 'input'} -> a label and the "
+                       "probability of each label.")
     s.add_argument("--model", required=True, help="classifier.pt, or the run folder holding it")
     s.add_argument("--name", default=None, help="the classifier's id in requests (default: its run folder's name)")
-    s.add_argument("--checkpoint", default=None, help="a language model served beside it (course checkpoint, run folder, HF folder, gpt2)")
+    s.add_argument("--checkpoint", default=None,
+                   help="a language model served beside it (course checkpoint, run folder, HF folder, gpt2)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
     s.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
     s.add_argument("--batch-size", type=int, default=32); s.add_argument("--device", default="cpu")
 
-def cli(argv: list[str] | None = None # e.g. ["predict", "--model", "runs/classify", "WIN a prize!"]; sys.argv[1:] when None
-       ) -> int:
+# %% ../nbs/12_classify.ipynb #6f307a71
+def cli(
+    argv: list[str] | None = None # e.g. ["predict", "--model", "runs/classify", "WIN a prize!"]; sys.argv[1:] when None
+) -> int:
     "`nanogpt-course classify train ...`, `classify predict --model M TEXT...` and `classify serve --model M`."
-    p = argparse.ArgumentParser(prog="nanogpt-course classify", description="Classification fine-tuning: a spam filter (notebook 12).")
+    p = argparse.ArgumentParser(prog="nanogpt-course classify",
+                                description="Classification fine-tuning: a spam filter (notebook 12).")
     sub = p.add_subparsers(dest="command", required=True, metavar="{train,predict,serve}")
     _train_parser(sub); _predict_parser(sub); _serve_parser(sub)
     a = p.parse_args(argv)
     try: return {"train": _train_cli, "predict": _predict_cli, "serve": _serve_cli}[a.command](a)
-    except (ValueError, OSError, RuntimeError) as e:  # bad flags, files, checkpoints, no network: one message, no traceback
+    # bad flags, files, checkpoints, no network: one message, no traceback
+    except (ValueError, OSError, RuntimeError) as e:
         print(f"nanogpt-course classify {a.command}: error: {e}", file=sys.stderr)
         return 2
 
 # %% ../nbs/12_classify.ipynb #4c503b72
 def _train_cli(a) -> int:
-    kw = dict(trainable=a.trainable, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, warmup_frac=a.warmup_frac,
-              max_len=a.max_len, lora_r=a.lora_r, lora_alpha=a.lora_alpha, max_seconds=a.max_seconds, seed=a.seed, device=a.device,
+    kw = dict(trainable=a.trainable, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+              warmup_frac=a.warmup_frac, max_len=a.max_len, lora_r=a.lora_r, lora_alpha=a.lora_alpha,
+              max_seconds=a.max_seconds, seed=a.seed, device=a.device,
               lora_targets=tuple(t.strip() for t in a.lora_targets.split(",") if t.strip()))
-    check_classify_args(flags=True, init=a.init, data=a.data, out_dir=a.out, overwrite=a.overwrite, **kw)  # named as flags, before any work
+    # named as flags, before any work
+    check_classify_args(flags=True, init=a.init, data=a.data, out_dir=a.out, overwrite=a.overwrite, **kw)
     s = train_classifier(a.init, a.data, a.out, overwrite=a.overwrite, progress=not a.no_progress, **kw)
     for name, m in s["metrics"].items():
-        print(f"{name:<10} accuracy {m['accuracy']:.3f}  precision {m['precision']:.3f}  recall {m['recall']:.3f}  F1 {m['f1']:.3f}  (n={m['n']})")
+        print(f"{name:<10} accuracy {m['accuracy']:.3f}  precision {m['precision']:.3f}  recall {m['recall']:.3f}  F1 "
+              f"{m['f1']:.3f}  (n={m['n']})")
     print(f"trained in {s['train_seconds']:.0f}s; checkpoint {s['checkpoint']}")
     return 0
 
@@ -495,7 +564,8 @@ def _predict_cli(a) -> int:
     check_device(a.device)
     empty = [i + 1 for i, t in enumerate(a.texts) if not t.strip()]
     if empty: raise ValueError(f"message {empty[0]} is empty; give the text to classify")
-    if not Path(a.model).exists(): raise FileNotFoundError(f"--model {a.model} does not exist; give classifier.pt or its run folder")
+    if not Path(a.model).exists(): raise FileNotFoundError(f"--model {a.model} does not exist; give classifier.pt "
+                                                           "or its run folder")
     model, enc = load_classifier(a.model, a.device)
     for text, r in zip(a.texts, predict(model, enc, a.texts, a.batch_size)): print(json.dumps({**r, "text": text}))
     return 0
@@ -506,17 +576,21 @@ def _check_serve_args(a):
     if not 0 <= a.port <= 65535: raise ValueError(f"--port must be in [0, 65535], got {a.port}")
     if a.batch_size < 1: raise ValueError(f"--batch-size must be an integer >= 1, got {a.batch_size}")
     check_device(a.device)
-    if not Path(a.model).exists(): raise FileNotFoundError(f"--model {a.model} does not exist; give classifier.pt or its run folder")
+    if not Path(a.model).exists(): raise FileNotFoundError(f"--model {a.model} does not exist; give classifier.pt "
+                                                           "or its run folder")
     c = a.checkpoint
-    if c and not Path(c).exists() and (c.endswith((".pt", ".pth")) or os.sep in c) and not re.fullmatch(r"[\w.-]+/[\w.-]+", c):
-        raise FileNotFoundError(f"--checkpoint {c} does not exist; give a course checkpoint or run folder, a Hugging Face folder, or gpt2")
+    if (c and not Path(c).exists() and (c.endswith((".pt", ".pth")) or os.sep in c)
+            and not re.fullmatch(r"[\w.-]+/[\w.-]+", c)):
+        raise FileNotFoundError(f"--checkpoint {c} does not exist; give a course checkpoint or run folder, a Hugging "
+                                "Face folder, or gpt2")
 
 def _serve_cli(a) -> int:
     from nanogpt_course import serve  # notebook 07: the same app, limits and errors as the language models'
     _check_serve_args(a)
     model, enc = load_classifier(a.model, a.device)
     p = Path(a.model)
-    name = a.name or (p.parent if p.is_file() else p).resolve().name  # runs/spam/classifier.pt and runs/spam are both 'spam'
+    # runs/spam/classifier.pt and runs/spam are both 'spam'
+    name = a.name or (p.parent if p.is_file() else p).resolve().name
     models = serve.load_models(a.checkpoint, device=a.device) if a.checkpoint else {}
     app = serve.create_app(models, classifiers={name: lambda texts: predict(model, enc, texts, a.batch_size)})
     url = f"http://{'localhost' if a.host in ('0.0.0.0', '::') else a.host}:{a.port}"

@@ -10,18 +10,25 @@ import os, sys, importlib, difflib
 
 # %% ../nbs/10_cli.ipynb #bddd833b
 COMMANDS = {  # command: (module, function, what it does)
-    'run':        ('nanogpt_course.pipeline',   'cli',      'the main job: tokenizer, pretraining, SFT, evaluation, serving, end to end'),
+    'run':        ('nanogpt_course.pipeline',   'cli',
+                   'the main job: tokenizer, pretraining, SFT, evaluation, serving, end to end'),
     'tokenizer':  ('nanogpt_course.tokenizer',  'cli',      'train a byte-level BPE tokenizer (00)'),
-    'prepare':    ('nanogpt_course.data',       'cli',      'tokenize a corpus (FineWeb-Edu or local files) into shards (04)'),
-    'pretrain':   ('nanogpt_course.cli',        'pretrain_cli', 'pretrain a GPT, on one CPU or many GPUs under torchrun (04, with 06\'s HellaSwag)'),
-    'sft':        ('nanogpt_course.sft',        'cli',      'instruction fine-tuning on Dolly-15k or Alpaca-format files (05; `--trainer hf`: Hugging Face\'s Trainer, 13)'),
+    'prepare':    ('nanogpt_course.data',       'cli',
+                   'tokenize a corpus (FineWeb-Edu or local files) into shards (04)'),
+    'pretrain':   ('nanogpt_course.cli',        'pretrain_cli',
+                   'pretrain a GPT, on one CPU or many GPUs under torchrun (04, with 06\'s HellaSwag)'),
+    'sft':        ('nanogpt_course.sft',        'cli',
+                   'instruction fine-tuning on Dolly-15k or Alpaca-format files '
+                   '(05; `--trainer hf`: Hugging Face\'s Trainer, 13)'),
     'eval':       ('nanogpt_course.hellaswag',  'cli',      'evaluate a model: `eval hellaswag ...` (06)'),
     'serve':      ('nanogpt_course.serve',      'cli',      'OpenAI-compatible HTTP API and a web page (07)'),
     'chat':       ('nanogpt_course.serve',      'chat_cli', 'chat with a model in the terminal (07)'),
     'playground': ('nanogpt_course.playground', 'cli',      'how to open the ipywidgets playground (08)'),
-    'classify':   ('nanogpt_course.classify',   'cli',      'classification fine-tuning: `classify train|predict|serve` (12)'),
+    'classify':   ('nanogpt_course.classify',   'cli',
+                   'classification fine-tuning: `classify train|predict|serve` (12)'),
 }
-SFT_TRAINERS = {'course': ('nanogpt_course.sft', 'cli'), 'hf': ('nanogpt_course.hf', 'cli')}  # `sft --trainer NAME`: 05's loop or 13's Trainer
+# `sft --trainer NAME`: 05's loop or 13's Trainer
+SFT_TRAINERS = {'course': ('nanogpt_course.sft', 'cli'), 'hf': ('nanogpt_course.hf', 'cli')}
 
 def _pop_trainer(rest: list[str]) -> tuple[str, list[str]]:
     "`sft`'s `--trainer NAME` (or `--trainer=NAME`) taken out of its arguments: (NAME, default 'course'; the rest)."
@@ -34,7 +41,8 @@ def _pop_trainer(rest: list[str]) -> tuple[str, list[str]]:
 def usage() -> str:
     "The text of `nanogpt-course --help`."
     rows = '\n'.join(f'  {k:<11} {v[2]}' for k, v in COMMANDS.items())
-    return f"usage: nanogpt-course <command> [options]\n\ncommands:\n{rows}\n\n`nanogpt-course <command> --help` describes a command's options."
+    return (f"usage: nanogpt-course <command> [options]\n\ncommands:\n{rows}\n\n`nanogpt-course <command> --help` "
+            "describes a command's options.")
 
 # %% ../nbs/10_cli.ipynb #0d6e3b10
 def main(argv: list[str] | None = None # arguments after the program name; `sys.argv[1:]` when None
@@ -55,7 +63,8 @@ def main(argv: list[str] | None = None # arguments after the program name; `sys.
     if cmd == 'sft':  # `--trainer hf` runs the same fine-tuning through Hugging Face's Trainer (appendix 13)
         trainer, rest = _pop_trainer(rest)
         if trainer not in SFT_TRAINERS:
-            print(f"nanogpt-course sft: error: --trainer must be one of {', '.join(SFT_TRAINERS)}, got {trainer!r}", file=sys.stderr)
+            print(f"nanogpt-course sft: error: --trainer must be one of {', '.join(SFT_TRAINERS)}, got {trainer!r}",
+                  file=sys.stderr)
             return 2
         mod, fn = SFT_TRAINERS[trainer]
     rc = getattr(importlib.import_module(mod), fn)(rest)
@@ -64,16 +73,19 @@ def main(argv: list[str] | None = None # arguments after the program name; `sys.
 # %% ../nbs/10_cli.ipynb #318430b2
 def pretrain_cli(argv: list[str] | None = None # `nanogpt-course pretrain` arguments
                 ) -> int:
-    "Notebook 04b's `pretrain` command with notebook 06's HellaSwag evaluation plugged in, and appendix A4's expert statistics for `--n-expert`."
+    ("Notebook 04b's `pretrain` command with notebook 06's HellaSwag evaluation plugged in, and appendix A4's expert "
+     "statistics for `--n-expert`.")
     from nanogpt_course.train import cli
     from nanogpt_course.hellaswag import hellaswag_hook
     def hooks(cfg):
         h = [hellaswag_hook(cfg, master=int(os.environ.get("RANK", 0)) == 0)]
-        if cfg.n_expert: h.append(getattr(importlib.import_module(EXPERT_HOOK[0]), EXPERT_HOOK[1])(cfg))  # found by name, as COMMANDS
+        # found by name, as COMMANDS
+        if cfg.n_expert: h.append(getattr(importlib.import_module(EXPERT_HOOK[0]), EXPERT_HOOK[1])(cfg))
         return h
     return cli(argv, hooks=hooks)
 
-EXPERT_HOOK = ('nanogpt_course.moe', 'moe_hook')  # appendix A4: each expert's share of tokens and the balancing loss, in the log
+# appendix A4: each expert's share of tokens and the balancing loss, in the log
+EXPERT_HOOK = ('nanogpt_course.moe', 'moe_hook')
 
 if __name__ == "__main__" and "get_ipython" not in globals():  # `torchrun ... -m nanogpt_course.cli pretrain ...`
     sys.exit(main())

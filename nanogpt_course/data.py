@@ -12,7 +12,8 @@ import os, sys, json, zlib, struct, time, socket, itertools, argparse, numbers
 from pathlib import Path
 from typing import Iterator
 import numpy as np
-from .tokenizer import stdlib_documents  # notebook 00: the prose that ships with Python, one document at a time
+# notebook 00: the prose that ships with Python, one document at a time
+from .tokenizer import stdlib_documents
 from .checkpoint import atomic_file  # notebook 03b: files that are complete or not there
 from fastcore.basics import patch  # adds a method to a class in the cell that explains it
 
@@ -21,7 +22,8 @@ MAGIC = b"NGCSHRD\x00"  # 8 bytes that no .npy, text or build-nanogpt shard star
 VERSION = 2  # 2 adds a checksum of the header itself; version 1 shards (no header checksum) are still read
 HEADER_BYTES = 64  # fixed, so the tokens start at a known offset for np.memmap
 _HDR = struct.Struct("<8sIIQIII")  # magic, version, itemsize, n_tokens, crc32 of the tokens, eot, vocab_size
-_HCRC = struct.Struct("<I")        # version 2: crc32 of the 36 header bytes before it (so eot and vocab_size are checked too)
+# version 2: crc32 of the 36 header bytes before it (so eot and vocab_size are checked too)
+_HCRC = struct.Struct("<I")
 
 class ShardError(ValueError):
     "A token shard that is truncated, corrupt or not ours; the message names the file and the fix."
@@ -52,18 +54,21 @@ def write_shard(path: str | Path,  # where to write (through `atomic_file`: comp
 def _header_fields(path: Path, raw: bytes, size: int) -> tuple:
     "The header's fields (magic, version, itemsize, n_tokens, crc, eot, vocab_size); a `ShardError` if it is not sound."
     if len(raw) >= 8 and raw[:8] != MAGIC:
-        raise ShardError(f"{path} is not a nanogpt-course token shard (it starts with {raw[:8]!r}, expected {MAGIC!r}); "
-                         "shards come from `nanogpt-course prepare` (nanogpt_course.data.prepare)")
+        raise ShardError(f"{path} is not a nanogpt-course token shard (it starts with {raw[:8]!r}, "
+                         f"expected {MAGIC!r}); shards come from `nanogpt-course prepare` "
+                         "(nanogpt_course.data.prepare)")
     if len(raw) < HEADER_BYTES:
-        raise ShardError(f"{path} is truncated: {size} bytes, shorter than the {HEADER_BYTES}-byte header; re-run `nanogpt-course prepare`")
+        raise ShardError(f"{path} is truncated: {size} bytes, shorter than the {HEADER_BYTES}-byte header; re-run "
+                         "`nanogpt-course prepare`")
     fields = _HDR.unpack(raw[:_HDR.size])
     version = fields[1]
     if version not in (1, VERSION):
-        raise ShardError(f"{path} has shard format version {version}, which this library does not read (it reads 1 and {VERSION}): "
-                         "the header is damaged or the file comes from a newer nanogpt-course; re-run `nanogpt-course prepare`")
+        raise ShardError(f"{path} has shard format version {version}, which this library does not read (it reads 1 "
+                         f"and {VERSION}): the header is damaged or the file comes from a newer nanogpt-course; re-run "
+                         "`nanogpt-course prepare`")
     if version >= 2 and _HCRC.unpack_from(raw, _HDR.size)[0] != zlib.crc32(raw[:_HDR.size]):
-        raise ShardError(f"{path} is corrupt: the checksum of its header (token count, eot, vocabulary size) does not match; "
-                         "re-run `nanogpt-course prepare` to rewrite it")
+        raise ShardError(f"{path} is corrupt: the checksum of its header (token count, eot, vocabulary size) "
+                         "does not match; re-run `nanogpt-course prepare` to rewrite it")
     return fields
 
 # %% ../nbs/04a_data.ipynb #58fee394
@@ -79,39 +84,47 @@ def read_header(path: str | Path # shard file
         raise ShardError(f"{path} has a corrupt header: token size {itemsize} bytes (expected 2 or 4)")
     expected = HEADER_BYTES + n * itemsize
     if size < expected:
-        raise ShardError(f"{path} is truncated: its header promises {n:,} tokens ({expected:,} bytes) but the file has {size:,} bytes; "
-                         "re-run `nanogpt-course prepare` to rewrite it")
+        raise ShardError(f"{path} is truncated: its header promises {n:,} tokens ({expected:,} bytes) but the file has "
+                         f"{size:,} bytes; re-run `nanogpt-course prepare` to rewrite it")
     if size > expected:
         raise ShardError(f"{path} is corrupt: {size - expected:,} bytes after the {n:,} tokens its header promises")
-    return dict(path=path, n_tokens=n, dtype=np.dtype(f"<u{itemsize}"), crc32=crc, eot=eot, vocab_size=vocab, version=version)
+    return dict(path=path, n_tokens=n, dtype=np.dtype(f"<u{itemsize}"), crc32=crc, eot=eot, vocab_size=vocab,
+                version=version)
 
 # %% ../nbs/04a_data.ipynb #77cd7415
-def read_shard(path: str | Path, # shard file
-               verify: bool=True # check the CRC-32 of the tokens (zlib.crc32: far faster than reading the file from disk)
-              ) -> np.ndarray:
+def read_shard(
+    path: str | Path, # shard file
+    verify: bool=True # check the CRC-32 of the tokens (zlib.crc32: far faster than reading the file from disk)
+) -> np.ndarray:
     "The shard's tokens as a read-only memory map, after checking header, size and (optionally) checksum."
     h = read_header(path)
     if h["n_tokens"] == 0: return np.zeros(0, h["dtype"])
     arr = np.memmap(h["path"], dtype=h["dtype"], mode="r", offset=HEADER_BYTES, shape=(h["n_tokens"],))
     if verify and zlib.crc32(arr) != h["crc32"]:
-        raise ShardError(f"{path} is corrupt: the checksum of its tokens does not match its header; re-run `nanogpt-course prepare`")
+        raise ShardError(f"{path} is corrupt: the checksum of its tokens does not match its header; re-run "
+                         "`nanogpt-course prepare`")
     return arr
 
 # %% ../nbs/04a_data.ipynb #8c4f1a2d
 _META_KEYS = ("tokenizer", "eot", "vocab_size", "shards")  # what every reader of meta.json relies on
 
 def _read_meta(folder: str | Path) -> dict | None:
-    "The `meta.json` that `prepare` wrote in `folder` (None if there is none); a damaged one is a `ShardError` naming it and the fix."
+    ("The `meta.json` that `prepare` wrote in `folder` (None if there is none); a damaged one is a `ShardError` "
+     "naming it and the fix.")
     p = Path(folder) / "meta.json"
     if not p.exists(): return None
-    fix = f"delete it and re-run `nanogpt-course prepare SOURCE --out {folder}`, which writes the shards and meta.json again"
+    fix = (f"delete it and re-run `nanogpt-course prepare SOURCE --out {folder}`, which writes the shards "
+           "and meta.json again")
     try: m = json.loads(p.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as e: raise ShardError(f"{p} is damaged (not UTF-8 at byte offset {e.start:,}); {fix}") from None
+    except UnicodeDecodeError as e: raise ShardError(f"{p} is damaged (not UTF-8 at byte offset "
+                                                     f"{e.start:,}); {fix}") from None
     except json.JSONDecodeError as e:
-        raise ShardError(f"{p} is damaged (not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}); {fix}") from None
+        raise ShardError(f"{p} is damaged (not valid JSON: {e.msg} at line {e.lineno}, column "
+                         f"{e.colno}); {fix}") from None
     ok = (isinstance(m, dict) and all(k in m for k in _META_KEYS) and isinstance(m["shards"], list)
           and all(isinstance(s, dict) and "file" in s and "split" in s for s in m["shards"]))
-    if not ok: raise ShardError(f"{p} is damaged (it lacks the fields prepare writes: {', '.join(_META_KEYS)}, and shards with file and split); {fix}")
+    if not ok: raise ShardError(f"{p} is damaged (it lacks the fields prepare writes: {', '.join(_META_KEYS)}, and "
+                                f"shards with file and split); {fix}")
     return m
 
 # %% ../nbs/04a_data.ipynb #73222b96
@@ -119,15 +132,18 @@ FINEWEB_EDU = ("HuggingFaceFW/fineweb-edu", "sample-10BT")
 
 def hub_reachable(host: str = "huggingface.co", # the host the real datasets (FineWeb-Edu, Dolly-15k) come from
                   port: int = 443, timeout: float = 2.0) -> bool:
-    "Can we reach the Hugging Face hub? False when HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set (as `datasets` reads them)."
-    if any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+    ("Can we reach the Hugging Face hub? False when HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set (as "
+     "`datasets` reads them).")
+    if any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+           for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         return False
     try:
         with socket.create_connection((host, port), timeout=timeout): return True
     except OSError: return False
 
 class DataUnavailable(FileNotFoundError):
-    "Data that has to come over the network when the network cannot be reached; the message says what to download and where to put it."
+    ("Data that has to come over the network when the network cannot be reached; the message says what to download and "
+     "where to put it.")
 
 def _hub_repo(source) -> str | None:
     "The Hugging Face dataset that `source` names ('fineweb-edu', its repo id or 'hf:owner/name'), else None."
@@ -139,21 +155,23 @@ def _hub_repo(source) -> str | None:
 def _download_advice(repo: str) -> str:
     "The end of every offline message: what to download, with which command, and how to prepare the folder instead."
     if repo == FINEWEB_EDU[0]:
-        return (f"on a machine with the network, download the parquet files of its sample-10BT subset (`hf download {repo} "
-                "--repo-type dataset --include 'sample/10BT/*' --local-dir data/fineweb-edu`), copy that folder here and run "
-                "`nanogpt-course prepare data/fineweb-edu --out data/edu_fineweb10B` instead")
+        return ("on a machine with the network, download the parquet files of its sample-10BT subset (`hf "
+                f"download {repo} --repo-type dataset --include 'sample/10BT/*' --local-dir data/fineweb-edu`), copy "
+                "that folder here and run `nanogpt-course prepare data/fineweb-edu --out data/edu_fineweb10B` instead")
     d = f"data/{repo.split('/')[-1]}"
-    return (f"on a machine with the network, download its files (`hf download {repo} --repo-type dataset --local-dir {d}`), "
-            f"copy that folder here and run `nanogpt-course prepare {d} --out ...` instead (it reads the .parquet, .jsonl, .json and .txt files)")
+    return (f"on a machine with the network, download its files (`hf download {repo} --repo-type dataset "
+            f"--local-dir {d}`), copy that folder here and run `nanogpt-course prepare {d} --out ...` instead (it "
+            "reads the .parquet, .jsonl, .json and .txt files)")
 
 def _hub_ready(repo: str):
     "Fail now, in one sentence, if `repo` cannot be streamed: no network, or no `datasets` package."
     what = "FineWeb-Edu" if repo == FINEWEB_EDU[0] else f"hf:{repo}"
     if not hub_reachable():
-        raise DataUnavailable(f"{what} is streamed from huggingface.co, which cannot be reached from here: {_download_advice(repo)}.")
+        raise DataUnavailable(f"{what} is streamed from huggingface.co, which cannot be reached from here: "
+                              f"{_download_advice(repo)}.")
     try: import datasets  # noqa: F401
-    except ImportError: raise DataUnavailable(f"streaming {what} needs the `datasets` package (`pip install datasets`); "
-                                              f"or, {_download_advice(repo)}.") from None
+    except ImportError: raise DataUnavailable(f"streaming {what} needs the `datasets` package (`pip "
+                                              f"install datasets`); or, {_download_advice(repo)}.") from None
 
 # %% ../nbs/04a_data.ipynb #51964efb
 _EXTS = (".txt", ".jsonl", ".json", ".parquet")
@@ -163,16 +181,19 @@ def _local_files(path: Path) -> list[Path]:
         files = sorted(p for p in path.rglob("*") if p.suffix in _EXTS and p.is_file())
         if not files: raise ValueError(f"empty corpus: folder {path} holds no {'/'.join(_EXTS)} files")
         return files
-    if path.suffix not in _EXTS: raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(_EXTS)}")
+    if path.suffix not in _EXTS: raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use one of "
+                                                  f"{', '.join(_EXTS)}")
     return [path]
 
 def _decode(raw: bytes, path: Path, offset: int = 0, line: int | None = None) -> str:
-    "`raw` as UTF-8, or a ValueError naming the file, line and byte offset (never a silent U+FFFD in the training data)."
+    ("`raw` as UTF-8, or a ValueError naming the file, line and byte offset (never a silent U+FFFD in "
+     "the training data).")
     try: return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = line or raw[:e.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte offset {offset + e.start:,}); convert the "
-                         f"file to UTF-8 first, e.g. `iconv -f latin1 -t utf-8 {path} > {path.stem}-utf8{path.suffix}` for Latin-1") from None
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte offset "
+                         f"{offset + e.start:,}); convert the file to UTF-8 first, e.g. `iconv -f latin1 -t utf-8 "
+                         f"{path} > {path.stem}-utf8{path.suffix}` for Latin-1") from None
 
 # %% ../nbs/04a_data.ipynb #c394aafb
 def _kind(v) -> str:
@@ -185,7 +206,8 @@ def _kind(v) -> str:
 def _text(value, where: str, field: str) -> str:
     "A record's text: a string (null counts as an empty document); anything else is a ValueError naming where it is."
     if value is None or isinstance(value, str): return value or ""
-    raise ValueError(f"{where}: the {field!r} field holds {_kind(value)}, not text; it must be a string (pick another field with --text-field)")
+    raise ValueError(f"{where}: the {field!r} field holds {_kind(value)}, not text; it must be a string (pick another "
+                     "field with --text-field)")
 
 # %% ../nbs/04a_data.ipynb #d38751cd
 def _txt_documents(path: Path, split_text: str) -> Iterator[str]:
@@ -206,8 +228,10 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
             try: rec = json.loads(line)
             except json.JSONDecodeError as e: raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
             if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{i}: the line holds {_kind(rec)}; each line must be a JSON object with a {text_field!r} field")
-            if text_field not in rec: raise ValueError(f"{path}:{i}: no {text_field!r} field (fields: {sorted(rec)}); pick one with --text-field")
+                raise ValueError(f"{path}:{i}: the line holds {_kind(rec)}; each line must be a JSON object with a "
+                                 f"{text_field!r} field")
+            if text_field not in rec: raise ValueError(f"{path}:{i}: no {text_field!r} field (fields: {sorted(rec)}); "
+                                                       "pick one with --text-field")
             yield _text(rec[text_field], f"{path}:{i}", text_field)
 
 # %% ../nbs/04a_data.ipynb #70b84d69
@@ -217,26 +241,32 @@ def _json_documents(path: Path, text_field: str) -> Iterator[str]:
     except json.JSONDecodeError as e: raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if isinstance(recs, dict): recs = [recs]
     if not isinstance(recs, list):
-        raise ValueError(f"{path} holds {_kind(recs)}; a .json corpus must be a list of records (objects with a {text_field!r} field), "
-                         "a list of strings, or one record")
+        raise ValueError(f"{path} holds {_kind(recs)}; a .json corpus must be a list of records (objects with a "
+                         f"{text_field!r} field), a list of strings, or one record")
     for i, rec in enumerate(recs, 1):
         where = f"{path}: record {i} of {len(recs)}"
         if isinstance(rec, str): yield rec
-        elif not isinstance(rec, dict): raise ValueError(f"{where} is {_kind(rec)}; records must be objects with a {text_field!r} field, or strings")
+        elif not isinstance(rec, dict): raise ValueError(f"{where} is {_kind(rec)}; records must be objects with a "
+                                                         f"{text_field!r} field, or strings")
         elif text_field in rec: yield _text(rec[text_field], where, text_field)
-        else: raise ValueError(f"{where} has no {text_field!r} field (fields: {sorted(rec)}); pick one with --text-field")
+        else: raise ValueError(f"{where} has no {text_field!r} field (fields: {sorted(rec)}); pick one "
+                               "with --text-field")
 
 # %% ../nbs/04a_data.ipynb #ca764a93
 def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
     "The `text_field` column of a .parquet file, read a batch at a time so a multi-GB file never sits in memory."
     try: import pyarrow as pa, pyarrow.parquet as pq
-    except ImportError: raise ValueError(f"{path}: reading .parquet files needs pyarrow (`pip install pyarrow`)") from None
+    except ImportError: raise ValueError(f"{path}: reading .parquet files needs pyarrow (`pip "
+                                         "install pyarrow`)") from None
     try: pf = pq.ParquetFile(path)
     except (OSError, ValueError) as e: raise ValueError(f"{path}: not a readable parquet file ({e})") from None
-    if text_field not in pf.schema_arrow.names: raise ValueError(f"{path}: no {text_field!r} column (columns: {pf.schema_arrow.names})")
+    if text_field not in pf.schema_arrow.names:
+        raise ValueError(f"{path}: no {text_field!r} column (columns: {pf.schema_arrow.names})")
     typ = pf.schema_arrow.field(text_field).type
-    if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or getattr(pa.types, "is_string_view", lambda t: False)(typ)):
-        raise ValueError(f"{path}: the {text_field!r} column holds {typ}, not text; pick the text column with --text-field")
+    is_string_view = getattr(pa.types, "is_string_view", lambda t: False)  # older pyarrow has no string_view
+    if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or is_string_view(typ)):
+        raise ValueError(f"{path}: the {text_field!r} column holds {typ}, not text; pick the text column "
+                         "with --text-field")
     for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
         yield from batch.column(0).to_pylist()
 
@@ -249,7 +279,8 @@ def _file_documents(path: Path, text_field: str, split_text: str) -> Iterator[st
 
 # %% ../nbs/04a_data.ipynb #8a0e023d
 def _hub_rows(repo: str, name: str | None, split: str, text_field: str) -> Iterator[str]:
-    "Stream the texts of a Hugging Face dataset; a failure is `DataUnavailable` in one sentence, never a network traceback."
+    ("Stream the texts of a Hugging Face dataset; a failure is `DataUnavailable` in one sentence, never a "
+     "network traceback.")
     _hub_ready(repo)
     from datasets import load_dataset
     what, done = ("FineWeb-Edu" if repo == FINEWEB_EDU[0] else f"hf:{repo}"), 0
@@ -261,26 +292,30 @@ def _hub_rows(repo: str, name: str | None, split: str, text_field: str) -> Itera
                                   f"{_download_advice(repo)}.") from None
     for row in rows():
         done += 1
-        if text_field not in row: raise ValueError(f"{what}: rows have no {text_field!r} field (fields: {sorted(row)}); pick one with --text-field")
+        if text_field not in row: raise ValueError(f"{what}: rows have no {text_field!r} field (fields: "
+                                                   f"{sorted(row)}); pick one with --text-field")
         yield _text(row[text_field], f"{what}, row {done}", text_field)
 
 # %% ../nbs/04a_data.ipynb #a739a19a
 def _exists(x) -> bool:
     "Is `x` an existing path? (False for document texts that are too long or odd to be paths.)"
-    try: return isinstance(x, (str, Path)) and len(str(x)) < 4096 and "\n" not in str(x) and Path(x).expanduser().exists()
+    try: return (isinstance(x, (str, Path)) and len(str(x)) < 4096 and "\n" not in str(x)
+                 and Path(x).expanduser().exists())
     except (OSError, ValueError): return False
 
 def _is_docs(source) -> bool:
     "A list of document strings (rather than a list of paths)."
-    return isinstance(source, (list, tuple)) and all(isinstance(s, str) for s in source) and not any(_exists(s) for s in source)
+    return (isinstance(source, (list, tuple)) and all(isinstance(s, str) for s in source)
+            and not any(_exists(s) for s in source))
 
 # %% ../nbs/04a_data.ipynb #ed26704f
-def iter_documents(source,                    # "fineweb-edu", "hf:owner/name", "stdlib", a path (file or folder), or a list of strings
-                   text_field: str="text",    # the field/column holding the text in jsonl/json/parquet/Hugging Face rows
-                   split_text: str="paragraph", # .txt files: "paragraph" (blank lines), "line", or "file" (one document)
-                   hf_name: str|None=None,    # Hugging Face config name (FineWeb-Edu: "sample-10BT")
-                   hf_split: str="train",     # Hugging Face split
-                  ) -> Iterator[str]:
+def iter_documents(
+    source,                    # "fineweb-edu", "hf:owner/name", "stdlib", a path (file or folder), or a list of strings
+    text_field: str="text",    # the field/column holding the text in jsonl/json/parquet/Hugging Face rows
+    split_text: str="paragraph", # .txt files: "paragraph" (blank lines), "line", or "file" (one document)
+    hf_name: str|None=None,    # Hugging Face config name (FineWeb-Edu: "sample-10BT")
+    hf_split: str="train",     # Hugging Face split
+) -> Iterator[str]:
     "Yield the documents of `source` in a fixed order (so preparation can resume by counting)."
     if _is_docs(source): yield from source; return
     if isinstance(source, (list, tuple)):
@@ -289,7 +324,8 @@ def iter_documents(source,                    # "fineweb-edu", "hf:owner/name", 
     s = str(source)
     if s == "stdlib": yield from stdlib_documents(); return
     if (repo := _hub_repo(s)) is not None:
-        yield from _hub_rows(repo, hf_name or (FINEWEB_EDU[1] if repo == FINEWEB_EDU[0] else None), hf_split, text_field)
+        yield from _hub_rows(repo, hf_name or (FINEWEB_EDU[1] if repo == FINEWEB_EDU[0] else None), hf_split,
+                             text_field)
         return
     p = Path(s).expanduser()
     if not p.exists():
@@ -339,8 +375,9 @@ def _val_tokens(source, shard_tokens: int, val_tokens: int | None, max_tokens: i
         est = max_tokens or _estimate_tokens(source)
         val_tokens = min(shard_tokens, max(est // 10, 1)) if est else shard_tokens
     if max_tokens is not None and max_tokens <= val_tokens:
-        raise ValueError(f"max_tokens (--max-tokens) = {max_tokens:,} leaves nothing to train on after the validation shard's "
-                         f"{val_tokens:,} tokens (--val-tokens); raise --max-tokens or lower --val-tokens")
+        raise ValueError(f"max_tokens (--max-tokens) = {max_tokens:,} leaves nothing to train on after the "
+                         f"validation shard's {val_tokens:,} tokens (--val-tokens); raise --max-tokens or "
+                         "lower --val-tokens")
     return val_tokens
 
 # %% ../nbs/04a_data.ipynb #5b085789
@@ -417,8 +454,11 @@ def _good_shards(out: Path, shards: list[dict]) -> list[dict]:
 def _resume(out: Path, meta: dict, settings: dict) -> bool:
     "Bring `meta` up to an earlier run's in `out` (a ValueError if its settings differ); True if it was complete."
     if (old := _read_meta(out)) is None: return False
-    diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v and k != "tokenizer"]
-    if old.get("tokenizer") != settings["tokenizer"]: diff.append("tokenizer differs")
+    diff = [f"{k}: {old.get(k)!r} there, {v!r} now"
+            for k, v in settings.items() if old.get(k) != v and k != "tokenizer"]
+    from nanogpt_course.tokenizer import as_tokenizer_state  # meta.json written before the dict form holds "gpt2"
+    same = as_tokenizer_state(old.get("tokenizer")) == as_tokenizer_state(settings["tokenizer"])
+    if not same: diff.append("tokenizer differs")
     if diff: raise ValueError(f"{out} already holds shards prepared with other settings ({'; '.join(diff)}); "
                               "use another output folder or delete this one")
     good = _good_shards(out, old["shards"])
@@ -434,7 +474,8 @@ def _check_source(source):
     if _is_docs(source): return
     for s in (source if isinstance(source, (list, tuple)) else [source]):
         if isinstance(s, (list, tuple)) or str(s) == "stdlib": continue
-        if (repo := _hub_repo(s)) is not None: _hub_ready(repo); continue  # offline: one sentence now, not a traceback later
+        # offline: one sentence now, not a traceback later
+        if (repo := _hub_repo(s)) is not None: _hub_ready(repo); continue
         p = Path(str(s)).expanduser()
         if not p.exists(): next(iter_documents(p), None)  # raises the FileNotFoundError with the full message
         _local_files(p)
@@ -454,22 +495,25 @@ def _check_written(w: _ShardWriter, source):
                          f"({w.val_tokens:,}); use a bigger corpus or a smaller --val-tokens")
 
 # %% ../nbs/04a_data.ipynb #0b7853d6
-def prepare(source,                          # see `iter_documents`: "fineweb-edu", a path, "stdlib", "hf:owner/name", a list of strings
-            out_dir: str | Path,             # folder for the shards and meta.json
-            tokenizer="gpt2",                # "gpt2", a saved tokenizer (notebook 00), a BPETokenizer or tiktoken.Encoding
-            shard_tokens: int=100_000_000,   # tokens per training shard (100M = 200 MB as uint16)
-            val_tokens: int|None=None,       # tokens in the validation shard; default ~10% of the corpus, at most one shard
-            max_tokens: int|None=None,       # stop after this many tokens in all (validation included)
-            num_proc: int|None=None,         # tokenizer processes; default: CPU count
-            text_field: str="text",          # field/column with the text (jsonl, json, parquet, Hugging Face)
-            split_text: str="paragraph",     # .txt files: "paragraph", "line" or "file"
-            hf_name: str|None=None,          # Hugging Face config (FineWeb-Edu: "sample-10BT")
-            progress: bool=True,             # show a tqdm bar
-            chunksize: int=16,               # documents per task sent to a worker
-           ) -> dict:
+def prepare(
+    # see `iter_documents`: "fineweb-edu", a path, "stdlib", "hf:owner/name", a list of strings
+    source,
+    out_dir: str | Path,             # folder for the shards and meta.json
+    tokenizer="gpt2",                # "gpt2", a saved tokenizer (notebook 00), a BPETokenizer or tiktoken.Encoding
+    shard_tokens: int=100_000_000,   # tokens per training shard (100M = 200 MB as uint16)
+    val_tokens: int|None=None,       # tokens in the validation shard; default ~10% of the corpus, at most one shard
+    max_tokens: int|None=None,       # stop after this many tokens in all (validation included)
+    num_proc: int|None=None,         # tokenizer processes; default: CPU count
+    text_field: str="text",          # field/column with the text (jsonl, json, parquet, Hugging Face)
+    split_text: str="paragraph",     # .txt files: "paragraph", "line" or "file"
+    hf_name: str|None=None,          # Hugging Face config (FineWeb-Edu: "sample-10BT")
+    progress: bool=True,             # show a tqdm bar
+    chunksize: int=16,               # documents per task sent to a worker
+) -> dict:
     "Tokenize `source` into `val_000000.bin` + `train_NNNNNN.bin` shards under `out_dir`; resumes; returns meta."
     from nanogpt_course.tokenizer import get_tokenizer, tokenizer_state
-    _check_prepare_args(out_dir, shard_tokens=shard_tokens, val_tokens=val_tokens, max_tokens=max_tokens,  # before any work
+    # before any work
+    _check_prepare_args(out_dir, shard_tokens=shard_tokens, val_tokens=val_tokens, max_tokens=max_tokens,
                         num_proc=num_proc, chunksize=chunksize)
     _check_source(source)  # a missing path, an empty folder or no network fails here, before anything is written
     enc = get_tokenizer(tokenizer)
@@ -502,36 +546,40 @@ def prepare(source,                          # see `iter_documents`: "fineweb-ed
 
 # %% ../nbs/04a_data.ipynb #4033ca36
 _PREPARE_INTS = dict(  # argument: (its flag or None, what it counts); each must be a whole number from 1 up
-    shard_tokens=("--shard-tokens", "tokens per training shard"), val_tokens=("--val-tokens", "tokens in the validation shard"),
-    max_tokens=("--max-tokens", "tokens in all"), num_proc=("--num-proc", "tokenizer processes"),
-    chunksize=(None, "documents sent to a worker at a time"))
+    shard_tokens=("--shard-tokens", "tokens per training shard"),
+    val_tokens=("--val-tokens", "tokens in the validation shard"), max_tokens=("--max-tokens", "tokens in all"),
+    num_proc=("--num-proc", "tokenizer processes"), chunksize=(None, "documents sent to a worker at a time"))
 
 def _check_prepare_args(out_dir, **ints):
-    "Every number `prepare` takes, and its output folder, checked before any work; a ValueError names the flag and the range."
+    ("Every number `prepare` takes, and its output folder, checked before any work; a ValueError names the "
+     "flag and the range.")
     for name, v in ints.items():
         flag, what = _PREPARE_INTS[name]
         if v is None and name not in ("shard_tokens", "chunksize"): continue  # None: the default
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            default = "" if name in ("shard_tokens", "chunksize") else ", or left out for the default"
             raise ValueError(f"{name}{f' ({flag})' if flag else ''} is the number of {what}: it must be a whole number "
-                             f"from 1 up{'' if name in ('shard_tokens', 'chunksize') else ', or left out for the default'}; got {v!r}")
+                             f"from 1 up{default}; got {v!r}")
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; give a new or existing folder for the shards and meta.json")
+        raise ValueError(f"--out {out} is a file, not a folder; give a new or existing folder for the "
+                         "shards and meta.json")
 
 # %% ../nbs/04a_data.ipynb #96eabb21
 def _make_out_dir(out_dir) -> Path:
     "The output folder, made if needed; a ValueError naming --out when it cannot be."
     out = Path(out_dir).expanduser()
     try: out.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise ValueError(f"cannot create the output folder --out {out} ({e.strerror}); give a folder you can write to") from None
+    except OSError as e: raise ValueError(f"cannot create the output folder --out {out} ({e.strerror}); give a folder "
+                                          "you can write to") from None
     return out
 
 def _shard_buffer(n: int, dt: np.dtype) -> np.ndarray:
     "The buffer a shard is packed in, or a ValueError when a shard of `n` tokens cannot fit in memory."
     try: return np.empty(n, dtype=dt)
     except MemoryError:
-        raise ValueError(f"a shard of {n:,} tokens ({n * dt.itemsize / 2**30:,.0f} GiB) does not fit in memory; lower --shard-tokens "
-                         "(and --val-tokens): build-nanogpt uses 100,000,000") from None
+        raise ValueError(f"a shard of {n:,} tokens ({n * dt.itemsize / 2**30:,.0f} GiB) does not fit in memory; "
+                         "lower --shard-tokens (and --val-tokens): build-nanogpt uses 100,000,000") from None
 
 # %% ../nbs/04a_data.ipynb #b10d8be6
 def shard_files(data: str | Path,   # a folder written by `prepare` (or any folder of shards)
@@ -539,30 +587,34 @@ def shard_files(data: str | Path,   # a folder written by `prepare` (or any fold
                ) -> list[Path]:
     "The shards of one split, in order, from `meta.json` if present, else by name."
     d = Path(data)
-    if not d.exists(): raise FileNotFoundError(f"data folder {d} does not exist; make it with `nanogpt-course prepare SOURCE --out {d}`")
+    if not d.exists(): raise FileNotFoundError(f"data folder {d} does not exist; make it with `nanogpt-course prepare "
+                                               f"SOURCE --out {d}`")
     if d.is_file(): raise ValueError(f"{d} is a file; give the folder that `nanogpt-course prepare --out` wrote")
     if (meta := _read_meta(d)) is not None:
         files = [d / s["file"] for s in meta["shards"] if s["split"] == split]
         if files and not meta.get("complete", True):
-            print(f"warning: {d} is only partly prepared; re-run `nanogpt-course prepare` to finish it", file=sys.stderr)
+            print(f"warning: {d} is only partly prepared; re-run `nanogpt-course prepare` to finish it",
+                  file=sys.stderr)
     else: files = sorted(d.glob(f"{split}_*.bin"))
-    if not files: raise ValueError(f"empty corpus: no {split} shards in {d}; prepare it with `nanogpt-course prepare SOURCE --out {d}`")
+    if not files: raise ValueError(f"empty corpus: no {split} shards in {d}; prepare it with `nanogpt-course prepare "
+                                   f"SOURCE --out {d}`")
     return files
 
 # %% ../nbs/04a_data.ipynb #72bbd5d2
 class TokenLoader:
     "Batches `(x, y)` of shape (B, T) from token shards; rank `rank` of `world_size` reads its own slice."
-    def __init__(self,
-                 data,                 # folder from `prepare`, or a list of shard paths
-                 B: int,               # sequences per batch (per rank)
-                 T: int,               # tokens per sequence
-                 split: str="train",   # "train" or "val"
-                 rank: int=0,          # this process's rank
-                 world_size: int=1,    # number of processes
-                 seed: int=0,          # seeds the shuffles
-                 shuffle: bool|None=None, # shuffle shards and documents each epoch (default: for train only)
-                 window: int|None=None,   # tokens per optimizer step, all ranks and micro-steps (default B*T*world_size)
-                ):
+    def __init__(
+        self,
+        data,                 # folder from `prepare`, or a list of shard paths
+        B: int,               # sequences per batch (per rank)
+        T: int,               # tokens per sequence
+        split: str="train",   # "train" or "val"
+        rank: int=0,          # this process's rank
+        world_size: int=1,    # number of processes
+        seed: int=0,          # seeds the shuffles
+        shuffle: bool|None=None, # shuffle shards and documents each epoch (default: for train only)
+        window: int|None=None,   # tokens per optimizer step, all ranks and micro-steps (default B*T*world_size)
+    ):
         self.files = [Path(f) for f in data] if isinstance(data, (list, tuple)) else shard_files(data, split)
         self.B, self.T, self.rank, self.world_size, self.seed = B, T, rank, world_size, seed
         self.shuffle = (split == "train") if shuffle is None else shuffle
@@ -582,7 +634,8 @@ def _check_shards(self: TokenLoader):
     "Read every header now: one tokenizer's shards (eot, vocab_size and sizes kept), one big enough for a step."
     heads = [read_header(f) for f in self.files]
     eots = {h["eot"] for h in heads}
-    if len(eots) > 1: raise ShardError(f"shards in {self.files[0].parent} come from different tokenizers (eot ids {sorted(eots)})")
+    if len(eots) > 1: raise ShardError(f"shards in {self.files[0].parent} come from different tokenizers (eot "
+                                       f"ids {sorted(eots)})")
     self.eot, self.vocab_size = heads[0]["eot"], heads[0]["vocab_size"]
     self.sizes = [h["n_tokens"] for h in heads]
     if max(self.sizes) < self.window + 1:
@@ -621,7 +674,8 @@ def _load(self: TokenLoader):
 def next_batch(self: TokenLoader):
     "The next (x, y) for this rank, as int64 tensors of shape (B, T); moves on to the next shard/epoch as needed."
     import torch
-    if self.pos % self.window == 0 and self.pos + self.window + 1 > len(self.tokens):  # not enough left for a whole step: next shard
+    # not enough left for a whole step: next shard
+    if self.pos % self.window == 0 and self.pos + self.window + 1 > len(self.tokens):
         self.pos, self.shard = 0, self.shard + 1
         if self.shard >= len(self._order(self.epoch)): self.shard, self.epoch = 0, self.epoch + 1
         self._load()
@@ -634,17 +688,19 @@ def next_batch(self: TokenLoader):
 @patch
 def state_dict(self: TokenLoader) -> dict:
     "Where the loader is: enough to resume at the exact next token."
-    return dict(epoch=self.epoch, shard=self.shard, pos=self.pos, seed=self.seed, window=self.window, B=self.B, T=self.T,
-                world_size=self.world_size, files=[f.name for f in self.files])
+    return dict(epoch=self.epoch, shard=self.shard, pos=self.pos, seed=self.seed, window=self.window, B=self.B,
+                T=self.T, world_size=self.world_size, files=[f.name for f in self.files])
 
 @patch
 def load_state_dict(self: TokenLoader, sd: dict):
     "Continue from `state_dict()`; refuses a state from other shards or another batch geometry."
     if sd["files"] != [f.name for f in self.files]:
-        raise ValueError(f"loader state is for shards {sd['files'][:3]}... but this loader reads {[f.name for f in self.files][:3]}...")
+        raise ValueError(f"loader state is for shards {sd['files'][:3]}... but this loader reads "
+                         f"{[f.name for f in self.files][:3]}...")
     if (sd["window"], sd["seed"]) != (self.window, self.seed) or sd["pos"] % self.step_tokens:
-        raise ValueError(f"loader state was saved with {sd['window']} tokens a step, seed={sd['seed']}, at token {sd['pos']}; "
-                         f"this loader has {self.window} tokens a step (B*T*world_size = {self.step_tokens}), seed={self.seed}")
+        raise ValueError(f"loader state was saved with {sd['window']} tokens a step, seed={sd['seed']}, at "
+                         f"token {sd['pos']}; this loader has {self.window} tokens a step (B*T*world_size = "
+                         f"{self.step_tokens}), seed={self.seed}")
     self.epoch, self.shard, self.pos = sd["epoch"], sd["shard"], sd["pos"]
     self._load()
 
@@ -663,27 +719,29 @@ def _bare_tokenizer(d: Path):
     files = shard_files(d, "train") + sorted(d.glob("val_*.bin"))
     h = read_header(files[0])
     if (h["eot"], h["vocab_size"]) != (50256, 50257):
-        raise ShardError(f"{d} has no meta.json and its shards are not GPT-2's (eot {h['eot']}, vocab_size {h['vocab_size']:,}), "
-                         f"so the tokenizer that made them is unknown; {_REDO}")
+        raise ShardError(f"{d} has no meta.json and its shards are not GPT-2's (eot {h['eot']}, vocab_size "
+                         f"{h['vocab_size']:,}), so the tokenizer that made them is unknown; {_REDO}")
     return get_tokenizer("gpt2"), "GPT-2's tokenizer (there is no meta.json)", files
 
 # %% ../nbs/04a_data.ipynb #c552ed53
 def _meta_tokenizer(d: Path, meta: dict):
     "The tokenizer meta.json names, checked against its eot and vocab_size: (tokenizer, its name in messages, shards)."
-    from nanogpt_course.tokenizer import get_tokenizer
+    from nanogpt_course.tokenizer import get_tokenizer, as_tokenizer_state
     try: enc = get_tokenizer(meta["tokenizer"])
-    except (ValueError, TypeError) as e: raise ShardError(f"{d / 'meta.json'} names a tokenizer that cannot be loaded: {e}") from None
-    spec = meta["tokenizer"]
-    named = f"the tokenizer meta.json names ({spec if isinstance(spec, str) else spec.get('name', 'saved')!r})"
+    except (ValueError, TypeError) as e:
+        raise ShardError(f"{d / 'meta.json'} names a tokenizer that cannot be loaded: {e}") from None
+    named = f"the tokenizer meta.json names ({as_tokenizer_state(meta['tokenizer']).get('name', 'saved')!r})"
     if (meta["eot"], meta["vocab_size"]) != (enc.eot_token, enc.n_vocab):
-        raise ShardError(f"{d / 'meta.json'} says eot {meta['eot']} and vocab_size {meta['vocab_size']:,}, but {named} has eot "
-                         f"{enc.eot_token} and vocab_size {enc.n_vocab:,}: meta.json was edited or damaged; {_REDO}")
+        raise ShardError(f"{d / 'meta.json'} says eot {meta['eot']} and vocab_size {meta['vocab_size']:,}, but "
+                         f"{named} has eot {enc.eot_token} and vocab_size {enc.n_vocab:,}: meta.json was edited or "
+                         f"damaged; {_REDO}")
     return enc, named, [d / s["file"] for s in meta["shards"]]
 
 # %% ../nbs/04a_data.ipynb #9c355a81
 def dataset_tokenizer(folder: str | Path # a folder written by `prepare`
                      ) -> "tuple[tiktoken.Encoding, int]":
-    "The tokenizer a shard folder was made with and its vocabulary size, after checking meta.json and every shard header against it."
+    ("The tokenizer a shard folder was made with and its vocabulary size, after checking meta.json and every shard "
+     "header against it.")
     d = Path(folder)
     meta = _read_meta(d) if d.is_dir() else None
     # bare shards: only GPT-2's can be recognised from their headers
@@ -691,9 +749,9 @@ def dataset_tokenizer(folder: str | Path # a folder written by `prepare`
     for f in files:
         h = read_header(f)
         if (h["eot"], h["vocab_size"]) != (enc.eot_token, enc.n_vocab):
-            raise ShardError(f"{f} was made by a tokenizer with eot {h['eot']} and vocab_size {h['vocab_size']:,}, but {named} has eot "
-                             f"{enc.eot_token} and vocab_size {enc.n_vocab:,}, so a model would learn the wrong vocabulary; "
-                             f"{_REDO}")
+            raise ShardError(f"{f} was made by a tokenizer with eot {h['eot']} and vocab_size {h['vocab_size']:,}, but "
+                             f"{named} has eot {enc.eot_token} and vocab_size {enc.n_vocab:,}, so a model would learn "
+                             f"the wrong vocabulary; {_REDO}")
     return enc, enc.n_vocab
 
 # %% ../nbs/04a_data.ipynb #6ae9938d
@@ -715,18 +773,24 @@ def data_source() -> str:
 # %% ../nbs/04a_data.ipynb #dee0454a
 def _cli_parser() -> argparse.ArgumentParser:
     "The flags of `nanogpt-course prepare`."
-    p = argparse.ArgumentParser(prog="nanogpt-course prepare", description="Tokenize a corpus into token shards for pretraining.")
-    p.add_argument("source", nargs="+", help="'fineweb-edu', 'hf:owner/name', 'stdlib', or .txt/.jsonl/.json/.parquet files or folders")
+    p = argparse.ArgumentParser(prog="nanogpt-course prepare",
+                                description="Tokenize a corpus into token shards for pretraining.")
+    p.add_argument("source", nargs="+", help="'fineweb-edu', 'hf:owner/name', 'stdlib', or .txt/.jsonl/.json/.parquet "
+                                             "files or folders")
     p.add_argument("--out", required=True, help="output folder (re-running resumes)")
     g = p.add_argument_group("tokenizer and text")
     g.add_argument("--tokenizer", default="gpt2", help="'gpt2' or a tokenizer saved by notebook 00")
     g.add_argument("--text-field", default="text", help="field/column with the text")
-    g.add_argument("--split-text", default="paragraph", choices=["paragraph", "line", "file"], help=".txt files: what is one document")
+    g.add_argument("--split-text", default="paragraph", choices=["paragraph", "line", "file"],
+                   help=".txt files: what is one document")
     g.add_argument("--hf-name", default=None, help="Hugging Face config (default for fineweb-edu: sample-10BT)")
     g = p.add_argument_group("shards")
-    g.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per training shard (a whole number, at least 1)")
-    g.add_argument("--val-tokens", type=int, default=None, help="tokens in the validation shard, at least 1 (default ~10%%, at most one shard)")
-    g.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens in all, more than --val-tokens")
+    g.add_argument("--shard-tokens", type=int, default=100_000_000,
+                   help="tokens per training shard (a whole number, at least 1)")
+    g.add_argument("--val-tokens", type=int, default=None,
+                   help="tokens in the validation shard, at least 1 (default ~10%%, at most one shard)")
+    g.add_argument("--max-tokens", type=int, default=None,
+                   help="stop after this many tokens in all, more than --val-tokens")
     g.add_argument("--num-proc", type=int, default=None, help="tokenizer processes, at least 1 (default: all CPUs)")
     return p
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from .checkpoint import atomic_file, load_model  # notebook 03b
-from .runtime import autocast_for, check_device, setup_distributed, teardown_distributed, unwrap  # notebook 03c
+# notebook 03c
+from .runtime import autocast_for, check_device, setup_distributed, teardown_distributed, unwrap
 from .train import EvalHook, to_json
 
 # %% auto #0
@@ -34,7 +35,8 @@ def default_cache_dir() -> Path:
 
 def _split(split: str) -> str:
     "The split's own name (`val` is `validation`); a ValueError naming the choices otherwise."
-    if split not in _SPLITS: raise ValueError(f"unknown HellaSwag split {split!r}; choose one of train, validation (or val), test")
+    if split not in _SPLITS: raise ValueError(f"unknown HellaSwag split {split!r}; choose one of train, "
+                                              "validation (or val), test")
     return _SPLITS[split]
 
 # %% ../nbs/06_hellaswag.ipynb #458a8f0b
@@ -45,16 +47,18 @@ def _how_to_get(url: str | None = None, # the file to download; hellaswag_val.js
     "The end of every can't-get-the-data message: what to download, and where to put it or which flag names it."
     url = url or HELLASWAG_URLS["validation"]
     dest = dest or default_cache_dir() / Path(url).name
-    return (f"download {what or url} on a machine with network access and put it at {dest}, or anywhere and pass its path "
-            f"with `--data FILE` (in Python: `load_hellaswag(path=FILE)`)")
+    return (f"download {what or url} on a machine with network access and put it at {dest}, or anywhere "
+            f"and pass its path with `--data FILE` (in Python: `load_hellaswag(path=FILE)`)")
 
 # %% ../nbs/06_hellaswag.ipynb #f7b522fc
 def _label(label, where: str = "") -> int:
     "A record's label as an int 0..3, or -1 when it has none; 1.7, true or \"1.7\" are errors, not 1."
     if label in ("", None): return -1  # the test split is unlabelled ("" on Hugging Face, no `label` in the jsonl)
     if isinstance(label, str) and label in ("0", "1", "2", "3"): return int(label)  # Hugging Face stores strings
-    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label <= 3: return label  # True is an int to Python, not here
-    raise ValueError(f"{where}label must be 0, 1, 2 or 3 (an integer: the index of the right ending), got {label!r}; fix that record")
+    # True is an int to Python, not here
+    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label <= 3: return label
+    raise ValueError(f"{where}label must be 0, 1, 2 or 3 (an integer: the index of the right ending), got "
+                     f"{label!r}; fix that record")
 
 # %% ../nbs/06_hellaswag.ipynb #4f94f898
 def parse_example(d: dict,       # one record in the HellaSwag schema (ctx, endings, label, ...)
@@ -63,10 +67,13 @@ def parse_example(d: dict,       # one record in the HellaSwag schema (ctx, endi
     "Check one HellaSwag record; return a copy with `endings` a list and `label` an int (-1 when unlabelled)."
     if not isinstance(d, dict): raise ValueError(f"{where}expected a JSON object, got {type(d).__name__}")
     missing = [k for k in ("ctx", "endings") if k not in d]
-    if missing: raise ValueError(f"{where}missing field(s) {missing}: a HellaSwag record needs ctx, endings (4 strings) and label")
+    if missing: raise ValueError(f"{where}missing field(s) {missing}: a HellaSwag record needs ctx, endings (4 "
+                                 "strings) and label")
     ctx, endings = d["ctx"], d["endings"]
-    if not isinstance(ctx, str) or not ctx.strip(): raise ValueError(f"{where}ctx must be a non-empty string, got {ctx!r:.60}")
-    if not isinstance(endings, (list, tuple)) or len(endings) != 4 or not all(isinstance(e, str) and e.strip() for e in endings):
+    if not isinstance(ctx, str) or not ctx.strip():
+        raise ValueError(f"{where}ctx must be a non-empty string, got {ctx!r:.60}")
+    if (not isinstance(endings, (list, tuple)) or len(endings) != 4
+            or not all(isinstance(e, str) and e.strip() for e in endings)):
         raise ValueError(f"{where}endings must be a list of 4 non-empty strings, got {endings!r:.100}")
     return {**d, "ctx": ctx, "endings": list(endings), "label": _label(d.get("label", ""), where)}
 
@@ -75,33 +82,38 @@ def _check_labels(examples: list[dict], wheres: list[str], name: str, labelled: 
     "All records labelled, or none (the test split; refused when `labelled`): a file that mixes them is broken."
     unl = [w for e, w in zip(examples, wheres) if e["label"] < 0]
     if unl and len(unl) < len(examples):
-        raise ValueError(f"{unl[0]}no label, though {name} has labelled records ({len(examples) - len(unl)} of {len(examples)}); "
-                         f"give every record a `label` 0..3 (the index of the right ending)")
+        raise ValueError(f"{unl[0]}no label, though {name} has labelled records ({len(examples) - len(unl)} of "
+                         f"{len(examples)}); give every record a `label` 0..3 (the index of the right ending)")
     if unl and labelled:
-        raise ValueError(f"{name} has no labels: none of its {len(examples)} records has a `label` (HellaSwag's test split is "
-                         f"unlabelled), so there is nothing to score; evaluate the validation split, which has labels "
-                         f"(`--split validation`, or `--data FILE` with {HELLASWAG_URLS['validation']}).")
+        raise ValueError(f"{name} has no labels: none of its {len(examples)} records has a `label` "
+                         "(HellaSwag's test split is unlabelled), so there is nothing to score; evaluate the "
+                         "validation split, which has labels (`--split validation`, or `--data FILE` with "
+                         f"{HELLASWAG_URLS['validation']}).")
     return examples
 
 # %% ../nbs/06_hellaswag.ipynb #3d23facc
-def read_jsonl(path: str | Path,       # a jsonl file in the HellaSwag schema, one record a line
-               labelled: bool = True  # refuse a file without labels (the test split); False to read it for predictions only
-              ) -> list[dict]:
+def read_jsonl(
+    path: str | Path,       # a jsonl file in the HellaSwag schema, one record a line
+    labelled: bool = True  # refuse a file without labels (the test split); False to read it for predictions only
+) -> list[dict]:
     "Read a HellaSwag-schema jsonl file; a malformed line raises a ValueError that names its line number."
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"HellaSwag file {path} {'is a folder' if path.is_dir() else 'does not exist'}; {_how_to_get()}.")
+        raise FileNotFoundError(f"HellaSwag file {path} {'is a folder' if path.is_dir() else 'does not exist'}; "
+                                f"{_how_to_get()}.")
     out, wheres = [], []
     with open(path, "rb") as f:
         for i, raw in enumerate(f, 1):
             where = f"{path}:{i}: "
             try: line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise ValueError(f"{where}not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); save the file as UTF-8") from None
+                raise ValueError(f"{where}not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); save "
+                                 "the file as UTF-8") from None
             if not line.strip(): continue  # a trailing blank line is not an error
             try: d = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}not valid JSON ({e.msg} at column {e.colno}); fix or delete that line") from None
+                raise ValueError(f"{where}not valid JSON ({e.msg} at column {e.colno}); fix or "
+                                 "delete that line") from None
             out.append(parse_example(d, where=where)); wheres.append(where)
     if not out: raise ValueError(f"{path} holds no examples")
     return _check_labels(out, wheres, str(path), labelled)
@@ -123,50 +135,58 @@ def download_hellaswag(split: str = "validation", # train, validation (val) or t
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         answered = isinstance(e, urllib.error.HTTPError)  # the server replied (403, 404, 5xx), so the network works
         reason = f"HTTP {e.code} {e.reason}" if answered else str(getattr(e, "reason", e) or type(e).__name__)
-        err = RuntimeError(f"could not download HellaSwag {split} from {url} ({reason}); {_how_to_get(url, dest, 'that file')}, "
-                           f"or load the Hugging Face copy with `--source hf` (`source='hf'`, needs `datasets`).")
+        err = RuntimeError(f"could not download HellaSwag {split} from {url} ({reason}); "
+                           f"{_how_to_get(url, dest, 'that file')}, or load the Hugging Face copy with `--source hf` "
+                           "(`source='hf'`, needs `datasets`).")
         err.reason, err.answered = reason, answered
         raise err from None
     return dest
 
 # %% ../nbs/06_hellaswag.ipynb #1b74d37e
-def load_hf_hellaswag(split: str = "validation", # train, validation or test
-                      cache_dir: str | Path | None = None, # `datasets` cache folder (its default when None)
-                      labelled: bool = True # refuse a split without labels (test); False to load it for predictions only
-                     ) -> list[dict]:
+def load_hf_hellaswag(
+    split: str = "validation", # train, validation or test
+    cache_dir: str | Path | None = None, # `datasets` cache folder (its default when None)
+    labelled: bool = True # refuse a split without labels (test); False to load it for predictions only
+) -> list[dict]:
     "Load a split of the Hugging Face copy `Rowan/hellaswag` (labels arrive as strings and become ints)."
     split = _split(split)
     try:
         from datasets import load_dataset
         ds = load_dataset(HF_DATASET, split=split, cache_dir=str(cache_dir) if cache_dir else None)
     except Exception as e:
-        reason = "needs `pip install datasets`" if isinstance(e, ImportError) else f"{type(e).__name__}: {str(e).strip():.200}"
+        reason = ("needs `pip install datasets`" if isinstance(e, ImportError)
+                  else f"{type(e).__name__}: {str(e).strip():.200}")
         err = RuntimeError(f"could not load {HF_DATASET} ({split}) ({reason}); {_how_to_get(HELLASWAG_URLS[split])}.")
         err.reason = reason
         raise err from None
     wheres = [f"{HF_DATASET}[{split}][{i}]: " for i in range(len(ds))]
-    return _check_labels([parse_example(dict(r), where=w) for r, w in zip(ds, wheres)], wheres, f"{HF_DATASET} ({split})", labelled)
+    return _check_labels([parse_example(dict(r), where=w) for r, w in zip(ds, wheres)], wheres,
+                         f"{HF_DATASET} ({split})", labelled)
 
 # %% ../nbs/06_hellaswag.ipynb #6495f5ff
-def load_hellaswag(split: str = "validation", # train, validation (val) or test
-                   path: str | Path | None = None, # a local jsonl in the HellaSwag schema; skips any download
-                   cache_dir: str | Path | None = None, # download cache; `default_cache_dir()` (data/hellaswag) when None
-                   source: str = "auto", # "url" (rowanz/hellaswag jsonl), "hf" (Rowan/hellaswag) or "auto" (url, then hf)
-                   labelled: bool = True # refuse data without labels (the test split); False to get it for predictions only
-                  ) -> list[dict]:
+def load_hellaswag(
+    split: str = "validation", # train, validation (val) or test
+    path: str | Path | None = None, # a local jsonl in the HellaSwag schema; skips any download
+    cache_dir: str | Path | None = None, # download cache; `default_cache_dir()` (data/hellaswag) when None
+    source: str = "auto", # "url" (rowanz/hellaswag jsonl), "hf" (Rowan/hellaswag) or "auto" (url, then hf)
+    labelled: bool = True # refuse data without labels (the test split); False to get it for predictions only
+) -> list[dict]:
     "HellaSwag examples as dicts with `ctx`, `endings` (4 strings), `label` (int) and the schema's other fields."
     if path is not None: return read_jsonl(path, labelled)
     if source not in ("auto", "url", "hf"): raise ValueError(f"source must be 'auto', 'url' or 'hf', got {source!r}")
     if source == "hf": return load_hf_hellaswag(split, cache_dir, labelled)
     try: return read_jsonl(download_hellaswag(split, cache_dir), labelled)
     except RuntimeError as e_url:
-        # no network at all (no name lookup, no connection): the hub would not answer either, after retries with growing waits
+        # no network at all (no name lookup, no connection): the hub
+        # would not answer either, after retries with growing waits
         if source == "url" or not getattr(e_url, "answered", False): raise
         try: return load_hf_hellaswag(split, labelled=labelled)
         except RuntimeError as e_hf:
             url = HELLASWAG_URLS[_split(split)]
-            raise RuntimeError(f"HellaSwag {_split(split)} is not available here: {url} answered {e_url.reason} and {HF_DATASET} failed "
-                               f"({e_hf.reason}); {_how_to_get(url, Path(cache_dir or default_cache_dir()) / Path(url).name)}.") from None
+            raise RuntimeError(f"HellaSwag {_split(split)} is not available here: {url} answered {e_url.reason} and "
+                               f"{HF_DATASET} failed ({e_hf.reason}); "
+                               f"{_how_to_get(url, Path(cache_dir or default_cache_dir()) / Path(url).name)}."
+                               ) from None
 
 # %% ../nbs/06_hellaswag.ipynb #0310fa8a
 def preprocess(text: str) -> str:
@@ -176,13 +196,15 @@ def preprocess(text: str) -> str:
     text = re.sub(r"\[.*?\]", "", text)
     return text.replace("  ", " ")
 
-def example_text(example: dict,      # a HellaSwag record (see `parse_example`)
-                 style: str = "nanogpt" # "nanogpt": ctx and endings as they are; "harness": as lm-evaluation-harness shows them
-                ) -> tuple[str, list[str]]:
+def example_text(
+    example: dict,      # a HellaSwag record (see `parse_example`)
+    style: str = "nanogpt" # "nanogpt": ctx and endings as they are; "harness": as lm-evaluation-harness shows them
+) -> tuple[str, list[str]]:
     "The context and the 4 endings the model is asked to score (endings without their leading space)."
     if style == "nanogpt": return example["ctx"], list(example["endings"])
     if style != "harness": raise ValueError(f"style must be 'nanogpt' or 'harness', got {style!r}")
-    ctx = (example["ctx_a"] + " " + example["ctx_b"].capitalize()) if "ctx_a" in example and "ctx_b" in example else example["ctx"]
+    ctx = ((example["ctx_a"] + " " + example["ctx_b"].capitalize()) if "ctx_a" in example and "ctx_b" in example
+           else example["ctx"])
     if example.get("activity_label"): ctx = example["activity_label"] + ": " + ctx
     return preprocess(ctx), [preprocess(e) for e in example["endings"]]
 
@@ -217,12 +239,15 @@ def model_logits(model, idx: torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/06_hellaswag.ipynb #d910bd27
 def make_rows(ctx: list[int], endings: list[list[int]], block_size: int | None) -> list[tuple[list[int], int]]:
-    "One row per ending: (context + ending tokens, cropped from the left to block_size; how many of its last tokens to score)."
+    ("One row per ending: (context + ending tokens, cropped from the left to block_size; how many of its last "
+     "tokens to score).")
     rows = []
     for end in endings:
         toks = ctx + end
-        if block_size is not None and len(toks) > block_size: toks = toks[-block_size:]  # keep the ending, drop the oldest context
-        rows.append((toks, min(len(end), len(toks) - 1)))  # the first token of a row has nothing before it to predict it
+        # keep the ending, drop the oldest context
+        if block_size is not None and len(toks) > block_size: toks = toks[-block_size:]
+        # the first token of a row has nothing before it to predict it
+        rows.append((toks, min(len(end), len(toks) - 1)))
     return rows
 
 # %% ../nbs/06_hellaswag.ipynb #53c151ca
@@ -232,7 +257,8 @@ def token_logprobs(head,              # the output layer: (N, C) hidden states -
                   ) -> torch.Tensor:
     "log p(tgt | h) for each row, (N,) float32: logits a chunk of rows at a time, never all (N, V) at once."
     # on a CPU, 128 rows of GPT-2's 50,257 logits (26 MB) is about the best trade between re-reading the head's weights
-    # for every chunk and writing logits that no longer fit in the caches (faster than one big chunk on a CPU: benchmarks/bench_hellaswag.py);
+    # for every chunk and writing logits that no longer fit in the caches
+    # (faster than one big chunk on a CPU: benchmarks/bench_hellaswag.py);
     # on a GPU the chunk is only there to bound memory (~1 GB of logits)
     V = head.weight.size(0)
     step = 128 if h.device.type == "cpu" else max(128, 2**28 // V)
@@ -257,7 +283,8 @@ def score_rows(model,          # a GPT (or anything `model_logits` understands)
                device=None,    # where the batch goes; the model's device when None
                pad_id: int = 0 # any valid token id: padded positions are never scored and never seen by real ones
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    "Sum of log-probabilities of each row's scored tokens and their count, in ONE forward pass over the right-padded rows."
+    ("Sum of log-probabilities of each row's scored tokens and their count, in ONE forward pass over the "
+     "right-padded rows.")
     device = device or next(model.parameters()).device
     idx, score = _pad_rows(rows, pad_id)
     idx, score = idx.to(device), score.to(device)
@@ -265,12 +292,14 @@ def score_rows(model,          # a GPT (or anything `model_logits` understands)
     sel = score[:, 1:]                                # (R, T-1): the output at t predicts the token at t+1
     inner = unwrap(model)
     if hasattr(inner, "hidden_states") and hasattr(inner, "lm_head"):  # the course's GPT: lm_head only where we score
-        h = inner.hidden_states(idx)                  # (R, T, C); causal, so padding on the right changes no real position
+        # (R, T, C); causal, so padding on the right changes no real position
+        h = inner.hidden_states(idx)
         # (N,) log p(token | everything before it), lm_head only where we score: a fraction of the (R, T, V) logits
         lp = token_logprobs(inner.lm_head, h[:, :-1][sel], idx[:, 1:][sel])
     else:
         logits = model_logits(model, idx)             # (R, T, V) from any other causal LM
-        lp = -F.cross_entropy(logits[:, :-1][sel].float(), idx[:, 1:][sel], reduction="none")  # only the positions we score
+        # only the positions we score
+        lp = -F.cross_entropy(logits[:, :-1][sel].float(), idx[:, 1:][sel], reduction="none")
     row = torch.arange(R, device=device)[:, None].expand(R, T - 1)[sel]
     sums = torch.zeros(R, dtype=torch.float64, device=device).index_add_(0, row, lp.double())
     return sums.cpu(), sel.sum(1).cpu()
@@ -279,12 +308,14 @@ def score_rows(model,          # a GPT (or anything `model_logits` understands)
 def pack_example(ctx: list[int],            # context token ids (at least one)
                  endings: list[list[int]]   # token ids of each ending
                 ) -> tuple[list[int], list[int], list[int], list[tuple[int, int, int]]]:
-    "One row for a whole example: tokens, positions, branch (0 = context, k = ending k) and (where, target, ending) to score."
+    ("One row for a whole example: tokens, positions, branch (0 = context, k = ending k) and (where, target, "
+     "ending) to score.")
     if not ctx: raise ValueError("pack_example needs a non-empty context: its last token predicts each ending's first")
     toks, pos, seg, score = list(ctx), list(range(len(ctx))), [0] * len(ctx), []
     for k, end in enumerate(endings):
         start = len(toks)
-        # ending token j is predicted by the output at the previous token of its branch: the last context token for j = 0
+        # ending token j is predicted by the output at the previous
+        # token of its branch: the last context token for j = 0
         score += [(len(ctx) - 1 if j == 0 else start + j - 1, t, k) for j, t in enumerate(end)]
         toks += end; pos += range(len(ctx), len(ctx) + len(end)); seg += [k + 1] * len(end)
     return toks, pos, seg, score
@@ -312,7 +343,8 @@ def _branch_mask(seg: torch.Tensor, # (R, T) branches: 0 context, k ending k, -1
     # token sees a pad (pads are -1, neither context nor a branch)
     causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
     see = causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))  # (R, T, T)
-    mask = see[:, None]  # (R, 1, T, T) bool: what every SDPA backend takes, in any compute dtype (bf16 autocast on a GPU)
+    # (R, 1, T, T) bool: what every SDPA backend takes, in any compute dtype (bf16 autocast on a GPU)
+    mask = see[:, None]
     if device.type == "cpu":
         # on a CPU, an additive mask (0 or -inf) made once in the dtype attention runs in (autocast's under autocast,
         # else the model's): SDPA would convert a bool mask in every layer
@@ -322,12 +354,14 @@ def _branch_mask(seg: torch.Tensor, # (R, T) branches: 0 context, k ending k, -1
 
 # %% ../nbs/06_hellaswag.ipynb #f56e182c
 @torch.no_grad()
-def score_packed(model,       # the course's GPT (needs `hidden_states(idx, pos=, attn_mask=)` and `lm_head`)
-                 items: list[tuple[list[int], list[list[int]]]], # (context ids, ending ids) per example, all `fits_packed`
-                 device=None, # where the batch goes; the model's device when None
-                 pad_id: int = 0 # any valid token id: pads are never scored and never seen by real tokens
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    "Per example and ending, the summed log-probability of the ending and its token count: (E, n_endings) each, ONE forward."
+def score_packed(
+    model,       # the course's GPT (needs `hidden_states(idx, pos=, attn_mask=)` and `lm_head`)
+    items: list[tuple[list[int], list[list[int]]]], # (context ids, ending ids) per example, all `fits_packed`
+    device=None, # where the batch goes; the model's device when None
+    pad_id: int = 0 # any valid token id: pads are never scored and never seen by real tokens
+) -> tuple[torch.Tensor, torch.Tensor]:
+    ("Per example and ending, the summed log-probability of the ending and its token count: (E, n_endings) "
+     "each, ONE forward.")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     inner, n_end = unwrap(model), len(items[0][1])
     packed = [pack_example(c, e) for c, e in items]
@@ -350,7 +384,8 @@ def _dist():
     return d if d.is_available() and d.is_initialized() else None
 
 def can_pack(model) -> bool:
-    "Does `model` take positions and a mask (the course's GPT, notebook 03)? Other models are scored four rows an example."
+    ("Does `model` take positions and a mask (the course's GPT, notebook 03)? Other models are scored four "
+     "rows an example.")
     inner = unwrap(model)
     f = getattr(inner, "hidden_states", None)
     return f is not None and hasattr(inner, "lm_head") and "attn_mask" in inspect.signature(f).parameters
@@ -416,19 +451,21 @@ def _predictions(examples: list[dict], style: str, sums: torch.Tensor, counts: t
     return preds, hits
 
 # %% ../nbs/06_hellaswag.ipynb #c36f200c
-def evaluate(model,              # a GPT (or a Hugging Face causal LM); put in eval mode for the call, then restored
-             enc,                # the model's tokenizer (tiktoken.Encoding)
-             examples: list[dict], # HellaSwag-schema records (`load_hellaswag`, `make_mc_examples`)
-             batch_size: int = 8,  # examples per forward pass (a packed row each, or their 4 rows each)
-             device=None,        # device for the batches; the model's own device when None
-             rank: int | None = None,       # this process's share of the examples; torch.distributed's rank when None
-             world_size: int | None = None, # number of shares; torch.distributed's world size when None (1 without it)
-             progress: bool = False, # a tqdm bar (on rank 0 only)
-             style: str = "nanogpt", # how the text is shown to the model, see `example_text`
-             pack: bool = True,      # one packed row per example (`score_packed`) where the model and lengths allow
-             dtype: str = "auto"     # "auto": bf16 autocast on CUDA, float32 elsewhere; "bfloat16" anywhere (`autocast_for`)
-            ) -> dict:
-    "Score every ending by its log-likelihood; return acc, acc_norm, acc_norm_bytes (None when no example has a label), n and predictions."
+def evaluate(
+    model,              # a GPT (or a Hugging Face causal LM); put in eval mode for the call, then restored
+    enc,                # the model's tokenizer (tiktoken.Encoding)
+    examples: list[dict], # HellaSwag-schema records (`load_hellaswag`, `make_mc_examples`)
+    batch_size: int = 8,  # examples per forward pass (a packed row each, or their 4 rows each)
+    device=None,        # device for the batches; the model's own device when None
+    rank: int | None = None,       # this process's share of the examples; torch.distributed's rank when None
+    world_size: int | None = None, # number of shares; torch.distributed's world size when None (1 without it)
+    progress: bool = False, # a tqdm bar (on rank 0 only)
+    style: str = "nanogpt", # how the text is shown to the model, see `example_text`
+    pack: bool = True,      # one packed row per example (`score_packed`) where the model and lengths allow
+    dtype: str = "auto"     # "auto": bf16 autocast on CUDA, float32 elsewhere; "bfloat16" anywhere (`autocast_for`)
+) -> dict:
+    ("Score every ending by its log-likelihood; return acc, acc_norm, acc_norm_bytes (None when no example has a "
+     "label), n and predictions.")
     if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not examples: raise ValueError("no examples to evaluate")
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -449,7 +486,8 @@ def evaluate(model,              # a GPT (or a Hugging Face causal LM); put in e
     acc = [h / n if n else None for h in hits]  # None, not NaN: the result goes into JSON files and logs
     secs = time.perf_counter() - t0
     return {"acc": acc[0], "acc_norm": acc[1], "acc_norm_bytes": acc[2], "n": n, "n_correct": hits[0],
-            "n_correct_norm": hits[1], "predictions": preds, "seconds": secs, "n_scored": len(mine),  # this rank's share
+            # this rank's share
+            "n_correct_norm": hits[1], "predictions": preds, "seconds": secs, "n_scored": len(mine),
             "examples_per_s": len(mine) / max(secs, 1e-9)}
 
 # %% ../nbs/06_hellaswag.ipynb #624a4676
@@ -473,19 +511,23 @@ def _distractors(rng: random.Random, text: str, words: list[tuple[int, int]], at
     return endings
 
 # %% ../nbs/06_hellaswag.ipynb #77ec2a86
-def make_mc_examples(text: str,     # held-out text (not seen in training), e.g. the validation shard's (`data.heldout_text`)
-                     enc,           # the tokenizer the model will be scored with (distractors are matched to the true ending's token count)
-                     n: int = 200,  # number of examples
-                     seed: int = 0, # same text, n and seed: same examples
-                     ctx_words: int = 16, # words of context
-                     end_words: int = 3   # words per ending (short: a tiny model sees the join, not the plot)
-                    ) -> list[dict]:
-    "A HellaSwag-format multiple-choice set: a passage, its true continuation and 3 continuations from elsewhere in the text."
+def make_mc_examples(
+    text: str,     # held-out text (not seen in training), e.g. the validation shard's (`data.heldout_text`)
+    # the tokenizer the model will be scored with (distractors are matched to the true ending's token count)
+    enc,
+    n: int = 200,  # number of examples
+    seed: int = 0, # same text, n and seed: same examples
+    ctx_words: int = 16, # words of context
+    end_words: int = 3   # words per ending (short: a tiny model sees the join, not the plot)
+) -> list[dict]:
+    ("A HellaSwag-format multiple-choice set: a passage, its true continuation and 3 continuations from "
+     "elsewhere in the text.")
     words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
     need = ctx_words + end_words
     if ctx_words < 1 or end_words < 1: raise ValueError("ctx_words and end_words must be >= 1")
     # a passage must meet its continuation at a plain space, the one the evaluator puts between them
-    starts = [p for p in range(len(words) - need + 1) if text[words[p + ctx_words - 1][1]:words[p + ctx_words][0]] == " "]
+    starts = [p for p in range(len(words) - need + 1)
+              if text[words[p + ctx_words - 1][1]:words[p + ctx_words][0]] == " "]
     if len(starts) < n or len(words) < 4 * need:
         raise ValueError(f"text has {len(words)} words: too short for {n} examples of {ctx_words}+{end_words} words; "
                          f"give more text or ask for fewer/shorter examples")
@@ -496,14 +538,17 @@ def make_mc_examples(text: str,     # held-out text (not seen in training), e.g.
         endings = _distractors(rng, text, words, p + ctx_words, true, enc, end_words)
         label = rng.randrange(4)
         endings[0], endings[label] = endings[label], endings[0]
-        out.append({"ind": k, "activity_label": "held-out text", "ctx_a": ctx, "ctx_b": "", "ctx": ctx, "endings": endings,
-                    "label": label, "split": "heldout", "split_type": "indomain", "source_id": f"char~{words[p][0]}"})
+        out.append({"ind": k, "activity_label": "held-out text", "ctx_a": ctx, "ctx_b": "", "ctx": ctx,
+                    "endings": endings, "label": label, "split": "heldout", "split_type": "indomain",
+                    "source_id": f"char~{words[p][0]}"})
     return out
 
 # %% ../nbs/06_hellaswag.ipynb #129b6f5c
-def hellaswag_hook(cfg,            # a TrainConfig (notebook 04b): hellaswag_every, hellaswag (a jsonl; None downloads the val split), dtype
-                   master: bool=True, # print the warning on this process only
-                  ) -> EvalHook | None:
+def hellaswag_hook(
+    # a TrainConfig (notebook 04b): hellaswag_every, hellaswag (a jsonl; None downloads the val split), dtype
+    cfg,
+    master: bool=True, # print the warning on this process only
+) -> EvalHook | None:
     "Pretraining's HellaSwag evaluation, or None when it is off or its data cannot be loaded (with a warning)."
     if not cfg.hellaswag_every: return None
     try: examples = load_hellaswag(path=cfg.hellaswag)
@@ -511,7 +556,8 @@ def hellaswag_hook(cfg,            # a TrainConfig (notebook 04b): hellaswag_eve
         if master: print(f"warning: cannot load HellaSwag ({e}); training without it", file=sys.stderr)
         return None
     def run(model, enc, device, rank, world):
-        r = evaluate(model, enc, examples, device=str(device), rank=rank, world_size=world, dtype=cfg.dtype)  # the run's precision
+        # the run's precision
+        r = evaluate(model, enc, examples, device=str(device), rank=rank, world_size=world, dtype=cfg.dtype)
         return dict(hellaswag_acc=r["acc"], hellaswag_acc_norm=r["acc_norm"], hellaswag_n=r["n"])
     return EvalHook("hellaswag", cfg.hellaswag_every, run)
 
@@ -519,18 +565,28 @@ def hellaswag_hook(cfg,            # a TrainConfig (notebook 04b): hellaswag_eve
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nanogpt-course eval",
         description="Evaluate a model on HellaSwag (or on a HellaSwag-format set built from held-out text). "
-                    "Runs under torchrun too: `torchrun --nproc_per_node 8 -m nanogpt_course.hellaswag hellaswag --model gpt2`.")
-    p.add_argument("task", choices=["hellaswag", "mc"], help="hellaswag: the benchmark; mc: a multiple-choice set built from --text")
+                    "Runs under torchrun too: `torchrun --nproc_per_node 8 -m nanogpt_course.hellaswag "
+                    "hellaswag --model gpt2`.")
+    p.add_argument("task", choices=["hellaswag", "mc"],
+                   help="hellaswag: the benchmark; mc: a multiple-choice set built from --text")
     g = p.add_argument_group("model")
-    g.add_argument("--model", required=True, help="a course checkpoint, a run directory, a Hugging Face directory or id (gpt2)")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda:LOCAL_RANK if available, else cpu)")
+    g.add_argument("--model", required=True,
+                   help="a course checkpoint, a run directory, a Hugging Face directory or id (gpt2)")
+    g.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1, mps (default: cuda:LOCAL_RANK if available, else cpu)")
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=None, metavar="FILE", help="a local jsonl in the HellaSwag schema, e.g. hellaswag_val.jsonl (default: download --split)")
-    g.add_argument("--split", default="validation", choices=list(_SPLITS), help="train, validation (val) or test (default: validation)")
-    g.add_argument("--source", default="auto", choices=["auto", "url", "hf"], help="where to download from: the rowanz/hellaswag jsonl, Rowan/hellaswag on Hugging Face, or url then hf")
+    g.add_argument("--data", default=None, metavar="FILE",
+                   help="a local jsonl in the HellaSwag schema, e.g. hellaswag_val.jsonl (default: download --split)")
+    g.add_argument("--split", default="validation", choices=list(_SPLITS),
+                   help="train, validation (val) or test (default: validation)")
+    g.add_argument("--source", default="auto", choices=["auto", "url", "hf"],
+                   help="where to download from: the rowanz/hellaswag jsonl, Rowan/hellaswag on Hugging "
+                        "Face, or url then hf")
     g.add_argument("--cache-dir", default=None, help="download cache (default: data/hellaswag)")
-    g.add_argument("--text", default=None, help="mc: a text file; its last --heldout fraction becomes the multiple-choice set")
-    g.add_argument("--heldout", type=float, default=0.1, help="mc: fraction of --text at its end to build from, in (0, 1] (default 0.1)")
+    g.add_argument("--text", default=None,
+                   help="mc: a text file; its last --heldout fraction becomes the multiple-choice set")
+    g.add_argument("--heldout", type=float, default=0.1,
+                   help="mc: fraction of --text at its end to build from, in (0, 1] (default 0.1)")
     g.add_argument("--n", type=int, default=500, help="mc: number of examples, >= 1 (default 500)")
     g.add_argument("--seed", type=int, default=0, help="mc: seed of the set (default 0)")
     g.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples, N >= 1")
@@ -538,7 +594,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=8, help="examples per forward pass, >= 1 (default 8)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto: bf16 autocast on CUDA, float32 elsewhere; bfloat16 anywhere (fast on CPUs with AMX)")
-    g.add_argument("--style", default="nanogpt", choices=["nanogpt", "harness"], help="text as given (nanogpt) or cleaned as lm-evaluation-harness does")
+    g.add_argument("--style", default="nanogpt", choices=["nanogpt", "harness"],
+                   help="text as given (nanogpt) or cleaned as lm-evaluation-harness does")
     g = p.add_argument_group("output")
     g.add_argument("--json", default=None, help="write the results (with per-example predictions) to this JSON file")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -549,11 +606,14 @@ def _check_args(args: argparse.Namespace):
     "Every numeric flag, --device and --json, before any work: a ValueError that names the flag and what it accepts."
     for flag, v in (("--batch-size", args.batch_size), ("--limit", args.limit), ("--n", args.n)):
         if v is not None and v < 1: raise ValueError(f"{flag} must be an integer >= 1, got {v}")
-    if not 0 < args.heldout <= 1: raise ValueError(f"--heldout must be a fraction in (0, 1], the share of --text at its end, got {args.heldout}")
+    if not 0 < args.heldout <= 1: raise ValueError("--heldout must be a fraction in (0, 1], the share of --text at "
+                                                   f"its end, got {args.heldout}")
     if args.device is not None: check_device(args.device)  # notebook 03c's: one rule for every command
-    if args.json and Path(args.json).is_dir(): raise ValueError(f"--json {args.json} is a folder; give a file name, e.g. {Path(args.json) / 'hellaswag.json'}")
+    if args.json and Path(args.json).is_dir():
+        raise ValueError(f"--json {args.json} is a folder; give a file name, e.g. {Path(args.json) / 'hellaswag.json'}")
     parent = next((p for p in Path(args.json or ".").absolute().parents if p.exists()), None)
-    if args.json and parent is not None and not parent.is_dir(): raise ValueError(f"--json {args.json}: {parent} is a file, not a folder")
+    if args.json and parent is not None and not parent.is_dir():
+        raise ValueError(f"--json {args.json}: {parent} is a file, not a folder")
 
 # %% ../nbs/06_hellaswag.ipynb #05c07743
 def _read_data(args: argparse.Namespace):
@@ -563,7 +623,8 @@ def _read_data(args: argparse.Namespace):
         return (lambda enc: examples), args.data or f"hellaswag {args.split}"
     if not args.text: raise ValueError("`eval mc` needs --text FILE (a corpus; its last --heldout fraction is used)")
     try: text = Path(args.text).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e: raise ValueError(f"--text {args.text} is not UTF-8 (byte {e.start}); save it as UTF-8") from None
+    except UnicodeDecodeError as e: raise ValueError(f"--text {args.text} is not UTF-8 (byte {e.start}); "
+                                                     "save it as UTF-8") from None
     heldout = text[int(len(text) * (1 - args.heldout)):]
     return (lambda enc: make_mc_examples(heldout, enc, args.n, args.seed)), f"{args.text} (last {args.heldout:.0%})"
 
@@ -574,33 +635,37 @@ def _report(args: argparse.Namespace, res: dict, data: str, world: int) -> int:
     print(f"{args.task} on {data}: {res['n']} examples, acc {f(res['acc'])}, acc_norm {f(res['acc_norm'])} "
           f"(acc_norm_bytes {f(res['acc_norm_bytes'])}) in {res['seconds']:.1f}s")
     if args.json:
-        out = {"task": args.task, "model": args.model, "data": data, "style": args.style, "dtype": args.dtype, "world_size": world, **res}
+        out = {"task": args.task, "model": args.model, "data": data, "style": args.style, "dtype": args.dtype,
+               "world_size": world, **res}
         try:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(to_json(out, indent=1))  # notebook 04b's: null, never NaN
         except OSError as e:
-            print(f"nanogpt-course eval: error: could not write --json {args.json} ({e}); the scores are printed above", file=sys.stderr)
+            print(f"nanogpt-course eval: error: could not write --json {args.json} ({e}); the scores are printed above",
+                  file=sys.stderr)
             return 1
     return 0
 
 # %% ../nbs/06_hellaswag.ipynb #ab6f100b
 def cli(argv: list[str] | None = None # e.g. ["hellaswag", "--model", "gpt2"]; `sys.argv[1:]` when None
        ) -> int:
-    "`nanogpt-course eval hellaswag --model CKPT_OR_HF [--data FILE] [--limit N] [--batch-size B]`, also under torchrun."
+    ("`nanogpt-course eval hellaswag --model CKPT_OR_HF [--data FILE] [--limit N] [--batch-size B]`, "
+     "also under torchrun.")
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try: _check_args(args)
     except ValueError as e:  # a bad flag: say which, before any work (argparse's exit status for usage errors)
         print(f"nanogpt-course eval: error: {e}", file=sys.stderr)
         return 2
-    own_group = "RANK" in os.environ and not torch.distributed.is_initialized()  # launched by torchrun: join now, leave at the end
+    # launched by torchrun: join now, leave at the end
+    own_group = "RANK" in os.environ and not torch.distributed.is_initialized()
     rank, _, world, device = setup_distributed(args.device or "auto")
     try:
         examples_for, data = _read_data(args)
         model, enc = load_model(args.model, device=device)  # notebook 03b's loader
         examples = examples_for(enc)
         if args.limit is not None: examples = examples[:args.limit]
-        res = evaluate(model, enc, examples, batch_size=args.batch_size, device=device, progress=not args.no_progress, style=args.style,
-                       dtype=args.dtype)
+        res = evaluate(model, enc, examples, batch_size=args.batch_size, device=device, progress=not args.no_progress,
+                       style=args.style, dtype=args.dtype)
     except (OSError, ValueError, RuntimeError) as e:  # missing files, bad data, no network: say so, no traceback
         print(f"nanogpt-course eval: error: {e}", file=sys.stderr)
         return 1

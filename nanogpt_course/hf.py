@@ -12,8 +12,9 @@ from .model import GPT
 from .checkpoint import load_model  # notebook 03b: one loader
 from .runtime import pick_device  # notebook 03c
 from .train import configure_optimizer, make_config, to_json  # notebook 04b: one optimizer
-from .sft import (SFTDataset, sft_parser, collate, stratified_split, sft_lr, response_loss, generate_response,
-                                check_finetune_args, instruction_data, describe_data)  # notebook 05: data, template, labels, metric
+from .sft import (SFTDataset, sft_parser, collate, stratified_split, sft_lr, response_loss,
+                                # notebook 05: data, template, labels, metric
+                                generate_response, check_finetune_args, instruction_data, describe_data)
 
 # %% auto #0
 __all__ = ['KIND', 'to_transformers', 'hf_collate', 'course_order', 'course_optimizer', 'hf_train', 'check_hf_out', 'hf_finetune',
@@ -43,7 +44,8 @@ def _no_bars():
 def hf_collate(batch: list[tuple[list[int], list[int]]],  # notebook 05's (inputs, targets) pairs
                pad_id: int = 50256,  # input id for padding (its targets are -100 anyway)
               ) -> dict:
-    "05's right-padded batch as transformers' keyword arguments; the targets are already shifted, so they go in as `shift_labels`."
+    ("05's right-padded batch as transformers' keyword arguments; the targets are already shifted, so they go in "
+     "as `shift_labels`.")
     xb, yb = collate(batch, pad_id)
     return {"input_ids": xb, "labels": yb, "shift_labels": yb}
 
@@ -71,7 +73,8 @@ def course_optimizer(model,  # the model to train (a transformers GPT2LMHeadMode
                     ):
     "(AdamW, LambdaLR): notebook 04's optimizer and notebook 05's learning-rate schedule, for the Trainer."
     opt = configure_optimizer(model, make_config(None, lr=lr, weight_decay=weight_decay), device_type)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: sft_lr(s, steps, lr, warmup_steps, min_lr_ratio, schedule) / lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt,
+                                              lambda s: sft_lr(s, steps, lr, warmup_steps, min_lr_ratio, schedule) / lr)
     return opt, sched
 
 # %% ../nbs/13_hf.ipynb #9f4686b6
@@ -96,12 +99,14 @@ def hf_train(hf_model,  # a GPT2LMHeadModel (from `to_transformers`); trained in
     from transformers import TrainingArguments, PrinterCallback
     warm = max(1, round(0.05 * steps)) if warmup_steps is None else warmup_steps  # 05's default
     ordered = [examples[i] for b in course_order(len(examples), steps, batch_size, seed) for i in b]
-    opt, sched = course_optimizer(hf_model, steps, lr, warm, min_lr_ratio, schedule, weight_decay, torch.device(device).type)
+    opt, sched = course_optimizer(hf_model, steps, lr, warm, min_lr_ratio, schedule, weight_decay,
+                                  torch.device(device).type)
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=batch_size, max_steps=steps, max_grad_norm=grad_clip,
-                                 train_sampling_strategy="sequential", save_strategy="no", logging_strategy="no",
-                                 report_to="none", use_cpu=str(device) == "cpu", seed=seed, dataloader_num_workers=0,
-                                 dataloader_pin_memory=False, remove_unused_columns=False, disable_tqdm=not progress)
+        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=batch_size, max_steps=steps,
+                                 max_grad_norm=grad_clip, train_sampling_strategy="sequential", save_strategy="no",
+                                 logging_strategy="no", report_to="none", use_cpu=str(device) == "cpu", seed=seed,
+                                 dataloader_num_workers=0, dataloader_pin_memory=False, remove_unused_columns=False,
+                                 disable_tqdm=not progress)
         t = _course_trainer()(model=hf_model, args=args, train_dataset=ordered, optimizers=(opt, sched),
                               data_collator=partial(hf_collate, pad_id=enc.eot_token))
         if not progress: t.remove_callback(PrinterCallback)
@@ -117,12 +122,14 @@ def check_hf_out(out_dir: str | os.PathLike,  # the folder `hf_finetune` would w
                  overwrite: bool = False,  # replace an earlier `hf_finetune` run there
                  flags: bool = False,  # name arguments as command-line flags in messages
                 ) -> None:
-    "Refuse a folder where saving would lose work: a file, another run, other files, or (unless `overwrite`) an earlier run."
+    ("Refuse a folder where saving would lose work: a file, another run, other files, or (unless "
+     "`overwrite`) an earlier run.")
     d, name = Path(out_dir), "--out" if flags else "out_dir"
     if d.exists() and not d.is_dir(): raise FileExistsError(f"{name} {d} is a file, not a folder; choose a folder")
     if not d.is_dir() or not any(d.iterdir()): return
     theirs = sorted({p.name for pat in _OTHER_RUNS for p in d.glob(pat)})
-    if theirs: raise FileExistsError(f"{name} {d} holds another run's files ({', '.join(theirs[:4])}); choose a new folder")
+    if theirs: raise FileExistsError(f"{name} {d} holds another run's files ({', '.join(theirs[:4])}); "
+                                     "choose a new folder")
     try: ours = json.loads((d / "summary.json").read_text()).get("kind") == KIND
     except (OSError, ValueError, AttributeError): ours = False
     if not ours: raise FileExistsError(f"{name} {d} is not empty and holds no earlier `sft --trainer hf` run; "
@@ -138,21 +145,23 @@ def _records(data, sources: list) -> list[dict]:
     out = []
     for item in ([data] if isinstance(data, (str, os.PathLike)) else list(data)):
         s = instruction_data(str(item)); sources.append(s.report); out += s
-    if not out: raise ValueError(f"no usable instruction records in {data!r}: " + "; ".join(describe_data(r) for r in sources))
+    if not out:
+        raise ValueError(f"no usable instruction records in {data!r}: " + "; ".join(describe_data(r) for r in sources))
     return out
 
 # %% ../nbs/13_hf.ipynb #d0c6c235
-def hf_finetune(init,  # course checkpoint / run dir / HF dir / HF id, or a (GPT, Encoding) pair (not modified)
-                data="auto",  # as 05's `finetune`: "auto", "alpaca", "dolly", "builtin", a file, a list of those, or records
-                out_dir: str | os.PathLike = "runs/sft-hf",  # gets config.json + model.safetensors (a HF folder) and summary.json
-                steps: int | None = None, epochs: float = 1.0, batch_size: int = 8, lr: float = 1e-4,
-                warmup_steps: int | None = None, min_lr_ratio: float = 0.1, schedule: str = "cosine",
-                weight_decay: float = 0.0, grad_clip: float = 1.0, val_frac: float = 0.1, eval_batches: int | None = None,
-                overlong: str = "truncate", seed: int = 0, device: str = "cpu",  # all as 05's `finetune`
-                overwrite: bool = False,  # replace an earlier hf_finetune run in out_dir
-                progress: bool = True,  # the Trainer's progress bar, and what data was loaded
-                flags: bool = False,  # name arguments as command-line flags in error messages
-               ) -> dict:
+def hf_finetune(
+    init,  # course checkpoint / run dir / HF dir / HF id, or a (GPT, Encoding) pair (not modified)
+    data="auto",  # as 05's `finetune`: "auto", "alpaca", "dolly", "builtin", a file, a list of those, or records
+    out_dir: str | os.PathLike = "runs/sft-hf",  # gets config.json + model.safetensors (a HF folder) and summary.json
+    steps: int | None = None, epochs: float = 1.0, batch_size: int = 8, lr: float = 1e-4,
+    warmup_steps: int | None = None, min_lr_ratio: float = 0.1, schedule: str = "cosine",
+    weight_decay: float = 0.0, grad_clip: float = 1.0, val_frac: float = 0.1, eval_batches: int | None = None,
+    overlong: str = "truncate", seed: int = 0, device: str = "cpu",  # all as 05's `finetune`
+    overwrite: bool = False,  # replace an earlier hf_finetune run in out_dir
+    progress: bool = True,  # the Trainer's progress bar, and what data was loaded
+    flags: bool = False,  # name arguments as command-line flags in error messages
+) -> dict:
     "Notebook 05's instruction tuning run by transformers' Trainer; returns a summary (losses, counts, the HF folder)."
     args = {k: v for k, v in locals().items() if k not in ("init", "data", "flags")}
     check_finetune_args(flags=flags, **{k: v for k, v in args.items() if k not in ("out_dir", "overwrite", "progress")})
@@ -173,10 +182,11 @@ def hf_finetune(init,  # course checkpoint / run dir / HF dir / HF id, or a (GPT
         hf = to_transformers(model, tmp).to(device)
     val_before = val(model.to(device))
     t0 = time.time()
-    losses = hf_train(hf, train_ds, enc, steps, batch_size, lr, warmup_steps, min_lr_ratio, schedule, weight_decay, grad_clip,
-                      seed, device, progress)
+    losses = hf_train(hf, train_ds, enc, steps, batch_size, lr, warmup_steps, min_lr_ratio, schedule, weight_decay,
+                      grad_clip, seed, device, progress)
     seconds, out = time.time() - t0, Path(out_dir)
-    with _no_bars(): hf.save_pretrained(out)  # transformers' own writer: config.json, model.safetensors, generation_config.json
+    # transformers' own writer: config.json, model.safetensors, generation_config.json
+    with _no_bars(): hf.save_pretrained(out)
     val_after = val(GPT.from_pretrained(out).to(device))  # measured on what was saved, read back by notebook 03
     summary = {"kind": KIND, "checkpoint": str(out), "val_loss_before": val_before, "val_loss_after": val_after,
                "train_losses": [[i + 1, l] for i, l in enumerate(losses)], "steps": steps, "seconds": seconds,
@@ -214,15 +224,19 @@ def text_metrics(model, enc,  # a course GPT and its tokenizer
 # %% ../nbs/13_hf.ipynb #e9ad3382
 def cli(argv: list[str] | None = None) -> int:
     "`nanogpt-course sft --trainer hf`: notebook 05's instruction fine-tuning run by Hugging Face's Trainer."
-    p, _ = sft_parser("nanogpt-course sft --trainer hf", "runs/sft-hf", "output folder: a Hugging Face GPT-2 folder plus summary.json",
-                      cli.__doc__)  # notebook 05's flags; LoRA, --eval-every, --max-seconds and --dtype are 05's loop only
+    p, _ = sft_parser("nanogpt-course sft --trainer hf", "runs/sft-hf",
+                      # notebook 05's flags; LoRA, --eval-every, --max-seconds and --dtype are 05's loop only
+                      "output folder: a Hugging Face GPT-2 folder plus summary.json", cli.__doc__)
     a = p.parse_args(argv)
-    kw = {k: getattr(a, k) for k in ("steps", "epochs", "batch_size", "lr", "warmup_steps", "schedule", "min_lr_ratio", "weight_decay",
-                                      "grad_clip", "val_frac", "overlong", "eval_batches", "seed", "device", "overwrite")}
+    kw = {k: getattr(a, k) for k in ("steps", "epochs", "batch_size", "lr", "warmup_steps", "schedule", "min_lr_ratio",
+                                     "weight_decay",
+                                      "grad_clip", "val_frac", "overlong", "eval_batches", "seed", "device",
+                                      "overwrite")}
     try:
         import transformers, accelerate  # noqa: F401  (the Trainer needs both)
     except ImportError as e:
-        print(f"nanogpt-course sft: error: --trainer hf needs {e.name}: pip install transformers accelerate", file=sys.stderr); return 2
+        print(f"nanogpt-course sft: error: --trainer hf needs {e.name}: pip install transformers accelerate",
+              file=sys.stderr); return 2
     try: s = hf_finetune(a.init, a.data or "auto", a.out, progress=not a.no_progress, flags=True, **kw)
     except (ValueError, OSError, RuntimeError) as e:  # bad flags, data or model: a sentence, not a traceback
         print(f"nanogpt-course sft: error: {e}", file=sys.stderr); return 2

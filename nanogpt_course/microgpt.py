@@ -49,14 +49,17 @@ def _pow(self, n):
     if isinstance(n, Value): return _pow_value(self, n)
     if not isinstance(n, (int, float)): return NotImplemented
     x = self.data
-    if x < 0 and n != int(n): raise ValueError(f"Value({x:g}) ** {n}: a negative number to a fractional power is not real")
+    if x < 0 and n != int(n): raise ValueError(f"Value({x:g}) ** {n}: a negative number to a fractional "
+                                               "power is not real")
     if x == 0 and n < 0: raise ZeroDivisionError(f"Value(0) ** {n}: zero to a negative power divides by zero")
-    d = 0.0 if n == 0 else (math.inf if x == 0 and n < 1 else n * x ** (n - 1))  # infinite at 0 for 0 < n < 1, as in PyTorch
+    # infinite at 0 for 0 < n < 1, as in PyTorch
+    d = 0.0 if n == 0 else (math.inf if x == 0 and n < 1 else n * x ** (n - 1))
     return Value(x ** n, (self,), (d,))
 
 def _pow_value(base: Value, exponent: Value) -> Value:
     a, b = base.data, exponent.data
-    if a <= 0: raise ValueError(f"{a:g} ** Value({b:g}): with a Value exponent the base must be above 0 (its gradient has log(base))")
+    if a <= 0: raise ValueError(f"{a:g} ** Value({b:g}): with a Value exponent the base must be above 0 (its "
+                                "gradient has log(base))")
     out = a ** b
     return Value(out, (base, exponent), (b * a ** (b - 1), out * math.log(a)))
 
@@ -64,8 +67,8 @@ def _rpow(self, base):  # base ** self, base a number
     return _pow_value(Value(base), self) if isinstance(base, (int, float)) else NotImplemented
 
 def _exp(self):
-    if self.data > 709.78: raise OverflowError(f"exp({self.data:g}) is too big for a float (the limit is about exp(709)): "
-                                              "subtract the largest value first, as softmax does")
+    if self.data > 709.78: raise OverflowError(f"exp({self.data:g}) is too big for a float (the limit is "
+                                              "about exp(709)): subtract the largest value first, as softmax does")
     e = math.exp(self.data)
     return Value(e, (self,), (e,))
 
@@ -151,10 +154,11 @@ def init_weights(cfg: Config, seed: int = 0, std: float = 0.08) -> dict[str, lis
     rng, C = random.Random(seed), cfg.n_embd
     shapes = {"wte": (cfg.vocab_size, C), "wpe": (cfg.block_size, C)}
     for i in range(cfg.n_layer):
-        shapes |= {f"h.{i}.attn.c_q": (C, C), f"h.{i}.attn.c_k": (C, C), f"h.{i}.attn.c_v": (C, C), f"h.{i}.attn.c_proj": (C, C),
-                   f"h.{i}.mlp.c_fc": (4 * C, C), f"h.{i}.mlp.c_proj": (C, 4 * C)}
+        shapes |= {f"h.{i}.attn.c_q": (C, C), f"h.{i}.attn.c_k": (C, C), f"h.{i}.attn.c_v": (C, C),
+                   f"h.{i}.attn.c_proj": (C, C), f"h.{i}.mlp.c_fc": (4 * C, C), f"h.{i}.mlp.c_proj": (C, 4 * C)}
     shapes["lm_head"] = (cfg.vocab_size, C)  # not tied to wte: one matrix fewer to explain
-    return {k: [[Value(rng.gauss(0.0, std)) for _ in range(cols)] for _ in range(rows)] for k, (rows, cols) in shapes.items()}
+    return {k: [[Value(rng.gauss(0.0, std)) for _ in range(cols)] for _ in range(rows)]
+            for k, (rows, cols) in shapes.items()}
 
 def parameters(weights: dict[str, list[list[Value]]]) -> list[Value]:
     "Every weight in one flat list, always in the same order (the optimizer's state follows it)."
@@ -187,7 +191,8 @@ def softmax(logits: list[Value]) -> list[Value]:
 
 # %% ../nbs/11_microgpt.ipynb #15135bde
 def attention(q: list[Value], keys: list[list[Value]], values: list[list[Value]], n_head: int) -> list[Value]:
-    "One position's causal self-attention: each head scores its slice of q against the keys so far, then mixes their values."
+    ("One position's causal self-attention: each head scores its slice of q against the keys so far, then "
+     "mixes their values.")
     hs, out = len(q) // n_head, []
     for s in range(0, len(q), hs):  # the head that owns numbers s:s+hs of q, k and v
         att = softmax([sum(qi * ki for qi, ki in zip(q[s:s + hs], k[s:s + hs])) * (1 / math.sqrt(hs)) for k in keys])
@@ -218,7 +223,8 @@ def cross_entropy(logits: list[Value], target: int) -> Value:
 
 def loss_fn(weights: dict, cfg: Config, tokens: list[int]) -> Value:
     "Mean cross-entropy of predicting each token from those before it (the first block_size predictions)."
-    if len(tokens) < 2: raise ValueError(f"need at least 2 tokens (one to predict from, one to predict), got {len(tokens)}")
+    if len(tokens) < 2: raise ValueError("need at least 2 tokens (one to predict from, one to predict), "
+                                         f"got {len(tokens)}")
     if not all(isinstance(t, int) and 0 <= t < cfg.vocab_size for t in tokens):
         raise ValueError(f"token ids must be whole numbers from 0 to {cfg.vocab_size - 1}, got {tokens}")
     n, cache = min(cfg.block_size, len(tokens) - 1), new_cache(cfg)
@@ -227,7 +233,8 @@ def loss_fn(weights: dict, cfg: Config, tokens: list[int]) -> Value:
 # %% ../nbs/11_microgpt.ipynb #b77c67ea
 class Adam:
     "Adam: a running mean of each gradient and of its square, both corrected for starting at 0."
-    def __init__(self, params: list[Value], lr: float = 1e-2, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8):
+    def __init__(self, params: list[Value], lr: float = 1e-2, betas: tuple[float, float] = (0.9, 0.99),
+                 eps: float = 1e-8):
         if not lr > 0: raise ValueError(f"Adam's lr must be above 0, not {lr}")
         if not all(0 <= b < 1 for b in betas): raise ValueError(f"Adam's betas must each be in [0, 1), not {betas}")
         self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
@@ -246,7 +253,8 @@ class Adam:
 
 @contextmanager
 def gc_paused():
-    "Pause Python's cycle collector: a Value graph holds no cycles (reference counting frees it); the collector only re-scans it."
+    ("Pause Python's cycle collector: a Value graph holds no cycles (reference counting frees it); the collector "
+     "only re-scans it.")
     was = gc.isenabled(); gc.disable()
     try: yield
     finally:
@@ -254,7 +262,8 @@ def gc_paused():
 
 def train(weights: dict, cfg: Config, names: list[str], steps: int, lr: float = 1e-2, seed: int = 0) -> list[float]:
     "`steps` Adam steps of one name each (shuffled by `seed`), lr falling linearly to 0; returns every step's loss."
-    if not isinstance(steps, int) or steps < 1: raise ValueError(f"steps must be a whole number of at least 1, not {steps!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a whole number of at least 1, not {steps!r}")
     if not names: raise ValueError("names is empty: train needs at least one name")
     order, opt, losses = random.Random(seed).sample(names, len(names)), Adam(parameters(weights), lr), []
     with gc_paused():
@@ -267,7 +276,8 @@ def train(weights: dict, cfg: Config, names: list[str], steps: int, lr: float = 
 # %% ../nbs/11_microgpt.ipynb #305b18bf
 def sample(weights: dict, cfg: Config, rng: random.Random, temperature: float = 1.0) -> str:
     "A made-up name: from the end mark, draw each next letter from softmax(logits / temperature) until the end mark."
-    if not temperature > 0: raise ValueError(f"temperature must be above 0 (1 samples the model as it is, lower is safer), not {temperature}")
+    if not temperature > 0: raise ValueError("temperature must be above 0 (1 samples the model as it is, lower is "
+                                             f"safer), not {temperature}")
     token, out, cache = 0, [], new_cache(cfg)
     with gc_paused():
         for pos in range(cfg.block_size):

@@ -23,15 +23,18 @@ __all__ = ['PRESETS', 'MLP_KINDS', 'GPTConfig', 'make_mlp', 'cross_entropy', 'GP
 class GPTConfig:
     "The hyper-parameters of a GPT; defaults are GPT-2 124M's."
     block_size: int = 1024  # context length: GPT-2 was trained on 1,024-token windows (n_positions)
-    vocab_size: int = 50257  # GPT-2's BPE: 256 bytes + 50,000 merges + <|endoftext|>; 50304 (a multiple of 64) is faster on GPUs
+    # GPT-2's BPE: 256 bytes + 50,000 merges + <|endoftext|>; 50304 (a multiple of 64) is faster on GPUs
+    vocab_size: int = 50257
     n_layer: int = 12  # number of transformer blocks
     n_head: int = 12  # attention heads per block; head size = n_embd // n_head = 64
     n_embd: int = 768  # width of the residual stream
-    dropout: float = 0.0  # GPT-2 used 0.1; nanoGPT uses 0 for pretraining on lots of data, 0.1+ for fine-tuning small sets
+    # GPT-2 used 0.1; nanoGPT uses 0 for pretraining on lots of data, 0.1+ for fine-tuning small sets
+    dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2; nanoGPT finds False a little faster and no worse
     n_expert: int = 0  # 0: one dense MLP per block, as GPT-2; E > 0: a mixture of E expert MLPs (appendix A4)
     n_expert_active: int = 1  # with experts: how many each token is routed to (top-k)
-    aux_loss_coef: float = 0.01  # with experts: weight of the load-balancing loss added to the training loss (Switch Transformer's 0.01)
+    # with experts: weight of the load-balancing loss added to the training loss (Switch Transformer's 0.01)
+    aux_loss_coef: float = 0.01
 
     def __post_init__(self):
         for f in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -73,11 +76,13 @@ PRESETS: dict[str, dict] = {
     # small models that train on a laptop CPU (vocab_size stays GPT-2's; override it for a trained tokenizer)
     "tiny":  dict(n_layer=2, n_head=2, n_embd=64, block_size=64),     # tests and smoke runs
     "small": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),   # the notebooks' runs
-    "mini":  dict(n_layer=6, n_head=6, n_embd=192, block_size=256),   # the main job (notebook 09): samples that read like text
+    # the main job (notebook 09): samples that read like text
+    "mini":  dict(n_layer=6, n_head=6, n_embd=192, block_size=256),
 }
 
 # %% ../nbs/03_model.ipynb #aa62c017
-# each block's feed-forward part: GPT-2's dense MLP (notebook 02) or, with n_expert > 0, appendix A4's mixture of experts.
+# each block's feed-forward part: GPT-2's dense MLP (notebook
+# 02) or, with n_expert > 0, appendix A4's mixture of experts.
 # Found by name, the way transformers' Auto classes find a model type, so this lesson never imports a later one.
 MLP_KINDS: dict[str, str] = {"dense": "nanogpt_course.block:MLP", "moe": "nanogpt_course.moe:MoE"}
 
@@ -99,7 +104,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         valid = targets != ignore_index
         tgt = torch.where(valid, targets, 0)  # ignored rows point at token 0; their weight is 0
         n = valid.sum()
-        loss = ((lse - logits.gather(1, tgt[:, None])[:, 0]) * valid).sum() / n  # NaN when every row is ignored, as PyTorch
+        # NaN when every row is ignored, as PyTorch
+        loss = ((lse - logits.gather(1, tgt[:, None])[:, 0]) * valid).sum() / n
         ctx.save_for_backward(logits, lse, tgt, valid, n)
         ctx.chunk = chunk
         return loss
@@ -192,13 +198,15 @@ def _check_idx(self: GPT, idx: torch.Tensor, offset: int = 0, pos: torch.Tensor 
 
 # %% ../nbs/03_model.ipynb #846be20c
 @patch
-def hidden_states(self: GPT,
-                  idx: torch.Tensor,  # (B, T) token ids
-                  cache: KVCache | None = None,  # KV cache to read and extend (generation), or None
-                  check: bool = True,  # validate idx (generation skips it for the ids it sampled itself)
-                  pos: torch.Tensor | None = None,  # (B, T) or (T,) position of each token when not 0..T-1 (packed rows)
-                  attn_mask: torch.Tensor | None = None,  # (B, 1, T, T) or (T, T), as SDPA takes it (bool or additive); causal when None
-                 ) -> torch.Tensor:
+def hidden_states(
+    self: GPT,
+    idx: torch.Tensor,  # (B, T) token ids
+    cache: KVCache | None = None,  # KV cache to read and extend (generation), or None
+    check: bool = True,  # validate idx (generation skips it for the ids it sampled itself)
+    pos: torch.Tensor | None = None,  # (B, T) or (T,) position of each token when not 0..T-1 (packed rows)
+    # (B, 1, T, T) or (T, T), as SDPA takes it (bool or additive); causal when None
+    attn_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     "The final residual stream after ln_f, (B, T, n_embd)."
     offset, T = (cache.pos if cache is not None else 0), idx.size(-1)
     if pos is not None and cache is not None: raise ValueError("pos cannot be combined with a KV cache")
@@ -228,7 +236,8 @@ def forward(self: GPT,
             raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
         loss = cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         aux = [b.mlp.aux_loss for b in self.transformer.h if getattr(b.mlp, "aux_loss", None) is not None]
-        if aux: loss = loss + self.config.aux_loss_coef * torch.stack(aux).mean()  # experts' load balancing (appendix A4)
+        # experts' load balancing (appendix A4)
+        if aux: loss = loss + self.config.aux_loss_coef * torch.stack(aux).mean()
     return logits, loss
 
 # %% ../nbs/03_model.ipynb #9eadf83d
@@ -319,10 +328,11 @@ def _from_hf_names(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 # %% ../nbs/03_model.ipynb #dc1ad11a
 @patch(cls_method=True)
-def from_pretrained(cls: GPT,
-                    name_or_dir: str | os.PathLike,  # a Hugging Face model id ("gpt2", "gpt2-xl", ...) or a local directory
-                    **overrides,  # GPTConfig fields to change, e.g. dropout=0.1 for fine-tuning
-                   ) -> GPT:
+def from_pretrained(
+    cls: GPT,
+    name_or_dir: str | os.PathLike,  # a Hugging Face model id ("gpt2", "gpt2-xl", ...) or a local directory
+    **overrides,  # GPTConfig fields to change, e.g. dropout=0.1 for fine-tuning
+) -> GPT:
     "A GPT with the weights of a Hugging Face GPT-2 (a model id, which needs the network, or a directory)."
     d = _hf_dir(name_or_dir)
     config = config_from_hf(json.loads((d / "config.json").read_text()), **overrides)
@@ -362,15 +372,17 @@ def _to_hf_names(state_dict: dict[str, torch.Tensor], bias: bool) -> dict[str, t
 
 # %% ../nbs/03_model.ipynb #8f5ed241
 @patch
-def save_pretrained(self: GPT,
-                    save_dir: str | os.PathLike,  # directory to create or overwrite
-                    eos_token_id: int | None = None,  # end-of-text id for config.json; default 50256 with GPT-2's vocabulary
-                   ):
+def save_pretrained(
+    self: GPT,
+    save_dir: str | os.PathLike,  # directory to create or overwrite
+    eos_token_id: int | None = None,  # end-of-text id for config.json; default 50256 with GPT-2's vocabulary
+):
     "Write a Hugging Face GPT-2 directory (config.json + model.safetensors) that transformers loads."
     from safetensors.torch import save_file
     if self.config.n_expert:
-        raise ValueError(f"this model has {self.config.n_expert} experts per block (appendix A4); GPT-2's Hugging Face format has "
-                         "one dense MLP per block and no router, so it cannot hold them: keep the course checkpoint (load_model reads it)")
+        raise ValueError(f"this model has {self.config.n_expert} experts per block (appendix A4); GPT-2's Hugging "
+                         "Face format has one dense MLP per block and no router, so it cannot hold them: keep the "
+                         "course checkpoint (load_model reads it)")
     d = Path(save_dir); d.mkdir(parents=True, exist_ok=True)
     hf = _hf_config(self.config, eos_token_id)
     sd = _to_hf_names(self.state_dict(), self.config.bias)
@@ -426,7 +438,8 @@ def _as_idx(self: GPT, idx) -> torch.Tensor:
 # %% ../nbs/03_model.ipynb #c9a8ddd3
 @patch
 def _prompt_buffer(self: GPT, idx, max_new_tokens: int) -> tuple[torch.Tensor, int]:
-    "(B, T0 + max_new_tokens) ids that start with the prompt, cropped to its last block_size tokens (with a warning); and T0."
+    ("(B, T0 + max_new_tokens) ids that start with the prompt, cropped to its last block_size tokens (with a "
+     "warning); and T0.")
     bs = self.config.block_size
     idx = self._as_idx(idx)
     self._check_idx(idx[:, -bs:])
@@ -516,7 +529,8 @@ def stream(self: GPT,
     "Yield the new token ids one at a time, as they are generated (one sequence)."
     if isinstance(idx, torch.Tensor) and idx.dim() == 2 and idx.size(0) != 1:
         raise ValueError(f"stream generates one sequence; idx has batch size {idx.size(0)} (use generate for batches)")
-    steps = self._steps(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, n_vocab)  # runs nothing yet
+    # runs nothing yet
+    steps = self._steps(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, n_vocab)
     while True:
         with torch.inference_mode():  # only around model work: the consumer's code runs outside it
             try: nxt, _ = next(steps)

@@ -31,26 +31,34 @@ def route(logits: torch.Tensor,  # (N, E) the router's score of each expert for 
 def load_balancing_loss(probs: torch.Tensor,   # (N, E) router probabilities
                         chosen: torch.Tensor,  # (N, k) the experts each token went to
                        ) -> torch.Tensor:
-    "Switch Transformer's auxiliary loss E * sum_i f_i * P_i: 1 when the tokens are spread evenly, up to E when one expert takes all."
+    ("Switch Transformer's auxiliary loss E * sum_i f_i * P_i: 1 when the tokens are spread evenly, up to E when one "
+     "expert takes all.")
     E = probs.size(-1)
-    f = torch.bincount(chosen.flatten(), minlength=E).float() / chosen.numel()  # share of the routed slots each expert took
-    P = probs.mean(0)                                                           # mean probability the router gave each expert
+    # share of the routed slots each expert took
+    f = torch.bincount(chosen.flatten(), minlength=E).float() / chosen.numel()
+    # mean probability the router gave each expert
+    P = probs.mean(0)
     return E * (f * P).sum()  # f counts (no gradient); P carries the gradient that pushes load off busy experts
 
 # %% ../nbs/14_moe.ipynb #06142a84
 class MoE(nn.Module):
-    "`n_expert` of notebook 02's MLPs and a router: each token goes to `n_expert_active` of them, weighted by its gates."
+    ("`n_expert` of notebook 02's MLPs and a router: each token goes to `n_expert_active` of them, "
+     "weighted by its gates.")
     def __init__(self, config):  # a GPTConfig with n_expert > 0 (notebook 03)
         super().__init__()
         self.n_expert, self.k = config.n_expert, config.n_expert_active
-        self.router = nn.Linear(config.n_embd, config.n_expert, bias=False)  # one score per expert, from the token alone
+        # one score per expert, from the token alone
+        self.router = nn.Linear(config.n_embd, config.n_expert, bias=False)
         self.experts = nn.ModuleList([MLP(config) for _ in range(config.n_expert)])
-        self.aux_loss = None  # this forward's balancing loss while training; GPT.forward adds it to the loss (notebook 03)
+        # this forward's balancing loss while training; GPT.forward adds it to the loss (notebook 03)
+        self.aux_loss = None
         self.reset_stats()
 
     def reset_stats(self):
-        "Count again from zero: tokens per expert (E), the balancing loss's sum and the number of training forwards, in one tensor."
-        self.stats = torch.zeros(self.n_expert + 2)  # a tensor, not Python numbers, so torch.compile need not recompile as they change
+        ("Count again from zero: tokens per expert (E), the balancing loss's sum and the number of training "
+         "forwards, in one tensor.")
+        # a tensor, not Python numbers, so torch.compile need not recompile as they change
+        self.stats = torch.zeros(self.n_expert + 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
         shape = x.shape
@@ -72,7 +80,8 @@ class MoE(nn.Module):
 
 # %% ../nbs/14_moe.ipynb #a100e503
 def active_params(model: GPT) -> int:
-    "Parameters one token passes through: the model's, less the experts it is not routed to (the position table included)."
+    ("Parameters one token passes through: the model's, less the experts it is not routed to (the position "
+     "table included).")
     c = model.config
     if not c.n_expert: return model.num_params()
     per_expert = sum(p.numel() for p in model.transformer.h[0].mlp.experts[0].parameters())
@@ -80,18 +89,23 @@ def active_params(model: GPT) -> int:
 
 # %% ../nbs/14_moe.ipynb #f05ee12b
 def expert_stats(model: GPT, world: int = 1) -> dict:
-    "Each layer's share of routed tokens per expert, and the mean balancing loss, since the last call; the counters restart."
+    ("Each layer's share of routed tokens per expert, and the mean balancing loss, since the last call; the "
+     "counters restart.")
     layers = [b.mlp for b in model.transformer.h if hasattr(b.mlp, "reset_stats")]  # the MoE layers (by what they do)
     if not layers: return {}
     dev = next(model.parameters()).device
-    stats = torch.stack([m.stats.to(dev) for m in layers])  # (L, E + 2): tokens per expert, balancing-loss sum, forwards
+    # (L, E + 2): tokens per expert, balancing-loss sum, forwards
+    stats = torch.stack([m.stats.to(dev) for m in layers])
     if world > 1: dist.all_reduce(stats)                     # every rank's tokens and losses
     for m in layers: m.reset_stats()
     tokens, aux_sum, n = stats[:, :-2], stats[:, -2], stats[:, -1]
     if not n.any(): return {}                                # nothing trained since the last call (step 0)
     share = tokens / tokens.sum(-1, keepdim=True)
-    return dict(aux_loss=(aux_sum / n).mean().item(), expert_share=[[round(v, 4) for v in row] for row in share.tolist()])
+    return dict(aux_loss=(aux_sum / n).mean().item(),
+                expert_share=[[round(v, 4) for v in row] for row in share.tolist()])
 
 def moe_hook(cfg: TrainConfig) -> EvalHook:
-    "Pretraining's hook (notebook 04b) that logs `expert_stats` at each validation step: the balancing loss and each expert's share."
-    return EvalHook("experts", cfg.eval_every or cfg.save_every or cfg.max_steps, lambda model, enc, device, rank, world: expert_stats(model, world))
+    ("Pretraining's hook (notebook 04b) that logs `expert_stats` at each validation step: the balancing loss and "
+     "each expert's share.")
+    return EvalHook("experts", cfg.eval_every or cfg.save_every or cfg.max_steps, lambda model, enc, device, rank,
+                    world: expert_stats(model, world))

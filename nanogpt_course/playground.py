@@ -12,14 +12,15 @@ from fastcore.basics import patch
 from fastcore.meta import delegates
 
 import torch
+from .checkpoint import load_model
 from .serve import Engine, Job, SamplingParams
 
 # %% auto #0
 __all__ = ['CHECKPOINT_SUFFIXES', 'CHECKPOINTS_ENV', 'NOT_LANGUAGE_MODELS', 'NONE', 'demo_model', 'token_text', 'TokenStep',
            'top_alternatives', 'token_step', 'prob_colour', 'fmt_prob', 'tokens_html', 'legend_html',
            'alternatives_html', 'attention_matrix', 'attention_figure', 'figure_png', 'prompt_attention',
-           'find_checkpoints', 'gpt2_cached', 'model_choices', 'load_choice', 'input_widgets', 'output_widgets',
-           'PlaygroundLayout', 'Playground', 'playground', 'notebook_path', 'playground_parser', 'cli']
+           'find_checkpoints', 'gpt2_cached', 'model_choices', 'input_widgets', 'output_widgets', 'PlaygroundLayout',
+           'Playground', 'playground', 'notebook_path', 'playground_parser', 'cli']
 
 # %% ../nbs/08_playground.ipynb #f4daa222
 def demo_model(preset:str="tiny", # a `GPTConfig` preset small enough for a CPU
@@ -96,20 +97,25 @@ def tokens_html(steps:list,            # the `TokenStep`s generated so far
 # %% ../nbs/08_playground.ipynb #dc274cfa
 def legend_html() -> str:
     "A small colour scale explaining the token colours."
-    cells = "".join(f'<span style="background:{prob_colour(p)};padding:0 6px">{p:.2f}</span>' for p in (0, .25, .5, .75, 1))
-    return f'<div style="font-size:90%">probability the model gave each token: {cells} (hover a token for its top-5 alternatives)</div>'
+    cells = "".join(f'<span style="background:{prob_colour(p)};padding:0 '
+                    f'6px">{p:.2f}</span>' for p in (0, .25, .5, .75, 1))
+    return (f'<div style="font-size:90%">probability the model gave each token: {cells} (hover a token for its top-5 '
+            'alternatives)</div>')
 
 def alternatives_html(step:TokenStep|None, i:int=0, title:str="") -> str:
     "A table of the top alternatives at one step, the chosen token in bold, with bars."
     if step is None: return f"<b>{html.escape(title)}</b>: no token yet"
     rows = "".join(
-        f'<tr><td style="font-family:monospace">{"<b>" if tid == step.id else ""}{html.escape(repr(t))}{"</b>" if tid == step.id else ""}</td>'
-        f'<td>{fmt_prob(q)}</td><td><div style="background:{prob_colour(q)};width:{max(1, round(150 * q))}px;height:10px"></div></td></tr>'
+        f'<tr><td style="font-family:monospace">{"<b>" if tid == step.id else ""}{html.escape(repr(t))}'
+        f'{"</b>" if tid == step.id else ""}</td>'
+        f'<td>{fmt_prob(q)}</td><td><div '
+        f'style="background:{prob_colour(q)};width:{max(1, round(150 * q))}px;height:10px"></div></td></tr>'
         for tid, t, q in step.alternatives)
     chosen = "" if any(tid == step.id for tid, _, _ in step.alternatives) else \
-        f'<tr><td style="font-family:monospace"><b>{html.escape(repr(step.text))}</b> (sampled)</td><td>{fmt_prob(step.prob)}</td><td></td></tr>'
-    return (f'<div><b>{html.escape(title)}</b> token #{i}: <code>{html.escape(repr(step.text))}</code> p={fmt_prob(step.prob)}'
-            f'<table>{rows}{chosen}</table></div>')
+        (f'<tr><td style="font-family:monospace"><b>{html.escape(repr(step.text))}</b> (sampled)</td>'
+         f'<td>{fmt_prob(step.prob)}</td><td></td></tr>')
+    return (f'<div><b>{html.escape(title)}</b> token #{i}: <code>{html.escape(repr(step.text))}</code> '
+            f'p={fmt_prob(step.prob)}<table>{rows}{chosen}</table></div>')
 
 # %% ../nbs/08_playground.ipynb #a95bef78
 def attention_matrix(model,          # a `GPT` with `attention_maps`
@@ -119,8 +125,10 @@ def attention_matrix(model,          # a `GPT` with `attention_maps`
                     ) -> torch.Tensor:
     "The (T, T) attention probabilities of one layer and head over `ids` (cropped to the context)."
     cfg = model.config
-    if not 0 <= layer < cfg.n_layer: raise ValueError(f"layer {layer} out of range: the model has {cfg.n_layer} layers (0..{cfg.n_layer - 1})")
-    if not 0 <= head < cfg.n_head: raise ValueError(f"head {head} out of range: the model has {cfg.n_head} heads (0..{cfg.n_head - 1})")
+    if not 0 <= layer < cfg.n_layer: raise ValueError(f"layer {layer} out of range: the model has {cfg.n_layer} layers "
+                                                      f"(0..{cfg.n_layer - 1})")
+    if not 0 <= head < cfg.n_head: raise ValueError(f"head {head} out of range: the model has {cfg.n_head} heads "
+                                                    f"(0..{cfg.n_head - 1})")
     ids = list(ids)[-cfg.block_size:]
     if not ids: raise ValueError("no tokens to attend over: the prompt is empty")
     device = next(model.parameters()).device
@@ -172,7 +180,8 @@ CHECKPOINTS_ENV = "NANOGPT_COURSE_PLAYGROUND_CHECKPOINTS"
 NOT_LANGUAGE_MODELS = ("classifier.pt",)  # notebook 12's classifiers: they label text and cannot generate
 
 def _default_paths() -> list:
-    "The paths in `$NANOGPT_COURSE_PLAYGROUND_CHECKPOINTS`, else `runs/` here or one folder up (notebooks run from `nbs/`)."
+    ("The paths in `$NANOGPT_COURSE_PLAYGROUND_CHECKPOINTS`, else `runs/` here or one folder up (notebooks "
+     "run from `nbs/`).")
     env = os.environ.get(CHECKPOINTS_ENV)
     if env: return [p for p in env.split(os.pathsep) if p]
     return [p for p in ("runs", os.path.join("..", "runs")) if os.path.isdir(p)]
@@ -181,8 +190,9 @@ def _label_for(p:Path) -> str:
     try: return str(p.resolve().relative_to(Path.cwd().resolve()))
     except ValueError: return str(p)
 
-def find_checkpoints(paths:list|None=None, # files or folders to search; default `$NANOGPT_COURSE_PLAYGROUND_CHECKPOINTS` or `runs/`
-                    ) -> dict:
+def find_checkpoints(
+    paths:list|None=None, # files or folders to search; default `$NANOGPT_COURSE_PLAYGROUND_CHECKPOINTS` or `runs/`
+) -> dict:
     "Course checkpoints and Hugging Face model directories under `paths`, as `{label: path}`."
     found = {}
     for p in (_default_paths() if paths is None else [paths] if isinstance(paths, (str, Path)) else paths):
@@ -191,9 +201,11 @@ def find_checkpoints(paths:list|None=None, # files or folders to search; default
         elif (p / "config.json").is_file() and (p / "model.safetensors").is_file(): found[_label_for(p)] = str(p)
         elif p.is_dir():
             for f in sorted(p.rglob("*")):
-                if f.name.startswith(".") or f.name in NOT_LANGUAGE_MODELS: continue  # a checkpoint being written (.ckpt.pt.tmp-123), a classifier
+                # a checkpoint being written (.ckpt.pt.tmp-123), a classifier
+                if f.name.startswith(".") or f.name in NOT_LANGUAGE_MODELS: continue
                 if f.is_file() and f.suffix in CHECKPOINT_SUFFIXES: found[_label_for(f)] = str(f)
-                elif f.name == "config.json" and (f.parent / "model.safetensors").is_file(): found[_label_for(f.parent)] = str(f.parent)
+                elif f.name == "config.json" and (f.parent / "model.safetensors").is_file():
+                    found[_label_for(f.parent)] = str(f.parent)
     return found
 
 # %% ../nbs/08_playground.ipynb #c9f58ac1
@@ -215,13 +227,6 @@ def model_choices(models=None,     # {name: (model, enc) or path/HF id}, a list 
     if gpt2 is True or (gpt2 == "auto" and models is None and gpt2_cached()): choices.setdefault("gpt2", "gpt2")
     return choices
 
-def load_choice(spec, device:str="cpu"):
-    "Turn a model choice into `(model, enc)`: a pair is returned as is; a path or HF id goes through notebook 03b's `load_model`."
-    if isinstance(spec, tuple): return spec
-    from nanogpt_course.checkpoint import load_model
-    model, enc = load_model(spec, device=device)
-    return model.eval(), enc
-
 # %% ../nbs/08_playground.ipynb #96bb58a8
 NONE = "(none)"  # the "compare with" choice that shows a single pane
 
@@ -241,7 +246,8 @@ def input_widgets(names:list,            # the models offered
     pen = dict(min=-2.0, max=2.0, step=0.1, **wide)
     return dict(
         model_a=W.Dropdown(options=names, value=names[0], description="model", **wide),
-        model_b=W.Dropdown(options=[NONE] + names, value=compare if compare in names else NONE, description="compare with", **wide),
+        model_b=W.Dropdown(options=[NONE] + names, value=compare if compare in names else NONE,
+                           description="compare with", **wide),
         mode=W.ToggleButtons(options=["text", "instruction", "chat"], value=mode, description="mode"),
         prompt=W.Textarea(value=prompt, placeholder="Write a prompt (text mode) or an instruction", rows=4, **full),
         context=W.Textarea(placeholder="optional context / input for the instruction", rows=2, **full),
@@ -313,7 +319,8 @@ class Playground(PlaygroundLayout):
                  update_every:float=0.05, # seconds between HTML refreshes while streaming
                  **kwargs,                # initial widget values for `input_widgets` (mode, prompt, max_tokens, ...)
                 ):
-        if not models: raise ValueError("no models to offer: pass models={name: (model, enc)} or train one (nanogpt-course pretrain)")
+        if not models: raise ValueError("no models to offer: pass models={name: (model, enc)} or train one "
+                                        "(nanogpt-course pretrain)")
         self.choices, self.device, self.update_every = dict(models), device, update_every
         self._loaded = {k: v for k, v in self.choices.items() if isinstance(v, tuple)}
         self._load_lock, self._stop, self._thread = threading.Lock(), threading.Event(), None
@@ -347,7 +354,8 @@ def get_model(self:Playground, name:str):
     with self._load_lock:
         if name not in self._loaded:
             if name not in self.choices: raise ValueError(f"unknown model {name!r}; choose one of {list(self.choices)}")
-            self._loaded[name] = load_choice(self.choices[name], self.device)
+            spec = self.choices[name]  # a (model, enc) pair, or a path / HF id to load
+            self._loaded[name] = spec if isinstance(spec, tuple) else load_model(spec, device=self.device)
         return self._loaded[name]
 
 @patch
@@ -384,7 +392,8 @@ def _serve(self:Playground, name:str):
 
 @patch
 def _prepare(self:Playground, names:list, params:SamplingParams, inputs:dict) -> list:
-    "Load the models, build and check each pane's prompt, fit its max_tokens; raises ValueError with a message for the user."
+    ("Load the models, build and check each pane's prompt, fit its max_tokens; raises ValueError with a "
+     "message for the user.")
     panes = []
     for i, name in enumerate(names):
         self._set_status(f"Loading {name}…")
@@ -394,8 +403,9 @@ def _prepare(self:Playground, names:list, params:SamplingParams, inputs:dict) ->
         ids = enc.encode(text, allowed_special="all" if inputs["mode"] != "text" else set(), disallowed_special=())
         bs = model.config.block_size
         if len(ids) >= bs:
-            raise ValueError(f"the prompt is {len(ids)} tokens but {name!r} reads at most {bs} (its block_size), leaving no room "
-                             f"for an answer; shorten it by {len(ids) - bs + 1} tokens or pick a model with a longer context")
+            raise ValueError(f"the prompt is {len(ids)} tokens but {name!r} reads at most {bs} (its block_size), "
+                             f"leaving no room for an answer; shorten it by {len(ids) - bs + 1} tokens or pick a model "
+                             "with a longer context")
         p = dataclasses.replace(params, max_tokens=min(params.max_tokens, bs - len(ids)))
         panes.append(dict(name=name, model=model, enc=enc, text=text, ids=ids, params=p))
     return panes
@@ -424,7 +434,8 @@ def _show_attention(self:Playground):
         model, enc = self.get_model(self.model_a.value)
         self.attention, fig = prompt_attention(model, enc, self.prompt_ids[0], self.layer.value, self.head.value)
         self.figure, self.image.value = fig, figure_png(fig)
-        self.attention_note.value = f"{html.escape(self.model_a.value)}: layer {self.layer.value}, head {self.head.value}"
+        self.attention_note.value = (f"{html.escape(self.model_a.value)}: layer {self.layer.value}, head "
+                                     f"{self.head.value}")
     except Exception as e:
         self.attention_note.value = f'<span style="color:#cf222e">{html.escape(str(e))}</span>'
 
@@ -464,7 +475,8 @@ def _follow(self:Playground, jobs:list, panes:list) -> str|None:
 # %% ../nbs/08_playground.ipynb #a874a9d2
 @patch
 def _run(self:Playground, names:list, params:SamplingParams, inputs:dict):
-    "One generation, in the background thread: prepare, submit, follow, then draw; every outcome ends as a status message."
+    ("One generation, in the background thread: prepare, submit, follow, then draw; every outcome ends as "
+     "a status message.")
     jobs, t0 = [], time.perf_counter()
     try:
         panes = self._prepare(names, params, inputs)
@@ -473,7 +485,8 @@ def _run(self:Playground, names:list, params:SamplingParams, inputs:dict):
             self.headers[i].value = f"<b>{html.escape(p['name'])}</b> ({len(p['ids'])} prompt tokens)"
             self._render(i, p)
         self._set_status("Generating…")
-        self._jobs = jobs = [self.engine.submit(Job(p["name"], p["ids"], p["params"], return_logits=True)) for p in panes]
+        self._jobs = jobs = [self.engine.submit(Job(p["name"], p["ids"], p["params"], return_logits=True))
+                             for p in panes]
         if self._stop.is_set():  # Stop was pressed before the jobs existed
             for job in jobs: self.engine.cancel(job)
         error = self._follow(jobs, panes)
@@ -482,9 +495,11 @@ def _run(self:Playground, names:list, params:SamplingParams, inputs:dict):
         if inputs["mode"] == "chat":
             for i, p in enumerate(panes):
                 answer = p["enc"].decode([s.id for s in self.steps[i] if s.id != p["enc"].eot_token])
-                self.history[i] += [{"role": "user", "content": inputs["text"].strip()}, {"role": "assistant", "content": answer}]
+                self.history[i] += [{"role": "user", "content": inputs["text"].strip()},
+                                    {"role": "assistant", "content": answer}]
         self._after_generation(panes)
-        cut = "".join(f" {p['name']} stops at {p['params'].max_tokens} tokens, where its context ends." for i, p in enumerate(panes)
+        cut = "".join(f" {p['name']} stops at {p['params'].max_tokens} tokens, where its context ends."
+                      for i, p in enumerate(panes)
                       if p["params"].max_tokens < params.max_tokens and len(self.steps[i]) == p["params"].max_tokens)
         if self._stop.is_set(): self._set_status(f"Stopped after {n} tokens ({dt:.1f} s).", "warn")
         else: self._set_status(f"Done: {n} tokens in {dt:.1f} s ({n / max(dt, 1e-9):.0f} tokens/s).{cut}", "ok")
@@ -509,13 +524,15 @@ def generate(self:Playground) -> bool:
     names = [self.model_a.value] + ([self.model_b.value] if self.model_b.value != NONE else [])
     seed = int(self.seed.value)
     params = SamplingParams(max_tokens=int(self.max_tokens.value), temperature=float(self.temperature.value),
-                            top_k=int(self.top_k.value) or None, top_p=float(self.top_p.value), seed=seed if seed >= 0 else None,
-                            presence_penalty=float(self.presence_penalty.value), frequency_penalty=float(self.frequency_penalty.value))
+                            top_k=int(self.top_k.value) or None, top_p=float(self.top_p.value),
+                            seed=seed if seed >= 0 else None, presence_penalty=float(self.presence_penalty.value),
+                            frequency_penalty=float(self.frequency_penalty.value))
     self.last_error, self._jobs = None, []
     self._stop.clear()
     self.generate_button.disabled, self.stop_button.disabled = True, False
     inputs = dict(text=self.prompt.value, context=self.context.value, mode=self.mode.value)
-    self._thread = threading.Thread(target=self._run, args=(names, params, inputs), name="playground-generate", daemon=True)
+    self._thread = threading.Thread(target=self._run, args=(names, params, inputs), name="playground-generate",
+                                    daemon=True)
     self._thread.start()
     return True
 
@@ -538,12 +555,14 @@ def close(self:Playground):
     if self.engine is not None: self.engine.close()
 
 # %% ../nbs/08_playground.ipynb #5516a928
-def playground(models=None,          # {name: (model, enc) or path}, a list of paths, or None to search `paths`
-               paths=None,           # folders/files with course checkpoints (default `runs/` or $NANOGPT_COURSE_PLAYGROUND_CHECKPOINTS)
-               gpt2="auto",          # offer GPT-2's weights: True, False, or "auto" (only when already cached)
-               compare:str|None=None, # a second model shown side by side
-               **kwargs,             # initial values for `Playground` (prompt, mode, max_tokens, temperature, ...)
-              ):
+def playground(
+    models=None,          # {name: (model, enc) or path}, a list of paths, or None to search `paths`
+    # folders/files with course checkpoints (default `runs/` or $NANOGPT_COURSE_PLAYGROUND_CHECKPOINTS)
+    paths=None,
+    gpt2="auto",          # offer GPT-2's weights: True, False, or "auto" (only when already cached)
+    compare:str|None=None, # a second model shown side by side
+    **kwargs,             # initial values for `Playground` (prompt, mode, max_tokens, temperature, ...)
+):
     "Build the playground and return its widget tree (`.app` is the `Playground` behind it)."
     choices = model_choices(models, paths, gpt2)
     if not choices:
@@ -568,9 +587,11 @@ def playground_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = ap.add_argument_group("models")
     g.add_argument("--checkpoint", action="append", default=[], metavar="PATH",
-                   help="course checkpoint, run directory or Hugging Face directory to offer (repeatable); default: everything under runs/")
+                   help="course checkpoint, run directory or Hugging Face directory to offer (repeatable); default: "
+                        "everything under runs/")
     g = ap.add_argument_group("launch")
-    g.add_argument("--voila", action="store_true", help="serve the notebook as a standalone page with Voilà (pip install voila)")
+    g.add_argument("--voila", action="store_true",
+                   help="serve the notebook as a standalone page with Voilà (pip install voila)")
     g.add_argument("--port", type=int, default=8866, help="port for Voilà")
     g.add_argument("--no-browser", action="store_true", help="don't open a browser (Voilà)")
     return ap
@@ -581,7 +602,8 @@ def cli(argv:list|None=None) -> int:
     args = playground_parser().parse_args(argv)
     missing = [p for p in args.checkpoint if not Path(p).exists()]
     if missing:
-        print(f"error: checkpoint not found: {', '.join(missing)} (give a file or run directory written by `nanogpt-course pretrain` or `sft`)", file=sys.stderr)
+        print(f"error: checkpoint not found: {', '.join(missing)} (give a file or run directory written by "
+              "`nanogpt-course pretrain` or `sft`)", file=sys.stderr)
         return 2
     env = dict(os.environ)
     if args.checkpoint:
@@ -592,7 +614,8 @@ def cli(argv:list|None=None) -> int:
     prefix = f"{CHECKPOINTS_ENV}={env[CHECKPOINTS_ENV]} " if args.checkpoint else ""
     if args.voila:
         if nb is None:
-            print("error: nbs/08_playground.ipynb not found; run this from a clone of the course", file=sys.stderr); return 2
+            print("error: nbs/08_playground.ipynb not found; run this from a "
+                  "clone of the course", file=sys.stderr); return 2
         voila = shutil.which("voila")
         if voila is None:
             print("error: Voilà is not installed: pip install voila (or open the notebook in Jupyter: "

@@ -14,12 +14,14 @@ __all__ = ['DTYPES', 'check_device', 'pick_device', 'setup_distributed', 'teardo
 
 # %% ../nbs/03c_runtime.ipynb #726f7c8f
 def check_device(device: str) -> str:
-    "`device` if this machine has it ('auto' and 'cpu' always pass), else a ValueError that says what to use instead (every command uses it)."
+    ("`device` if this machine has it ('auto' and 'cpu' always pass), else a ValueError that says what to use instead "
+     "(every command uses it).")
     kind = device.split(":")[0]
     if kind not in ("auto", "cpu", "cuda", "mps"):
         raise ValueError(f"--device must be auto, cpu, cuda (or cuda:N) or mps, got {device!r}")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: this PyTorch sees no CUDA GPU (torch.cuda.is_available() is False); use --device cpu or auto")
+        raise ValueError(f"--device {device}: this PyTorch sees no CUDA GPU (torch.cuda.is_available() is False); use "
+                         "--device cpu or auto")
     if kind == "cuda" and ":" in device:
         idx, n = device.split(":", 1)[1], torch.cuda.device_count()
         if not idx.isdigit() or int(idx) >= n:

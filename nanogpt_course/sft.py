@@ -10,9 +10,9 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['INSTRUCTION_HEADER', 'CONTEXT_HEADER', 'RESPONSE_HEADER', 'EOT', 'PROMPT_TEMPLATE', 'CONTEXT_BLOCK',
-           'DOLLY_CATEGORIES', 'DOLLY_HF', 'DOLLY_FILE', 'SKILLS', 'BALANCED', 'IGNORE_INDEX', 'format_prompt',
-           'format_example', 'format_chat', 'InstructionSet', 'guess_category', 'load_alpaca', 'load_dolly',
-           'load_instructions', 'describe_data', 'builtin_instructions', 'instruction_data', 'line_words',
+           'DOLLY_CATEGORIES', 'DOLLY_HF', 'DOLLY_FILE', 'SKILLS', 'ENDINGS', 'BALANCED', 'IGNORE_INDEX',
+           'format_prompt', 'format_example', 'format_chat', 'InstructionSet', 'guess_category', 'load_alpaca',
+           'load_dolly', 'load_instructions', 'describe_data', 'builtin_instructions', 'instruction_data', 'line_words',
            'skill_lines', 'skill_tasks', 'tokenize_example', 'SFTDataset', 'collate', 'LoRALinear', 'count_parameters',
            'apply_lora', 'merge_lora', 'has_lora', 'stratified_split', 'sft_lr', 'response_loss', 'check_finetune_args',
            'SFTConfig', 'finetune', 'Answer', 'respond', 'generate_response', 'exact_match', 'skill_scores',
@@ -271,13 +271,12 @@ def instruction_data(source: str = "auto",  # "auto", "dolly", "alpaca" (the NAN
 
 # %% ../nbs/05_sft.ipynb #5c11a002
 SKILLS = {  # family: (instruction, the exact answer from the line's words and the line)
-    "repeat":     ("Repeat the line exactly.", lambda w, line: line),
     "first_word": ("What is the first word of the line?", lambda w, line: w[0]),
-    "last_word":  ("What is the last word of the line?", lambda w, line: w[-1]),
-    "first_last": ("Give the first and the last word of the line, as: first / last", lambda w, line: f"{w[0]} / {w[-1]}"),
+    "ending":     ("How does the line end?", lambda w, line: ENDINGS.get(line[-1], "none")),
     "question":   ("Is the line a question? Answer yes or no.", lambda w, line: "yes" if line.endswith("?") else "no"),
 }
-BALANCED = {"question"}  # yes/no families: half of their items each way, so that always answering "no" scores 50%
+ENDINGS = {"?": "question mark", "!": "exclamation mark", ".": "full stop", ",": "comma"}
+BALANCED = {"question": ("yes", "no"), "ending": (*ENDINGS.values(), "none")}  # as many items of each answer
 
 def line_words(line: str) -> list[str]:
     "The words of a line, punctuation stripped from their ends (`What, my lord?` -> What, my, lord)."
@@ -294,12 +293,12 @@ def skill_lines(text: str, min_words: int = 3, max_words: int = 8) -> list[str]:
 
 # %% ../nbs/05_sft.ipynb #5c11a00a
 def _pick(lines, fam, n, rng, used):
-    "`n` lines for family `fam` not in `used` (half answered yes, half no for a BALANCED family); marks them used."
-    ans = SKILLS[fam][1]
-    want = {"yes": n // 2, "no": n - n // 2} if fam in BALANCED else {None: n}
+    "`n` lines for family `fam` not in `used` (an equal share of each answer for a BALANCED family); marks them used."
+    ans, keys = SKILLS[fam][1], BALANCED.get(fam)
+    want = {k: n // len(keys) + (i < n % len(keys)) for i, k in enumerate(keys)} if keys else {None: n}
     got = []
     for line in rng.sample(lines, len(lines)):
-        key = ans(line_words(line), line) if fam in BALANCED else None
+        key = ans(line_words(line), line) if keys else None
         if line not in used and want.get(key, 0) > 0: got.append(line); want[key] -= 1
         if not any(want.values()): break
     if any(want.values()): return None
@@ -321,7 +320,7 @@ def skill_tasks(text: str,              # the source of lines (the pretraining t
     short = [f for f in families if held[f] is None or train[f] is None]
     if short:
         raise ValueError(f"the text has {len(lines)} usable lines (3 to 8 words of letters), too few for {n_heldout} held-out and "
-                         f"{n_train} training items of {short} (yes/no families need both answers): give more text or ask for fewer items")
+                         f"{n_train} training items of {short} (a BALANCED family needs lines of each answer): give more text or ask for fewer items")
     rec = lambda f, line: {"instruction": SKILLS[f][0], "context": line, "response": SKILLS[f][1](line_words(line), line),
                            "category": f"skill_{f}"}
     out = [rec(f, l) for f in families for l in train[f]]
@@ -561,6 +560,7 @@ _RANGES = {  # finetune argument: (allowed?, the allowed values in words)
     "val_frac": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
     "eval_every": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "eval_batches": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "sort_window": (lambda v: _int(v) and v >= 1, "an integer >= 1 (1: no sorting by length)"),
     "overlong": (lambda v: v in ("truncate", "drop"), "'truncate' or 'drop'"),
     "lora_r": (lambda v: _int(v) and v >= 0, "an integer >= 0 (0: full fine-tuning)"),
     "lora_alpha": (lambda v: _num(v) and v > 0, "a number > 0"),
@@ -604,6 +604,7 @@ class SFTConfig:
     val_frac: float = 0.1              # held-out fraction of each category
     eval_every: int | None = None      # validation every N steps; None: 5 times per run
     eval_batches: int | None = None    # cap on validation batches (None: the whole validation set)
+    sort_window: int = 64              # batches of similar lengths, sorted within windows of this many batches (1: off)
     overlong: str = "truncate"         # "truncate" or "drop" examples longer than the context
     lora_r: int = 0                    # LoRA rank; 0 = full fine-tuning
     lora_alpha: float = 16.0           # LoRA scale alpha (update scaled by alpha / r)
@@ -665,11 +666,19 @@ from .train import configure_optimizer, train_step, json_safe  # notebook 04b: o
 
 class _Feed:
     "`train_step`'s `next_batch`: padded batches of shuffled examples, reshuffled each epoch; counts their response tokens."
-    def __init__(self, ds: SFTDataset, batch_size: int, seed: int, device):
-        self.ds, self.batch_size, self.device, self.tokens = ds, batch_size, device, 0
-        self.gen = torch.Generator().manual_seed(seed)
+    def __init__(self, ds: SFTDataset, batch_size: int, seed: int, device,
+                 sort_window: int = 1):  # sort by length within windows of this many batches (1: no sorting)
+        self.ds, self.batch_size, self.device, self.tokens, self.window = ds, batch_size, device, 0, sort_window
+        self.gen, self.lens = torch.Generator().manual_seed(seed), [len(x) for x, _ in ds.examples]
         self.order, self.pos = self._shuffle(), 0
-    def _shuffle(self) -> list[int]: return torch.randperm(len(self.ds), generator=self.gen).tolist()
+    def _shuffle(self) -> list[int]:
+        "An epoch's order: shuffled; with a window, batches of similar lengths (less padding), in random order."
+        order, B = torch.randperm(len(self.ds), generator=self.gen).tolist(), self.batch_size
+        if self.window <= 1: return order
+        w = B * self.window
+        order = [i for s in range(0, len(order), w) for i in sorted(order[s:s + w], key=self.lens.__getitem__)]
+        batches = [order[s:s + B] for s in range(0, len(order), B)]
+        return [i for b in torch.randperm(len(batches), generator=self.gen).tolist() for i in batches[b]]
     def indices(self) -> list[int]:
         "The next batch's examples (a batch may span an epoch boundary)."
         idx = []
@@ -754,7 +763,7 @@ def _fit(r, cfg: SFTConfig, device: str, out_dir: Path, save: bool, progress: bo
     log = _StepLog(out_dir / "sft_log.jsonl" if save else None)
     val_loss = lambda: response_loss(r.model, r.val_ds, cfg.batch_size, device, cfg.eval_batches) if len(r.val_ds) else float("nan")
     val_before = val_loss(); log(step=0, val_loss=val_before)
-    feed, bar, t0 = _Feed(r.train_ds, cfg.batch_size, cfg.seed, device), None, time.time()
+    feed, bar, t0 = _Feed(r.train_ds, cfg.batch_size, cfg.seed, device, cfg.sort_window), None, time.time()
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=r.plan[0], desc="sft", leave=True)
@@ -781,6 +790,7 @@ def finetune(init,  # base model: course checkpoint / run dir / HF dir / HF id (
              val_frac: float = 0.1,  # held-out fraction of each category
              eval_every: int | None = None,  # validation every N steps; None: 5 times per run
              eval_batches: int | None = None,  # cap on validation batches (None: the whole validation set)
+             sort_window: int = 64,  # batches of similar lengths, sorted within windows of this many batches (1: off)
              overlong: str = "truncate",  # "truncate" or "drop" examples longer than the context
              lora_r: int = 0,  # LoRA rank; 0 = full fine-tuning
              lora_alpha: float = 16.0,  # LoRA scale alpha (update scaled by alpha / r)
@@ -930,10 +940,12 @@ def cli(argv: list[str] | None = None) -> int:
     r.add_argument("--eval-every", type=int, default=None, help="validation every N steps (default: 5 times)")
     r.add_argument("--max-seconds", type=float, default=None, help="stop training after this many seconds")
     r.add_argument("--dtype", default="auto", help="auto (bf16 autocast on CUDA), float32 or bfloat16")
+    r.add_argument("--sort-window", type=int, default=64, help="batches of similar lengths: sort within windows of N batches (1: off)")
     a = p.parse_args(argv)
     kw = dict(steps=a.steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps,
               min_lr_ratio=a.min_lr_ratio, schedule=a.schedule, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
               val_frac=a.val_frac, eval_every=a.eval_every, eval_batches=a.eval_batches, overlong=a.overlong,
+              sort_window=a.sort_window,
               lora_r=a.lora_r, lora_alpha=a.lora_alpha, lora_targets=tuple(t.strip() for t in a.lora_targets.split(",") if t.strip()),
               lora_dropout=a.lora_dropout, max_seconds=a.max_seconds, seed=a.seed, device=a.device, dtype=a.dtype, overwrite=a.overwrite,
               progress=not a.no_progress)

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['GPT2_SPLIT_PATTERN', 'EOT', 'FORMAT', 'GPT2_URLS', 'stdlib_documents', 'stdlib_corpus', 'split_text', 'pair_counts',
            'merge_pair', 'train_bpe_naive', 'train_bpe', 'bytes_to_unicode', 'BPETokenizer', 'tokenizer_state',
-           'get_tokenizer', 'cli']
+           'as_tokenizer_state', 'get_tokenizer', 'cli']
 
 # %% ../nbs/00_tokenizer.ipynb #0dd6b99d
 import argparse, base64, functools, heapq, itertools, json, os, sys, time, warnings
@@ -22,11 +22,13 @@ def stdlib_documents(max_chars: int = 2_000_000 # stop after this many character
                     ) -> Iterable[str]:
     "Docstrings of the Python standard library (and the Zen of Python): English prose that ships with every Python."
     import ast, codecs, contextlib, io, sysconfig
-    with contextlib.redirect_stdout(io.StringIO()): import this  # the Zen of Python (rot13-encoded); importing it prints it
+    # the Zen of Python (rot13-encoded); importing it prints it
+    with contextlib.redirect_stdout(io.StringIO()): import this
     yield codecs.decode(this.s, "rot13")
     root, total = Path(sysconfig.get_paths()["stdlib"]), 0
     for p in sorted(root.rglob("*.py")):
-        if any(part in ("test", "tests", "idle_test", "site-packages", "lib2to3") for part in p.relative_to(root).parts): continue
+        parts = p.relative_to(root).parts
+        if any(part in ("test", "tests", "idle_test", "site-packages", "lib2to3") for part in parts): continue
         try: tree = ast.parse(p.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, OSError, ValueError): continue
         for node in ast.walk(tree):
@@ -156,7 +158,8 @@ def train_bpe(chunk_counts: dict[str, int], # pre-tokenized chunk -> how often i
               n_tokens: int, # ordinary tokens wanted: 256 bytes + merges
               history: list | None = None, # if given, receives the corpus length in tokens after each merge
              ) -> tuple[list[bytes], list[tuple[int, int]]]:
-    "Fast BPE: work on unique chunks weighted by frequency and update pair counts incrementally. Returns (vocab, merges)."
+    ("Fast BPE: work on unique chunks weighted by frequency and update pair counts incrementally. Returns "
+     "(vocab, merges).")
     _check_n(n_tokens)
     words = [list(c.encode("utf-8")) for c in chunk_counts]
     freqs = list(chunk_counts.values())
@@ -182,7 +185,8 @@ def train_bpe(chunk_counts: dict[str, int], # pre-tokenized chunk -> how often i
 @functools.lru_cache(maxsize=1)
 def bytes_to_unicode() -> dict[int, str]:
     "GPT-2's reversible map from each byte to a printable character (space -> 'Ġ', newline -> 'Ċ')."
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
     cs, n = bs[:], 0
     for b in range(256):
         if b not in bs: bs.append(b); cs.append(256 + n); n += 1
@@ -204,12 +208,14 @@ FORMAT = "nanogpt-course/bpe-tokenizer"  # the "format" field of a saved tokeniz
 
 def _load_json(path) -> dict:
     p = Path(path)
-    if not p.exists(): raise ValueError(f"no tokenizer file at {str(p)!r}; train one with `nanogpt-course tokenizer train` or use 'gpt2'")
+    if not p.exists(): raise ValueError(f"no tokenizer file at {str(p)!r}; train one with `nanogpt-course tokenizer "
+                                        "train` or use 'gpt2'")
     if p.is_dir(): raise ValueError(f"{str(p)!r} is a directory; pass the tokenizer's .json file")
     try: return json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{str(p)!r} is not a tokenizer file (not valid JSON: {e}); it may be truncated or another kind "
-                         "of file: re-create it with `nanogpt-course tokenizer train` or BPETokenizer.save") from None
+        raise ValueError(f"{str(p)!r} is not a tokenizer file (not valid JSON: {e}); it may be truncated "
+                         "or another kind of file: re-create it with `nanogpt-course tokenizer train` or "
+                         "BPETokenizer.save") from None
 
 # %% ../nbs/00_tokenizer.ipynb #faee175d
 class BPETokenizer:
@@ -224,7 +230,8 @@ class BPETokenizer:
         self.vocab, self.merges, self.pat_str, self.name = list(vocab), [tuple(m) for m in merges], pat_str, name
         self.special_tokens = dict(special_tokens or {})
         self.ranks = {b: i for i, b in enumerate(self.vocab)}
-        if len(self.ranks) != len(self.vocab): raise ValueError("vocab holds the same bytes twice; each token must be unique")
+        if len(self.ranks) != len(self.vocab):
+            raise ValueError("vocab holds the same bytes twice; each token must be unique")
         if any(bytes([b]) not in self.ranks for b in range(256)):
             raise ValueError("vocab lacks some single bytes; a byte-level BPE needs all 256 to encode any text")
         ids = sorted(self.special_tokens.values())
@@ -234,7 +241,8 @@ class BPETokenizer:
         self._special_bytes = {i: s.encode("utf-8") for s, i in self.special_tokens.items()}
         self._cache: dict[bytes, list[int]] = {}
 
-    def __repr__(self): return f"BPETokenizer(name={self.name!r}, n_vocab={self.n_vocab}, merges={len(self.merges)}, special_tokens={self.special_tokens})"
+    def __repr__(self): return (f"BPETokenizer(name={self.name!r}, n_vocab={self.n_vocab}, merges={len(self.merges)}, "
+                                f"special_tokens={self.special_tokens})")
     @property
     def n_vocab(self) -> int: return len(self.vocab) + len(self.special_tokens)
     @property
@@ -271,7 +279,8 @@ def train(cls: BPETokenizer,
          ) -> "BPETokenizer":
     "Learn `vocab_size - len(special_tokens) - 256` merges from `text` with the fast trainer."
     special_tokens = list(dict.fromkeys(special_tokens))
-    if not all(isinstance(s, str) and s for s in special_tokens): raise ValueError(f"special tokens must be non-empty strings, got {special_tokens!r}")
+    if not all(isinstance(s, str) and s for s in special_tokens):
+        raise ValueError(f"special tokens must be non-empty strings, got {special_tokens!r}")
     n_tokens = vocab_size - len(special_tokens)
     if n_tokens < 256:
         raise ValueError(f"vocab_size={vocab_size} is too small: 256 byte tokens + {len(special_tokens)} special "
@@ -280,13 +289,16 @@ def train(cls: BPETokenizer,
     texts = [_fix_surrogates(t) for t in ([text] if isinstance(text, str) else text)]
     if not all(isinstance(t, str) for t in texts): raise TypeError("train takes a str or a list of str")
     counts = _count_chunks(texts, pat_str, special_tokens)
-    if not counts: raise ValueError("the training text is empty; give it some text (a few KB at least) to learn merges from")
+    if not counts: raise ValueError("the training text is empty; give it some text (a few KB at least) to "
+                                    "learn merges from")
     history = []
     vocab, merges = train_bpe(counts, n_tokens, history)
     if len(vocab) < n_tokens:
-        warnings.warn(f"the text only allowed {len(vocab) - 256} merges: the vocabulary has {len(vocab) + len(special_tokens)} "
-                      f"tokens, not {vocab_size}; train on more text for a larger vocabulary")
-    tok = cls(vocab, merges, {s: len(vocab) + i for i, s in enumerate(special_tokens)}, pat_str, name or f"bpe-{vocab_size}")
+        warnings.warn(f"the text only allowed {len(vocab) - 256} merges: the vocabulary has "
+                      f"{len(vocab) + len(special_tokens)} tokens, not {vocab_size}; train on more text for a "
+                      "larger vocabulary")
+    tok = cls(vocab, merges, {s: len(vocab) + i for i, s in enumerate(special_tokens)}, pat_str,
+              name or f"bpe-{vocab_size}")
     n_bytes = sum(len(c.encode("utf-8")) * f for c, f in counts.items())
     tok.train_stats = dict(seconds=time.perf_counter() - t0, n_chunks=sum(counts.values()), n_unique_chunks=len(counts),
                            n_bytes=n_bytes, tokens_after_merge=history)
@@ -323,7 +335,8 @@ def encode_ordinary(self: BPETokenizer, text: str) -> list[int]:
     return ids
 
 # %% ../nbs/00_tokenizer.ipynb #34c3072c
-def _longest_first(tokens) -> tuple[str, ...]: return tuple(sorted(tokens, key=lambda s: (-len(s), s)))  # longest match wins
+# longest match wins
+def _longest_first(tokens) -> tuple[str, ...]: return tuple(sorted(tokens, key=lambda s: (-len(s), s)))
 
 @functools.lru_cache(maxsize=64)
 def _special_regex(tokens: tuple[str, ...], capture: bool = False):
@@ -338,20 +351,24 @@ def _resolve_special(allowed_special, specials: dict) -> tuple[set, set]:
     if isinstance(allowed_special, str): allowed_special = {allowed_special}
     allowed = set(allowed_special)
     if unknown := allowed - set(specials):
-        raise ValueError(f"allowed_special names {sorted(unknown)} that this tokenizer does not have; it has {sorted(specials)}")
+        raise ValueError(f"allowed_special names {sorted(unknown)} that this tokenizer does not have; it has "
+                         f"{sorted(specials)}")
     return allowed, set(specials) - allowed
 
 def _raise_disallowed(token: str):
     raise ValueError(f"Encountered text corresponding to disallowed special token {token!r}.\n"
-                     f"If you want this text to be encoded as a special token, pass allowed_special={{{token!r}}} (or \"all\").\n"
-                     f"If you want this text to be encoded as normal text, pass allowed_special=\"none\" or use encode_ordinary.")
+                     "If you want this text to be encoded as a special token, pass "
+                     f"allowed_special={{{token!r}}} (or \"all\").\nIf you want this text to be encoded as normal "
+                     "text, pass allowed_special=\"none\" or use encode_ordinary.")
 
 # %% ../nbs/00_tokenizer.ipynb #7bdf6b21
 @patch
-def encode(self: BPETokenizer,
-           text: str, # text to encode
-           allowed_special: str | Iterable[str] = "none_raise", # "none_raise" (special text raises, as tiktoken), "all", "none" (as plain text) or a set
-          ) -> list[int]:
+def encode(
+    self: BPETokenizer,
+    text: str, # text to encode
+    # "none_raise" (special text raises, as tiktoken), "all", "none" (as plain text) or a set
+    allowed_special: str | Iterable[str] = "none_raise",
+) -> list[int]:
     "Encode `text` to token ids, as `tiktoken.Encoding.encode` does."
     if not isinstance(text, str): raise TypeError(f"encode takes a str, not {type(text).__name__}")
     allowed, disallowed = _resolve_special(allowed_special, self.special_tokens)
@@ -383,7 +400,8 @@ def decode(self: BPETokenizer, ids: Iterable[int]) -> str:
 # %% ../nbs/00_tokenizer.ipynb #fbc80d0f
 @patch
 def save(self: BPETokenizer, path: str | os.PathLike) -> Path:
-    "Write a readable JSON file: the vocabulary and merges in GPT-2's printable-byte spelling (as encoder.json / vocab.bpe)."
+    ("Write a readable JSON file: the vocabulary and merges in GPT-2's printable-byte spelling (as "
+     "encoder.json / vocab.bpe).")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "version": 1, "name": self.name, "pat_str": self.pat_str,
@@ -402,8 +420,10 @@ def load(cls: BPETokenizer, path: str | os.PathLike) -> "BPETokenizer":
     data = _load_json(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is JSON but not a nanogpt-course tokenizer (no \"format\": \"{FORMAT}\"); "
-                         "use BPETokenizer.gpt2(encoder_json, vocab_bpe) for GPT-2's files, or get_tokenizer for a tokenizer_state")
-    if data.get("version") != 1: raise ValueError(f"{str(path)!r} has version {data.get('version')!r}; this library reads version 1")
+                         "use BPETokenizer.gpt2(encoder_json, vocab_bpe) for GPT-2's files, or get_tokenizer for "
+                         "a tokenizer_state")
+    if data.get("version") != 1: raise ValueError(f"{str(path)!r} has version {data.get('version')!r}; this "
+                                                  "library reads version 1")
     try:
         vocab_map = {_from_str(s): int(i) for s, i in data["vocab"].items()}
         vocab = sorted(vocab_map, key=vocab_map.get)
@@ -412,7 +432,8 @@ def load(cls: BPETokenizer, path: str | os.PathLike) -> "BPETokenizer":
         for line in data["merges"]:
             a, b = line.split(" ")
             merges.append((vocab_map[_from_str(a)], vocab_map[_from_str(b)]))
-        return cls(vocab, merges, {str(k): int(v) for k, v in data["special_tokens"].items()}, data["pat_str"], data.get("name", "bpe"))
+        return cls(vocab, merges, {str(k): int(v) for k, v in data["special_tokens"].items()}, data["pat_str"],
+                   data.get("name", "bpe"))
     except (KeyError, ValueError, TypeError, AttributeError, regex.error) as e:
         raise ValueError(f"{str(path)!r} is a damaged tokenizer file ({type(e).__name__}: {e}); re-create it with "
                          "`nanogpt-course tokenizer train`") from None
@@ -425,13 +446,15 @@ def _read_gpt2_file(path, key: str) -> str:
     "Read a given file, or GPT-2's published one through tiktoken's cache (downloading it if the network allows)."
     if path is not None:
         p = Path(path)
-        if not p.is_file(): raise ValueError(f"{key} file {str(p)!r} not found; pass the path of GPT-2's {key.replace('_', '.')}")
+        if not p.is_file(): raise ValueError(f"{key} file {str(p)!r} not found; pass the path of GPT-2's "
+                                             f"{key.replace('_', '.')}")
         return p.read_text(encoding="utf-8")
     from tiktoken.load import read_file_cached
     try: return read_file_cached(GPT2_URLS[key]).decode("utf-8")
     except Exception as e:
-        raise ValueError(f"could not read GPT-2's {key.replace('_', '.')} ({type(e).__name__}: {e}); set TIKTOKEN_CACHE_DIR to a "
-                         f"tiktoken cache that holds it (file name = sha1 of {GPT2_URLS[key]}) or pass its path") from None
+        raise ValueError(f"could not read GPT-2's {key.replace('_', '.')} ({type(e).__name__}: {e}); set "
+                         f"TIKTOKEN_CACHE_DIR to a tiktoken cache that holds it (file name = sha1 of {GPT2_URLS[key]}) "
+                         "or pass its path") from None
 
 # %% ../nbs/00_tokenizer.ipynb #494ab784
 def _bad_gpt2_files(why: str) -> ValueError:
@@ -446,8 +469,10 @@ def _gpt2_merges(lines: list[str], # the lines of vocab.bpe
         if not line.strip(): continue
         parts = line.split(" ")
         if len(parts) != 2 or any(p not in encoder for p in parts) or "".join(parts) not in encoder:
-            raise _bad_gpt2_files(f"vocab.bpe line {n} ({line!r}) is not a merge of two tokens of encoder.json into a third; are the files from the same model?")
-        if encoder["".join(parts)] <= last: raise _bad_gpt2_files(f"vocab.bpe line {n}: token ids do not grow with the merge order")
+            raise _bad_gpt2_files(f"vocab.bpe line {n} ({line!r}) is not a merge of two tokens of encoder.json into a "
+                                  "third; are the files from the same model?")
+        if encoder["".join(parts)] <= last:
+            raise _bad_gpt2_files(f"vocab.bpe line {n}: token ids do not grow with the merge order")
         last = encoder["".join(parts)]
         merges.append((encoder[parts[0]], encoder[parts[1]]))
     return merges
@@ -468,7 +493,9 @@ def gpt2(cls: BPETokenizer,
     try:
         for s, i in encoder.items():
             if s not in specials: vocab[i] = _from_str(s)
-    except (IndexError, KeyError, TypeError): raise _bad_gpt2_files(f"encoder.json entry {s!r}: {i!r} is not a GPT-2 byte-level token with an id below {len(vocab)}") from None
+    except (IndexError, KeyError, TypeError):
+        raise _bad_gpt2_files(f"encoder.json entry {s!r}: {i!r} is not a GPT-2 byte-level token with an id "
+                              f"below {len(vocab)}") from None
     return cls(vocab, _gpt2_merges(lines, encoder), specials, GPT2_SPLIT_PATTERN, "gpt2")
 
 # %% ../nbs/00_tokenizer.ipynb #19b0368c
@@ -486,10 +513,10 @@ def _is_gpt2(enc: tiktoken.Encoding) -> bool:
     except Exception: return False  # offline: can't prove it, so store it in full
     return enc is ref or (enc._pat_str == ref._pat_str and enc._mergeable_ranks == ref._mergeable_ranks)
 
-def tokenizer_state(enc: "tiktoken.Encoding | BPETokenizer") -> str | dict:
-    "A JSON-serialisable description of `enc` that `get_tokenizer` turns back into the same encoding."
+def tokenizer_state(enc: "tiktoken.Encoding | BPETokenizer") -> dict:
+    "A JSON-serialisable dict describing `enc` that `get_tokenizer` turns back into the same encoding."
     if isinstance(enc, BPETokenizer): enc = enc.to_tiktoken()
-    if _is_gpt2(enc): return "gpt2"
+    if _is_gpt2(enc): return {"format": "tiktoken", "name": "gpt2"}  # tiktoken's own: its name is enough
     ranks = enc._mergeable_ranks
     toks = sorted(ranks, key=ranks.get)
     dense = [ranks[t] for t in toks] == list(range(len(toks)))
@@ -499,9 +526,25 @@ def tokenizer_state(enc: "tiktoken.Encoding | BPETokenizer") -> str | dict:
             "special_tokens": dict(enc._special_tokens)}
 
 # %% ../nbs/00_tokenizer.ipynb #2ebef880
+def _named(name: str) -> tiktoken.Encoding:
+    "tiktoken's own encoding `name` (e.g. 'gpt2'); offline, one sentence on where its files go."
+    try: return tiktoken.get_encoding(name)
+    except Exception as e:
+        raise ValueError(f"could not load tiktoken's {name!r} encoding ({type(e).__name__}: {e}); without the network, "
+                         "set TIKTOKEN_CACHE_DIR to a folder holding its files (source scripts/env.sh does)") from None
+
+def as_tokenizer_state(state: str | dict) -> dict:
+    "A stored tokenizer state in today's form: the old string 'gpt2' becomes `{'format': 'tiktoken', 'name': 'gpt2'}`."
+    return {"format": "tiktoken", "name": state} if isinstance(state, str) else state
+
 def _from_state(state: dict) -> tiktoken.Encoding:
     if state.get("format") != "tiktoken":
-        raise ValueError("a tokenizer state must be 'gpt2' or a dict made by tokenizer_state (with \"format\": \"tiktoken\")")
+        raise ValueError("a tokenizer state must be 'gpt2' or a dict made by tokenizer_state "
+                         "(with \"format\": \"tiktoken\")")
+    if set(state) == {"format", "name"}:  # tiktoken's own encoding, stored by name
+        if state["name"] in tiktoken.list_encoding_names(): return _named(state["name"])
+        raise ValueError(f"tokenizer state names {state['name']!r}, which is not one of tiktoken's encodings "
+                         f"({', '.join(tiktoken.list_encoding_names())}); it should come from tokenizer_state(enc)")
     try:
         r = state["mergeable_ranks"]
         ranks = ({base64.b64decode(t): i for i, t in enumerate(r)} if isinstance(r, list)
@@ -509,7 +552,8 @@ def _from_state(state: dict) -> tiktoken.Encoding:
         return tiktoken.Encoding(state.get("name", "bpe"), pat_str=state["pat_str"], mergeable_ranks=ranks,
                                  special_tokens={str(k): int(v) for k, v in state["special_tokens"].items()})
     except (KeyError, TypeError, ValueError, AttributeError, regex.error) as e:
-        raise ValueError(f"damaged tokenizer state ({type(e).__name__}: {e}); it should come from tokenizer_state(enc)") from None
+        raise ValueError(f"damaged tokenizer state ({type(e).__name__}: {e}); it should come from "
+                         "tokenizer_state(enc)") from None
 
 # %% ../nbs/00_tokenizer.ipynb #30c34951
 @functools.lru_cache(maxsize=8)
@@ -520,24 +564,23 @@ def _load_file(path: str, mtime: float) -> tiktoken.Encoding:
 
 def get_tokenizer(spec: "str | os.PathLike | dict | BPETokenizer | tiktoken.Encoding" = "gpt2", # what to load
                  ) -> tiktoken.Encoding:
-    "The `tiktoken.Encoding` the rest of the course uses: 'gpt2', a saved tokenizer's path, a BPETokenizer, an Encoding or a `tokenizer_state`."
+    ("The `tiktoken.Encoding` the rest of the course uses: 'gpt2', a saved tokenizer's path, a BPETokenizer, an "
+     "Encoding or a `tokenizer_state`.")
     if isinstance(spec, tiktoken.Encoding): return spec
     if isinstance(spec, BPETokenizer): return spec.to_tiktoken()
     if isinstance(spec, dict): return _from_state(spec)
     if isinstance(spec, (str, os.PathLike)):
         s = os.fspath(spec)
-        if s in tiktoken.list_encoding_names():  # a file of that name must be given as ./gpt2
-            try: return tiktoken.get_encoding(s)
-            except Exception as e:
-                raise ValueError(f"could not load tiktoken's {s!r} encoding ({type(e).__name__}: {e}); without the network, set "
-                                 "TIKTOKEN_CACHE_DIR to a folder holding its files (source scripts/env.sh does)") from None
+        if s in tiktoken.list_encoding_names(): return _named(s)  # a file of that name must be given as ./gpt2
         p = Path(s)
         if p.is_dir() and (p / "tokenizer.json").is_file(): p = p / "tokenizer.json"  # a run directory of the main job
         if not p.exists():
             raise ValueError(f"no tokenizer {s!r}: pass 'gpt2', the .json file written by BPETokenizer.save / "
-                             "`nanogpt-course tokenizer train`, a BPETokenizer, a tiktoken.Encoding or tokenizer_state(enc)")
+                             "`nanogpt-course tokenizer train`, a BPETokenizer, a tiktoken.Encoding or "
+                             "tokenizer_state(enc)")
         return _load_file(str(p.resolve()), p.stat().st_mtime)
-    raise TypeError(f"get_tokenizer got a {type(spec).__name__}; pass 'gpt2', a path, a dict from tokenizer_state, a BPETokenizer or a tiktoken.Encoding")
+    raise TypeError(f"get_tokenizer got a {type(spec).__name__}; pass 'gpt2', a path, a dict from tokenizer_state, a "
+                    "BPETokenizer or a tiktoken.Encoding")
 
 # %% ../nbs/00_tokenizer.ipynb #997c2a8d
 def _read_inputs(paths: list[str]) -> list[str]:
@@ -553,7 +596,8 @@ def _tokenizer_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="learn a vocabulary from text files and save it as JSON")
     t.add_argument("--input", nargs="+", required=True, metavar="FILE", help="UTF-8 text files to learn from")
-    t.add_argument("--vocab-size", type=int, default=4096, help="total tokens: 256 bytes + merges + special tokens (default 4096)")
+    t.add_argument("--vocab-size", type=int, default=4096,
+                   help="total tokens: 256 bytes + merges + special tokens (default 4096)")
     t.add_argument("--out", required=True, metavar="PATH", help="where to write the tokenizer (.json)")
     t.add_argument("--special", nargs="*", default=[EOT], metavar="TOKEN", help=f"special tokens (default {EOT})")
     e = sub.add_parser("encode", help="print the token ids of a text")

@@ -34,9 +34,12 @@ class TrainConfig:
     n_embd: int | None = None
     block_size: int | None = None
     dropout: float | None = None
-    n_expert: int | None = None        # experts per block (appendix A4's mixture of experts; 0 or None: GPT-2's dense MLP)
+    # experts per block (appendix A4's mixture of experts; 0 or None: GPT-2's dense MLP)
+    n_expert: int | None = None
     n_expert_active: int | None = None # experts per token (top-k) when n_expert > 0
-    vocab_size: int | None = None      # default: the tokenizer's; OpenAI's GPT-2 has 50,257 rows, nanoGPT/build-nanogpt pad to 50,304 (a multiple of 64: faster kernels)
+    # default: the tokenizer's; OpenAI's GPT-2 has 50,257 rows,
+    # nanoGPT/build-nanogpt pad to 50,304 (a multiple of 64: faster kernels)
+    vocab_size: int | None = None
     batch_size: int = 8                # sequences per micro-batch per process
     seq_len: int | None = None         # tokens per sequence; default block_size
     total_batch_tokens: int | None = None  # tokens per optimizer step; gradient accumulation makes up the difference
@@ -62,28 +65,30 @@ class TrainConfig:
     dtype: str = "auto"                # "auto" (bf16 autocast on CUDA), "float32", "bfloat16"
     seed: int = 1337
     max_time: float | None = None      # stop (and save) after this many seconds
-    stop_after: int | None = None      # stop (and save) after this step, as if interrupted; for tests and short sessions
+    # stop (and save) after this step, as if interrupted; for tests and short sessions
+    stop_after: int | None = None
     progress: bool = True              # tqdm bar (rank 0)
 
 # %% ../nbs/04b_pretrain.ipynb #fafeba14
 # the settings a resumed run must share with its checkpoint: they decide which numbers it computes
-RESUME_KEYS = ("data", "model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "n_expert", "n_expert_active", "vocab_size", "seq_len",
-               "total_batch_tokens", "max_steps", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "beta1", "beta2",
-               "grad_clip", "seed")
+RESUME_KEYS = ("data", "model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "n_expert", "n_expert_active",
+               "vocab_size", "seq_len", "total_batch_tokens", "max_steps", "lr", "min_lr_ratio", "warmup_steps",
+               "weight_decay", "beta1", "beta2", "grad_clip", "seed")
 
 TRAIN_PRESETS = {
-    "tiny":  dict(model="tiny",  batch_size=8, seq_len=64,  total_batch_tokens=1024,  lr=3e-3, warmup_steps=10, max_steps=200,
-                  eval_every=25, eval_batches=4, sample_every=100, save_every=100),
-    "small": dict(model="small", batch_size=8, seq_len=128, total_batch_tokens=2048,  lr=2e-3, warmup_steps=20, max_steps=600,
-                  eval_every=50, eval_batches=8, sample_every=150, save_every=200),
-    "mini":  dict(model="mini",  batch_size=8, seq_len=256, total_batch_tokens=8192,  lr=1e-3, warmup_steps=50, max_steps=2000,
-                  eval_every=100, eval_batches=10, sample_every=500, save_every=500),
+    "tiny":  dict(model="tiny",  batch_size=8, seq_len=64,  total_batch_tokens=1024,  lr=3e-3, warmup_steps=10,
+                  max_steps=200, eval_every=25, eval_batches=4, sample_every=100, save_every=100),
+    "small": dict(model="small", batch_size=8, seq_len=128, total_batch_tokens=2048,  lr=2e-3, warmup_steps=20,
+                  max_steps=600, eval_every=50, eval_batches=8, sample_every=150, save_every=200),
+    "mini":  dict(model="mini",  batch_size=8, seq_len=256, total_batch_tokens=8192,  lr=1e-3, warmup_steps=50,
+                  max_steps=2000, eval_every=100, eval_batches=10, sample_every=500, save_every=500),
     # build-nanogpt's GPT-2 124M recipe: 2**19 tokens a step, 715 warmup steps, 19,073 steps = 10B tokens = one epoch
     "gpt2":  dict(model="gpt2", vocab_size=50304, batch_size=64, seq_len=1024, total_batch_tokens=524_288, lr=6e-4,
-                  warmup_steps=715, max_steps=19_073, weight_decay=0.1, eval_every=250, eval_batches=20, sample_every=1000,
-                  save_every=2000, keep_last=3, hellaswag_every=250, compile=True),
+                  warmup_steps=715, max_steps=19_073, weight_decay=0.1, eval_every=250, eval_batches=20,
+                  sample_every=1000, save_every=2000, keep_last=3, hellaswag_every=250, compile=True),
 }
-# the larger GPT-2 sizes: the same recipe with GPT-3's learning rates for models of about their size (GPT-3 paper, table 2.1)
+# the larger GPT-2 sizes: the same recipe with GPT-3's learning
+# rates for models of about their size (GPT-3 paper, table 2.1)
 TRAIN_PRESETS |= {name: {**TRAIN_PRESETS["gpt2"], "model": name, "lr": lr, "batch_size": 16}
                   for name, lr in (("gpt2-medium", 3e-4), ("gpt2-large", 2.5e-4), ("gpt2-xl", 2e-4))}
 
@@ -104,20 +109,26 @@ def config_diff(saved: dict,     # train_config stored in a checkpoint
                 requested: dict, # the run being started
                ) -> list[str]:
     "The RESUME_KEYS on which two run configs disagree, as readable lines."
-    same = lambda k, a, b: (Path(a).resolve() == Path(b).resolve()) if k == "data" and a and b else a == b  # data/x == ./data/x
+    # data/x == ./data/x
+    same = lambda k, a, b: (Path(a).resolve() == Path(b).resolve()) if k == "data" and a and b else a == b
     return [f"{k}: checkpoint has {saved.get(k)!r}, this run asks for {requested.get(k)!r}"
             for k in RESUME_KEYS if not same(k, saved.get(k), requested.get(k))]
 
 # %% ../nbs/04b_pretrain.ipynb #4ab2ae8d
 _RANGES = {  # field: (test, what it must be); None always passes for the optional fields
-    **{k: (lambda v: v >= 1, "an integer >= 1") for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "batch_size",
+    **{k: (lambda v: v >= 1, "an integer >= 1") for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size",
+                                                          "batch_size",
         "seq_len", "total_batch_tokens", "max_steps", "eval_batches", "sample_tokens", "keep_last", "stop_after")},
     **{k: (lambda v: v >= 0, "an integer >= 0 (0: never)") for k in ("eval_every", "sample_every", "hellaswag_every")},
-    "n_expert": (lambda v: v >= 0, "an integer >= 0 (0: a dense MLP)"), "n_expert_active": (lambda v: v >= 1, "an integer >= 1"),
-    "save_every": (lambda v: v >= 0, "an integer >= 0 (0: only at the end)"), "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
-    "seed": (lambda v: 0 <= v < 2**63, "an integer in 0..2**63-1"), "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "lr": (lambda v: 0 < v < math.inf, "a number > 0"), "min_lr_ratio": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-    "weight_decay": (lambda v: 0 <= v < math.inf, "a number >= 0"), "grad_clip": (lambda v: 0 <= v < math.inf, "a number >= 0 (0: off)"),
+    "n_expert": (lambda v: v >= 0, "an integer >= 0 (0: a dense MLP)"),
+    "n_expert_active": (lambda v: v >= 1, "an integer >= 1"),
+    "save_every": (lambda v: v >= 0, "an integer >= 0 (0: only at the end)"),
+    "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "seed": (lambda v: 0 <= v < 2**63, "an integer in 0..2**63-1"),
+    "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"), "lr": (lambda v: 0 < v < math.inf, "a number > 0"),
+    "min_lr_ratio": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "a number >= 0"),
+    "grad_clip": (lambda v: 0 <= v < math.inf, "a number >= 0 (0: off)"),
     "beta1": (lambda v: 0 <= v < 1, "a number in [0, 1)"), "beta2": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "max_time": (lambda v: 0 < v < math.inf, "a number of seconds > 0"),
 }
@@ -129,16 +140,19 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     for name, (ok, want) in _RANGES.items():
         v = getattr(cfg, name)
         if v is None: continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (want.startswith("an integer") and not isinstance(v, int)) or not ok(v):
+        if (isinstance(v, bool) or not isinstance(v, (int, float))
+                or (want.startswith("an integer") and not isinstance(v, int)) or not ok(v)):
             raise ValueError(f"{_flag(name)} must be {want}, got {v!r}")
     if cfg.model not in PRESETS: raise ValueError(f"--model must be one of {', '.join(PRESETS)}, got {cfg.model!r}")
     if cfg.dtype not in ("auto", "float32", "bfloat16"):  # a typo must not train in float32 silently
         raise ValueError(f"--dtype must be auto, float32 or bfloat16, got {cfg.dtype!r}")
     check_device(cfg.device)
     if cfg.n_expert_active is not None and not (cfg.n_expert or 0) >= cfg.n_expert_active:
-        raise ValueError(f"--n-expert-active {cfg.n_expert_active} needs --n-expert of at least that many experts, got {cfg.n_expert}")
+        raise ValueError(f"--n-expert-active {cfg.n_expert_active} needs --n-expert of at least that many experts, "
+                         f"got {cfg.n_expert}")
     if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
-        raise ValueError(f"--out {cfg.out_dir} is a file; give a folder for the run (checkpoints, log.jsonl, summary.json)")
+        raise ValueError(f"--out {cfg.out_dir} is a file; give a folder for the run (checkpoints, "
+                         "log.jsonl, summary.json)")
     return cfg
 
 # %% ../nbs/04b_pretrain.ipynb #11d88acb
@@ -230,8 +244,8 @@ def _finished_summary(out: Path, cp: Path, ckpt: dict) -> dict:
     with contextlib.suppress(OSError, ValueError):
         s = json.loads((out / "summary.json").read_text())
         if isinstance(s, dict): return {**s, "already_finished": True}
-    return dict(steps=ckpt["step"], tokens=ckpt["tokens"], train_loss=None, val_loss=json_safe(ckpt.get("val_loss")), checkpoint=str(cp),
-                out_dir=str(out), log=str(out / "log.jsonl"), seconds=0.0, already_finished=True)
+    return dict(steps=ckpt["step"], tokens=ckpt["tokens"], train_loss=None, val_loss=json_safe(ckpt.get("val_loss")),
+                checkpoint=str(cp), out_dir=str(out), log=str(out / "log.jsonl"), seconds=0.0, already_finished=True)
 
 @torch.no_grad()
 def estimate_val_loss(model, loader: TokenLoader, n_batches: int, device, autocast) -> float:
@@ -257,7 +271,8 @@ def batch_geometry(cfg: TrainConfig, # batch_size, seq_len, total_batch_tokens
     micro = B * T * world
     total = cfg.total_batch_tokens or micro
     if total % micro:
-        raise ValueError(f"total_batch_tokens={total} must be a multiple of batch_size*seq_len*world_size = {B}*{T}*{world} = {micro}")
+        raise ValueError(f"total_batch_tokens={total} must be a multiple of batch_size*seq_len*world_size = "
+                         f"{B}*{T}*{world} = {micro}")
     return T, B, total, total // micro
 
 # %% ../nbs/04b_pretrain.ipynb #529415f8
@@ -268,7 +283,8 @@ def make_loaders(cfg: TrainConfig, B: int, T: int, total: int, rank: int = 0, wo
     vsizes = [read_header(f)["n_tokens"] for f in shard_files(cfg.data, "val")]
     Bv = max(1, min(B, (max(vsizes) - 1) // (T * world)))  # a small validation shard gets smaller batches
     if max(vsizes) - 1 < Bv * T * world:
-        if master: print(f"warning: the validation shard of {cfg.data} is shorter than one sequence; no validation loss", file=sys.stderr)
+        if master: print(f"warning: the validation shard of {cfg.data} is shorter than one sequence; "
+                         "no validation loss", file=sys.stderr)
         return train_loader, None, 0
     val_loader = TokenLoader(cfg.data, Bv, T, "val", rank, world, shuffle=False)
     # eval_batches counts batches over all ranks, so any world size averages the same sequences
@@ -309,12 +325,13 @@ def _resume(cfg, resume, out, raw, optimizer, train_loader, device, rank, world,
     if not resume and list_checkpoints(out):
         raise ValueError(f"{out} already holds checkpoints ({list_checkpoints(out)[0].name} is the newest); "
                          "pass --resume (resume=True) to continue that run, or choose another --out")
-    cp, ckpt = latest_checkpoint(out, map_location=device) if resume else (None, None)
-    if resume is True and ckpt is None: raise FileNotFoundError(f"--resume: {out} holds no checkpoint to resume from")
-    if ckpt is None:
+    found = latest_checkpoint(out, map_location=device) if resume else None
+    if resume is True and found is None: raise FileNotFoundError(f"--resume: {out} holds no checkpoint to resume from")
+    if found is None:
         if master and log_path.exists(): log_path.unlink()
         torch.manual_seed(cfg.seed + rank)  # per-rank stream for dropout
         return 0, 0, None
+    cp, ckpt = found
     diff = config_diff(ckpt.get("train_config", {}), asdict(cfg))
     if diff: raise ValueError(f"refusing to resume from {cp}: its run differs from this one:\n  " + "\n  ".join(diff) +
                               "\nuse the checkpoint's settings, or a new --out folder")
@@ -326,7 +343,8 @@ def _resume(cfg, resume, out, raw, optimizer, train_loader, device, rank, world,
     train_loader.load_state_dict(ckpt["loader"])
     rngs = ckpt["rng"]
     if len(rngs) == world: _set_rng_state(rngs[rank])
-    elif master: print(f"warning: checkpoint has {len(rngs)} ranks' RNG states, this run has {world}; not restored", file=sys.stderr)
+    elif master: print(f"warning: checkpoint has {len(rngs)} ranks' RNG states, this run has {world}; not restored",
+                       file=sys.stderr)
     if master: print(f"resuming from {cp} at step {ckpt['step']} ({ckpt['tokens']:,} tokens)")
     if master and log_path.exists():  # drop log records of steps the checkpoint does not contain
         keep = [r for r in read_log(log_path) if r.get("step", 0) < ckpt["step"]]
@@ -354,10 +372,11 @@ def _observe(step, last, r, model, raw, enc, device, autocast, hooks, val, log_p
     return val_loss
 
 # %% ../nbs/04b_pretrain.ipynb #145db933
-def train(cfg: TrainConfig,        # the run
-          resume: bool | str=False, # True: continue from out_dir's newest checkpoint (error if none); "auto": if there is one
-          hooks: list[EvalHook] | None=None, # evaluations run during training (notebook 06's HellaSwag is one)
-         ) -> dict:
+def train(
+    cfg: TrainConfig,        # the run
+    resume: bool | str=False, # True: continue from out_dir's newest checkpoint (error if none); "auto": if there is one
+    hooks: list[EvalHook] | None=None, # evaluations run during training (notebook 06's HellaSwag is one)
+) -> dict:
     "Pretrain a GPT as `cfg` says, on one process or under torchrun; returns a summary (rank 0 writes summary.json)."
     from tqdm.auto import tqdm
     raw, enc, r, (train_loader, val_loader, val_batches), (T, B, total, accum) = _setup(cfg)
@@ -371,17 +390,20 @@ def train(cfg: TrainConfig,        # the run
     if ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[r["local_rank"]] if cuda else None)
-    autocast, log_path, fpt, peak = autocast_for(device, cfg.dtype), out / "log.jsonl", flops_per_token(raw, T), peak_flops(device)
+    autocast, log_path = autocast_for(device, cfg.dtype), out / "log.jsonl"
+    fpt, peak = flops_per_token(raw, T), peak_flops(device)
     hooks = _active_hooks(hooks, cfg, master)
     if master:
-        print(f"{raw.num_params():,} parameters | {world} process(es) on {device} | {B}x{T} tokens x {accum} accumulation "
-              f"x {world} = {total:,} tokens/step | steps {step0}->{cfg.max_steps}")
-    bar = tqdm(total=cfg.max_steps, initial=step0, disable=not (master and cfg.progress), desc="pretrain", dynamic_ncols=True)
+        print(f"{raw.num_params():,} parameters | {world} process(es) on {device} | {B}x{T} tokens x "
+              f"{accum} accumulation x {world} = {total:,} tokens/step | steps {step0}->{cfg.max_steps}")
+    bar = tqdm(total=cfg.max_steps, initial=step0, disable=not (master and cfg.progress), desc="pretrain",
+               dynamic_ncols=True)
     t_start, r["loss"], val_loss, stopped, step = time.time(), float("nan"), None, False, step0
     next_batch = lambda: tuple(t.to(device, non_blocking=True) for t in train_loader.next_batch())
     for step in range(step0, cfg.max_steps):
         last = step == cfg.max_steps - 1
-        val_loss = _observe(step, last, r, model, raw, enc, device, autocast, hooks, (val_loader, val_batches, val_loss), log_path, bar)
+        val_loss = _observe(step, last, r, model, raw, enc, device, autocast, hooks,
+                            (val_loader, val_batches, val_loss), log_path, bar)
         t0, lr = time.time(), get_lr(step, cfg)
         loss, norm = train_step(model, optimizer, next_batch, accum, lr, cfg.grad_clip, autocast)
         if cuda: torch.cuda.synchronize()
@@ -390,12 +412,15 @@ def train(cfg: TrainConfig,        # the run
         r["loss"], tok_s = loss.item(), total / dt
         mfu = fpt * tok_s / (peak * world) if peak else None
         if master:
-            _append_log(log_path, dict(step=step, loss=r["loss"], lr=lr, grad_norm=float(norm), tokens=r["tokens"], dt=dt, tok_s=tok_s, mfu=mfu))
-            post = f"loss {r['loss']:.3f}" + (f" val {val_loss:.3f}" if val_loss is not None else "") + f" | {tok_s:,.0f} tok/s"
+            _append_log(log_path, dict(step=step, loss=r["loss"], lr=lr, grad_norm=float(norm), tokens=r["tokens"],
+                                       dt=dt, tok_s=tok_s, mfu=mfu))
+            post = (f"loss {r['loss']:.3f}" + (f" val {val_loss:.3f}" if val_loss is not None else "")
+                    + f" | {tok_s:,.0f} tok/s")
             bar.set_postfix_str(post + (f" | MFU {mfu:.0%}" if mfu is not None else "")); bar.update(1)
         stop = _should_stop(cfg, step, t_start, device, ddp)
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or last or stop:
-            last_ckpt = _save_run_checkpoint(out, raw, optimizer, cfg, enc, step + 1, r["tokens"], train_loader, val_loss, master, world)
+            last_ckpt = _save_run_checkpoint(out, raw, optimizer, cfg, enc, step + 1, r["tokens"], train_loader,
+                                             val_loss, master, world)
         if stop: stopped = True; break
     bar.close()
     return _finish(cfg, r, raw, enc, step, step0, stopped, val_loss, last_ckpt, t_start)
@@ -406,39 +431,47 @@ def _setup(cfg: TrainConfig):
     if not cfg.data: raise ValueError("no data: pass data=FOLDER (from `nanogpt-course prepare`)")
     check_config(cfg)  # before any work
     if not Path(cfg.data).exists():
-        raise FileNotFoundError(f"data folder {cfg.data} does not exist; make it with `nanogpt-course prepare SOURCE --out {cfg.data}`")
+        raise FileNotFoundError(f"data folder {cfg.data} does not exist; make it with `nanogpt-course prepare SOURCE "
+                                f"--out {cfg.data}`")
     rank, local_rank, world, device = setup_distributed(cfg.device)
     out = Path(cfg.out_dir)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".*.tmp-*"): stale.unlink()  # left by a process killed mid-save
-    enc, data_vocab = dataset_tokenizer(cfg.data)  # meta.json, every shard header and the tokenizer, checked against each other
-    overrides = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout", "n_expert", "n_expert_active")
+    # meta.json, every shard header and the tokenizer, checked against each other
+    enc, data_vocab = dataset_tokenizer(cfg.data)
+    overrides = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout", "n_expert",
+                                              "n_expert_active")
                  if getattr(cfg, k) is not None}
     mcfg = GPTConfig.from_preset(cfg.model, vocab_size=cfg.vocab_size or data_vocab, **overrides)
     need = max(data_vocab, enc.n_vocab)
     if mcfg.vocab_size < need:
-        raise ValueError(f"--vocab-size {mcfg.vocab_size} is smaller than the data's tokenizer ({need} ids); leave it out, or give at least {need}")
+        raise ValueError(f"--vocab-size {mcfg.vocab_size} is smaller than the data's tokenizer ({need} ids); leave it "
+                         f"out, or give at least {need}")
     geometry = batch_geometry(cfg, mcfg.block_size, world)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True; torch.backends.cudnn.allow_tf32 = True
     loaders = make_loaders(cfg, geometry[1], geometry[0], geometry[2], rank, world, rank == 0)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     raw = GPT(mcfg).to(device)
-    return raw, enc, dict(cfg=cfg, rank=rank, local_rank=local_rank, world=world, device=device, out=out), loaders, geometry
+    run = dict(cfg=cfg, rank=rank, local_rank=local_rank, world=world, device=device, out=out)
+    return raw, enc, run, loaders, geometry
 
 def _active_hooks(hooks, cfg, master) -> list:
     hooks = [h for h in (hooks or []) if h is not None and h.every]
     if master and cfg.hellaswag_every and not any(h.name == "hellaswag" for h in hooks):
-        print("note: --hellaswag-every is set, but this launch has no HellaSwag evaluator (notebook 06 adds it: launch with "
-              "`nanogpt-course pretrain` or `python -m nanogpt_course.cli pretrain`); training without it", file=sys.stderr)
+        print("note: --hellaswag-every is set, but this launch has no HellaSwag evaluator (notebook 06 adds "
+              "it: launch with `nanogpt-course pretrain` or `python -m nanogpt_course.cli pretrain`); "
+              "training without it", file=sys.stderr)
     return hooks
 
 def _should_stop(cfg, step, t_start, device, ddp) -> bool:
     "Stop early (--stop-after, --max-time)? Every rank must agree, or the next collective would hang."
-    stop = (cfg.stop_after is not None and step + 1 >= cfg.stop_after) or (cfg.max_time is not None and time.time() - t_start > cfg.max_time)
+    stop = ((cfg.stop_after is not None and step + 1 >= cfg.stop_after)
+            or (cfg.max_time is not None and time.time() - t_start > cfg.max_time))
     if ddp:
-        flag = torch.tensor(float(stop), device=device); dist.all_reduce(flag, op=dist.ReduceOp.MAX); stop = bool(flag.item())
+        flag = torch.tensor(float(stop), device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX); stop = bool(flag.item())
     return stop
 
 # %% ../nbs/04b_pretrain.ipynb #571e6256
@@ -451,8 +484,8 @@ def _finish(cfg, r, raw, enc, step, step0, stopped, val_loss, last_ckpt, t_start
     steps_done = step + 1 if cfg.max_steps > step0 else step0
     summary = dict(steps=steps_done, tokens=r["tokens"], train_loss=json_safe(r["loss"]), val_loss=val_loss,
                    checkpoint=str(last_ckpt) if last_ckpt else None, out_dir=str(out), log=str(log_path),
-                   seconds=round(time.time() - t_start, 2), params=raw.num_params(), world_size=r["world"], stopped_early=stopped,
-                   preset=cfg.model)
+                   seconds=round(time.time() - t_start, 2), params=raw.num_params(), world_size=r["world"],
+                   stopped_early=stopped, preset=cfg.model)
     if master:
         (out / "summary.json").write_text(to_json(summary, indent=1))
         with contextlib.suppress(Exception):
@@ -461,21 +494,24 @@ def _finish(cfg, r, raw, enc, step, step0, stopped, val_loss, last_ckpt, t_start
 
 # %% ../nbs/04b_pretrain.ipynb #0435b78b
 def _save_run_checkpoint(out, raw, optimizer, cfg, enc, step, tokens, loader, val_loss, master, world):
-    "Gather every rank's RNG state, then rank 0 writes ckpt_STEP.pt atomically (notebook 03b's schema) and keeps the last K."
+    ("Gather every rank's RNG state, then rank 0 writes ckpt_STEP.pt atomically (notebook 03b's schema) and "
+     "keeps the last K.")
     rngs = [_rng_state()]
     if world > 1:
         rngs = [None] * world; dist.all_gather_object(rngs, _rng_state())
     path = out / f"ckpt_{step:07d}.pt"
     if master:
-        save_checkpoint(path, checkpoint_dict(raw, enc, "pretrain", step, optimizer=optimizer.state_dict(), train_config=asdict(cfg),
-                                              tokens=tokens, rng=rngs, loader=loader.state_dict(), val_loss=val_loss, world_size=world))
+        save_checkpoint(path, checkpoint_dict(raw, enc, "pretrain", step, optimizer=optimizer.state_dict(),
+                                              train_config=asdict(cfg), tokens=tokens, rng=rngs,
+                                              loader=loader.state_dict(), val_loss=val_loss, world_size=world))
         for old in list_checkpoints(out)[max(1, cfg.keep_last):]: old.unlink()
     if world > 1: dist.barrier()
     return path
 
 # %% ../nbs/04b_pretrain.ipynb #b4ec7a89
 @torch.no_grad()
-def sample_text(model: GPT, enc, prompt: str="\n", max_new_tokens: int=48, device="cpu", seed: int=0, temperature: float=1.0, top_k: int|None=50) -> str:
+def sample_text(model: GPT, enc, prompt: str="\n", max_new_tokens: int=48, device="cpu", seed: int=0,
+                temperature: float=1.0, top_k: int|None=50) -> str:
     "A sample from `model` (uncompiled), with its own generator so training's RNG is untouched."
     was_training = model.training; model.eval()
     g = torch.Generator(device=torch.device(device).type).manual_seed(seed)
@@ -496,7 +532,8 @@ def read_log(path: str | Path # log.jsonl or the run folder
         except ValueError:
             if i == len(lines):  # no newline after it: the writer was killed mid-line; the records before it are good
                 print(f"warning: {p}: ignoring the cut-off last line {i} ({line[:40]!r}...)", file=sys.stderr); continue
-            raise ValueError(f"{p}, line {i} is not JSON ({line[:40]!r}); delete that line or the file to go on") from None
+            raise ValueError(f"{p}, line {i} is not JSON ({line[:40]!r}); delete that line or "
+                             "the file to go on") from None
     return recs
 
 def plot_log(path: str | Path,      # log.jsonl or the run folder
@@ -521,30 +558,39 @@ def plot_log(path: str | Path,      # log.jsonl or the run folder
     ax.set_title(title or "pretraining loss")
     if hs:
         ax2 = axes[0, 1]; ax2.plot(*zip(*hs), "o-", ms=3); ax2.axhline(0.25, ls="--", c="gray", label="chance")
-        ax2.set_xlabel("step"); ax2.set_ylabel("acc_norm"); ax2.set_title("HellaSwag-format accuracy"); ax2.legend(); ax2.grid(alpha=0.3)
+        ax2.set_xlabel("step"); ax2.set_ylabel("acc_norm"); ax2.set_title("HellaSwag-format accuracy")
+        ax2.legend(); ax2.grid(alpha=0.3)
     fig.tight_layout()
     if save: fig.savefig(save, dpi=110)
     plt.close(fig)
     return fig
 
 # %% ../nbs/04b_pretrain.ipynb #d01030bf
-def pretrain(data=None,                  # shards folder from `prepare`, or a source to prepare first (text/jsonl/parquet path, "stdlib"); default: `data_source()`
-             preset: str | None="tiny",  # TRAIN_PRESETS key ("tiny", "small", "mini", "gpt2")
-             out_dir: str="runs/pretrain", # checkpoints, log.jsonl, loss.png, summary.json
-             resume: bool | str=False,   # True: continue from out_dir's newest checkpoint; "auto": if one exists
-             hooks=None,                 # EvalHooks, or a function TrainConfig -> EvalHooks (notebook 06 makes HellaSwag's)
-             **overrides,                # any TrainConfig field (max_steps, lr, batch_size, max_time, compile, ...); and, when `data` is prepared here: tokenizer ("gpt2" or a notebook-00 tokenizer file), shard_tokens, num_proc
-            ) -> dict:
-    "Pretrain a GPT and return a summary: steps, tokens, train_loss, val_loss, checkpoint, out_dir, log, plot, seconds, params."
+def pretrain(
+    # shards folder from `prepare`, or a source to prepare first
+    # (text/jsonl/parquet path, "stdlib"); default: `data_source()`
+    data=None,
+    preset: str | None="tiny",  # TRAIN_PRESETS key ("tiny", "small", "mini", "gpt2")
+    out_dir: str="runs/pretrain", # checkpoints, log.jsonl, loss.png, summary.json
+    resume: bool | str=False,   # True: continue from out_dir's newest checkpoint; "auto": if one exists
+    hooks=None,                 # EvalHooks, or a function TrainConfig -> EvalHooks (notebook 06 makes HellaSwag's)
+    # any TrainConfig field (max_steps, lr, batch_size, max_time, compile, ...); and, when `data`
+    # is prepared here: tokenizer ("gpt2" or a notebook-00 tokenizer file), shard_tokens, num_proc
+    **overrides,
+) -> dict:
+    ("Pretrain a GPT and return a summary: steps, tokens, train_loss, val_loss, checkpoint, out_dir, log, plot, "
+     "seconds, params.")
     from nanogpt_course.data import prepare
     data = data_source() if data is None else data
     d = Path(str(data))
-    is_shards = isinstance(data, (str, Path)) and d.is_dir() and ((d / "meta.json").exists() or any(d.glob("train_*.bin")))
+    is_shards = (isinstance(data, (str, Path)) and d.is_dir()
+                 and ((d / "meta.json").exists() or any(d.glob("train_*.bin"))))
     prep = {k: overrides.pop(k) for k in ("tokenizer", "shard_tokens", "num_proc") if k in overrides}
     run = lambda cfg: train(cfg, resume=resume, hooks=hooks(check_config(cfg)) if callable(hooks) else hooks)
     if is_shards: return run(make_config(preset, data=str(data), out_dir=str(out_dir), **overrides))
     shard_dir = Path(out_dir) / "data"
-    check_config(make_config(preset, data=str(shard_dir), out_dir=str(out_dir), **overrides))  # bad flags fail before tokenizing
+    # bad flags fail before tokenizing
+    check_config(make_config(preset, data=str(shard_dir), out_dir=str(out_dir), **overrides))
     prepare(data, shard_dir, tokenizer=prep.get("tokenizer", "gpt2"), shard_tokens=prep.get("shard_tokens", 10_000_000),
             num_proc=prep.get("num_proc"), progress=overrides.get("progress", True))
     return run(make_config(preset, data=str(shard_dir), out_dir=str(out_dir), **overrides))
@@ -552,21 +598,28 @@ def pretrain(data=None,                  # shards folder from `prepare`, or a so
 # %% ../nbs/04b_pretrain.ipynb #86dc77d4
 _HELP = dict(
     data="folder of shards from `nanogpt-course prepare`", out_dir="output folder", model="model preset (notebook 03)",
-    n_layer="layers", n_head="attention heads", n_embd="embedding width", block_size="context length", dropout="dropout",
-    n_expert="experts per block (appendix A4; 0: GPT-2's dense MLP)", n_expert_active="experts each token is routed to (top-k)",
-    vocab_size="vocabulary size (default: the tokenizer's)", batch_size="sequences per micro-batch per process",
-    seq_len="tokens per sequence (default block_size)", total_batch_tokens="tokens per optimizer step (gradient accumulation fills it)",
-    max_steps="optimizer steps", lr="peak learning rate", min_lr_ratio="final lr as a fraction of the peak", warmup_steps="linear warmup steps",
-    weight_decay="AdamW weight decay (2-D parameters only)", beta1="AdamW beta1", beta2="AdamW beta2", grad_clip="gradient-norm clip (0: off)",
-    eval_every="validation loss every N steps", eval_batches="batches per validation estimate", sample_every="samples every M steps",
-    sample_prompt="prompt for samples", sample_tokens="tokens per sample", save_every="checkpoint every K steps", keep_last="checkpoints kept",
-    hellaswag_every="HellaSwag-format evaluation every N steps (notebook 06; 0: never)", hellaswag="HellaSwag jsonl file",
-    compile="torch.compile the model", device="auto, cpu, cuda or mps", dtype="auto (bf16 on CUDA), float32 or bfloat16", seed="random seed",
-    max_time="stop and save after this many seconds", stop_after="stop and save after this step", progress="progress bar")
-_GROUPS = {"model": ["model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "n_expert", "n_expert_active", "vocab_size"],
+    n_layer="layers", n_head="attention heads", n_embd="embedding width", block_size="context length",
+    dropout="dropout", n_expert="experts per block (appendix A4; 0: GPT-2's dense MLP)",
+    n_expert_active="experts each token is routed to (top-k)", vocab_size="vocabulary size (default: the tokenizer's)",
+    batch_size="sequences per micro-batch per process", seq_len="tokens per sequence (default block_size)",
+    total_batch_tokens="tokens per optimizer step (gradient accumulation fills it)", max_steps="optimizer steps",
+    lr="peak learning rate", min_lr_ratio="final lr as a fraction of the peak", warmup_steps="linear warmup steps",
+    weight_decay="AdamW weight decay (2-D parameters only)", beta1="AdamW beta1", beta2="AdamW beta2",
+    grad_clip="gradient-norm clip (0: off)", eval_every="validation loss every N steps",
+    eval_batches="batches per validation estimate", sample_every="samples every M steps",
+    sample_prompt="prompt for samples", sample_tokens="tokens per sample", save_every="checkpoint every K steps",
+    keep_last="checkpoints kept", hellaswag_every="HellaSwag-format evaluation every N steps (notebook 06; 0: never)",
+    hellaswag="HellaSwag jsonl file", compile="torch.compile the model", device="auto, cpu, cuda or mps",
+    dtype="auto (bf16 on CUDA), float32 or bfloat16", seed="random seed",
+    max_time="stop and save after this many seconds", stop_after="stop and save after this step",
+    progress="progress bar")
+_GROUPS = {"model": ["model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "n_expert", "n_expert_active",
+                     "vocab_size"],
            "batch": ["batch_size", "seq_len", "total_batch_tokens"],
-           "optimisation": ["max_steps", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip"],
-           "evaluation and samples": ["eval_every", "eval_batches", "sample_every", "sample_prompt", "sample_tokens", "hellaswag_every", "hellaswag"],
+           "optimisation": ["max_steps", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "beta1", "beta2",
+                            "grad_clip"],
+           "evaluation and samples": ["eval_every", "eval_batches", "sample_every", "sample_prompt", "sample_tokens",
+                                      "hellaswag_every", "hellaswag"],
            "checkpoints": ["save_every", "keep_last", "max_time", "stop_after"],
            "system": ["device", "dtype", "compile", "seed", "progress"]}
 
@@ -574,19 +627,26 @@ _EPILOG = "presets: " + ", ".join(f"{k} ({v['model']}, {v['max_steps']} steps)" 
 
 launch:
   one process:      nanogpt-course pretrain --preset small --data data/shakespeare --out runs/shakespeare
-  8 GPUs, 1 node:   torchrun --standalone --nproc_per_node 8 -m nanogpt_course.cli pretrain --preset gpt2 --data data/edu_fineweb10B --out runs/gpt2
+  8 GPUs, 1 node:   torchrun --standalone --nproc_per_node 8 \\
+                        -m nanogpt_course.cli pretrain --preset gpt2 --data data/edu_fineweb10B --out runs/gpt2
   2 nodes x 8 GPUs: torchrun --nnodes 2 --nproc_per_node 8 --node_rank 0|1 --master_addr HOST0 --master_port 29500 \\
                         -m nanogpt_course.cli pretrain --preset gpt2 --data data/edu_fineweb10B --out runs/gpt2
   continue a run:   add --resume (the same settings; a different one is refused with the list of differences)"""
 
-def cli(argv: list[str] | None = None, # e.g. ["--preset", "tiny", "--data", "data/shakespeare"]; sys.argv[1:] when None
-        hooks=None,                         # passed to `pretrain`: `nanogpt-course pretrain` (notebook 10) adds HellaSwag's
-       ) -> int:
-    "`nanogpt-course pretrain` (also under torchrun, `-m nanogpt_course.cli pretrain`); `python -m nanogpt_course.train` runs it without later lessons' hooks."
-    p = argparse.ArgumentParser(prog="nanogpt-course pretrain", description="Pretrain a GPT on token shards; under torchrun, with DDP.",
+# %% ../nbs/04b_pretrain.ipynb #74ab0f5c
+def cli(
+    argv: list[str] | None = None, # e.g. ["--preset", "tiny", "--data", "data/shakespeare"]; sys.argv[1:] when None
+    hooks=None,                         # passed to `pretrain`: `nanogpt-course pretrain` (notebook 10) adds HellaSwag's
+) -> int:
+    ("`nanogpt-course pretrain` (also under torchrun, `-m nanogpt_course.cli pretrain`); `python -m "
+     "nanogpt_course.train` runs it without later lessons' hooks.")
+    p = argparse.ArgumentParser(prog="nanogpt-course pretrain",
+                                description="Pretrain a GPT on token shards; under torchrun, with DDP.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG)
-    p.add_argument("--preset", default="tiny", choices=sorted(TRAIN_PRESETS), help="training preset; the flags below override it")
-    p.add_argument("--data", required=True, help=_HELP["data"] + " (or a text/jsonl/parquet source, prepared into OUT/data first)")
+    p.add_argument("--preset", default="tiny", choices=sorted(TRAIN_PRESETS),
+                   help="training preset; the flags below override it")
+    p.add_argument("--data", required=True,
+                   help=_HELP["data"] + " (or a text/jsonl/parquet source, prepared into OUT/data first)")
     p.add_argument("--out", dest="out_dir", default="runs/pretrain", help=_HELP["out_dir"])
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     types = {f.name: f.type for f in fields(TrainConfig)}
@@ -595,7 +655,8 @@ def cli(argv: list[str] | None = None, # e.g. ["--preset", "tiny", "--data", "da
         for n in names:
             flag = "--" + n.replace("_", "-")
             t = str(types[n])
-            if "bool" in t: g.add_argument(flag, dest=n, action=argparse.BooleanOptionalAction, default=None, help=_HELP[n])
+            if "bool" in t: g.add_argument(flag, dest=n, action=argparse.BooleanOptionalAction, default=None,
+                                           help=_HELP[n])
             else:
                 typ = int if "int" in t else float if "float" in t else str
                 g.add_argument(flag, dest=n, type=typ, default=None, help=_HELP[n])

@@ -47,5 +47,8 @@ def test_every_writer_of_the_course_uses_the_schema(data, tmp_path):
 def test_latest_checkpoint_skips_a_damaged_newest_one(tmp_path, capsys):
     save_checkpoint(tmp_path / "ckpt_0000001.pt", {"model": {"w": torch.ones(2)}, "config": {}, "step": 1})
     (tmp_path / "ckpt_0000002.pt").write_bytes(b"PK\x03\x04 cut short")
-    p, ck = latest_checkpoint(tmp_path)
-    assert p.name == "ckpt_0000001.pt" and ck["step"] == 1 and "skipping" in capsys.readouterr().err
+    found = latest_checkpoint(tmp_path)
+    assert found.path.name == "ckpt_0000001.pt" and found.ckpt["step"] == 1 and "skipping" in capsys.readouterr().err
+    (tmp_path / "ckpt_0000001.pt").write_bytes(b"damaged too")
+    assert latest_checkpoint(tmp_path) is None  # one kind of answer: a FoundCheckpoint, or None when none loads
+    assert latest_checkpoint(tmp_path / "empty") is None

@@ -347,3 +347,15 @@ def test_prepare_fineweb_offline_from_the_shell(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 1 and "Traceback" not in out.stderr and out.stderr.count("\n") == 1, out.stderr[-3000:]
     assert "sample/10BT" in out.stderr and not (tmp_path / "edu").exists()
+
+
+def test_prepare_resumes_a_folder_whose_meta_names_gpt2_the_old_way(tmp_path, capsys):
+    "meta.json written before tokenizer states were dicts holds the string 'gpt2'; preparing again resumes, not refuses."
+    (tmp_path / "c.txt").write_text("\n".join(DOCS))
+    kw = dict(shard_tokens=2000, num_proc=1, progress=False, split_text="line")
+    meta = prepare(tmp_path / "c.txt", tmp_path / "o", **kw)
+    assert meta["tokenizer"] == {"format": "tiktoken", "name": "gpt2"}
+    meta_path = tmp_path / "o" / "meta.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "tokenizer": "gpt2"}))
+    assert prepare(tmp_path / "c.txt", tmp_path / "o", **kw)["complete"]
+    assert _all_tokens(tmp_path / "o") == _expected(DOCS, tiktoken.get_encoding("gpt2"))

@@ -63,9 +63,10 @@ def test_app_on_a_real_checkpoint_found_by_env(tmp_path, monkeypatch):
 def test_classifier_checkpoints_are_not_offered_as_language_models(tmp_path, monkeypatch):
     "A classification run under runs/ (notebook 12's classifier.pt) sorted first and became the default model; Generate failed."
     from nanogpt_course.classify import GPTClassifier
-    from nanogpt_course.playground import playground, find_checkpoints, load_choice, CHECKPOINTS_ENV
+    from nanogpt_course.playground import playground, find_checkpoints, CHECKPOINTS_ENV
     from nanogpt_course.tokenizer import get_tokenizer
     from nanogpt_course.train import save_checkpoint, CheckpointError
+    from nanogpt_course.checkpoint import load_model
     from nanogpt_course.tokenizer import tokenizer_state
     model, ck = _course_checkpoint(tmp_path)
     clf = GPTClassifier.from_gpt(model)
@@ -80,7 +81,7 @@ def test_classifier_checkpoints_are_not_offered_as_language_models(tmp_path, mon
     assert app.wait(60) and app.last_error is None, app.status.value
     named = find_checkpoints([spam])  # named as a file, it is listed; choosing it says what it is
     assert list(named.values()) == [str(spam)]
-    with pytest.raises(CheckpointError, match="is a classifier .*load_classifier"): load_choice(str(spam))
+    with pytest.raises(CheckpointError, match="is a classifier .*load_classifier"): load_model(str(spam))
 
 
 # ------------------------------------------------------------------------- the app generates on notebook 07's engine

@@ -134,7 +134,7 @@ def shards(work, offline):
 def test_prepare_with_gpt2_tokenizer(shards, offline):
     d, r = shards
     meta = strict_json(d / "meta.json")
-    assert meta["tokenizer"] == "gpt2" and meta["vocab_size"] == GPT2_VOCAB and meta["eot"] == offline[0].eot_token
+    assert meta["tokenizer"] == {"format": "tiktoken", "name": "gpt2"} and meta["vocab_size"] == GPT2_VOCAB and meta["eot"] == offline[0].eot_token
     assert meta["complete"] and meta["total_tokens"] > 4096 and "tokens" in r.stdout
     assert sorted(p.name for p in d.glob("*.bin")) == sorted(s["file"] for s in meta["shards"])
 
@@ -236,7 +236,7 @@ def test_pretrain_gpt2_preset_as_is(gpt2_run):
     ck = load_checkpoint(out / "ckpt_0000001.pt")
     tc = ck["train_config"]
     assert tc["model"] == "gpt2" and tc["compile"] is True and tc["dtype"] == "auto" and tc["vocab_size"] == PADDED_VOCAB
-    assert ck["config"]["vocab_size"] == PADDED_VOCAB and ck["tokenizer"] == "gpt2"
+    assert ck["config"]["vocab_size"] == PADDED_VOCAB and ck["tokenizer"] == {"format": "tiktoken", "name": "gpt2"}
     assert ck["model"]["transformer.wte.weight"].shape == (PADDED_VOCAB, 768)  # the 47 padding rows are really there
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in ck["model"])  # saved from the uncompiled module
     # the same model as the README's `GPT(GPTConfig.from_preset("gpt2"))`, its table padded by the preset

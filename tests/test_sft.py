@@ -3,6 +3,7 @@ padding, LoRA merge, finetune's course checkpoint, and the `nanogpt-course sft` 
 
 Self-contained: a tiny BPE tokenizer is trained inside the tests (no tiktoken cache, no network)."""
 import json, os, subprocess, sys, warnings
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -284,7 +285,7 @@ def test_finetune_from_a_hugging_face_gpt2_directory(tmp_path):
     s = finetune(str(tmp_path / "hf"), "builtin", tmp_path / "run", steps=3, batch_size=2, lr=1e-3, eval_batches=1,
                  progress=False)
     ck = load_checkpoint(s["checkpoint"])
-    assert ck["kind"] == "sft" and ck["tokenizer"] == "gpt2" and ck["config"]["block_size"] == 64
+    assert ck["kind"] == "sft" and ck["tokenizer"] == {"format": "tiktoken", "name": "gpt2"} and ck["config"]["block_size"] == 64
     assert s["counts"]["train"]["examples"] > 0
 
 
@@ -318,7 +319,8 @@ BAD_FLAGS = [("--steps", "0"), ("--steps", "-3"), ("--batch-size", "0"), ("--bat
              ("--epochs", "0"), ("--lr", "0"), ("--lr", "nan"), ("--warmup-steps", "-5"), ("--min-lr-ratio", "5"),
              ("--weight-decay", "-0.1"), ("--grad-clip", "-1"), ("--val-frac", "1"), ("--eval-every", "0"),
              ("--eval-every", "-1"), ("--eval-batches", "0"), ("--lora-alpha", "0"), ("--lora-dropout", "1"),
-             ("--max-seconds", "0"), ("--max-seconds", "inf"), ("--seed", "-1"), ("--dtype", "fp8")]
+             ("--max-seconds", "0"), ("--max-seconds", "inf"), ("--seed", "-1"), ("--dtype", "fp8"),
+             ("--sort-window", "0")]
 
 
 @pytest.mark.parametrize("flag,value", BAD_FLAGS)
@@ -337,6 +339,7 @@ def test_cli_checks_every_number_before_any_work(flag, value, tmp_path, capsys):
                                      (dict(steps=2.5), "steps must be an integer"),
                                      (dict(lr=float("inf")), "lr must be a number > 0"),
                                      (dict(schedule="step"), "schedule must be"),
+                                     (dict(sort_window=0), "sort_window must be an integer >= 1"),
                                      (dict(lora_r=2, lora_targets=()), "lora_targets is empty")])
 def test_finetune_checks_its_arguments_before_loading(kw, name, tmp_path):
     with pytest.raises(ValueError, match=name):
@@ -485,11 +488,14 @@ def test_skill_tasks_hold_out_lines_no_training_item_uses():
     assert held != sft.skill_tasks(text, n_train=50, n_heldout=10, seed=4)[1]
     for r in held:  # each answer follows from its line
         w = sft.line_words(r["context"])
-        want = {"skill_repeat": r["context"], "skill_first_word": w[0], "skill_last_word": w[-1],
-                "skill_first_last": f"{w[0]} / {w[-1]}", "skill_question": "yes" if r["context"].endswith("?") else "no"}[r["category"]]
+        end = {"?": "question mark", "!": "exclamation mark", ".": "full stop", ",": "comma"}.get(r["context"][-1], "none")
+        want = {"skill_first_word": w[0], "skill_ending": end,
+                "skill_question": "yes" if r["context"].endswith("?") else "no"}[r["category"]]
         assert r["response"] == want
     answers = [r["response"] for r in held if r["category"] == "skill_question"]
     assert answers.count("yes") == answers.count("no") == 5  # balanced: always "no" scores 50%, not 80%
+    ends = Counter(r["response"] for r in held if r["category"] == "skill_ending")
+    assert ends == Counter({"question mark": 2, "exclamation mark": 2, "full stop": 2, "comma": 2, "none": 2})
     assert sft.line_words("'Tis but his policy to counterfeit,") == ["Tis", "but", "his", "policy", "to", "counterfeit"]
     with pytest.raises(ValueError, match="usable lines"):
         sft.skill_tasks(text, n_train=1000, n_heldout=10)
@@ -501,16 +507,15 @@ def test_exact_match_and_skill_scores(enc, monkeypatch):
     assert sft.exact_match(" O  /  good\n", "O / good") and not sft.exact_match("O/good", "O / good")
     assert not sft.exact_match("good.", "good") and not sft.exact_match("", "good")
     _, held = sft.skill_tasks(_lines_text(), n_train=10, n_heldout=4)
-    # a model that is right on `repeat` and `first_word` only, and stops on half the items
+    # a model that is right on `first_word` and `question` only, and stops on `ending` only
     def fake(model, enc, instruction, context, max_new_tokens, **kw):
         right = next(r["response"] for r in held if r["instruction"] == instruction and r["context"] == context)
         fam = next(f for f, (ins, _) in sft.SKILLS.items() if ins == instruction)
-        return sft.Answer((right if fam in ("repeat", "first_word") else "wrong"), fam in ("repeat", "last_word"))
+        return sft.Answer((right if fam in ("first_word", "question") else "wrong"), fam == "ending")
     monkeypatch.setattr(sft, "respond", fake)
     s = sft.skill_scores(None, enc, held)
-    assert {f: v["accuracy"] for f, v in s.items()} == {"repeat": 1.0, "first_word": 1.0, "last_word": 0.0,
-                                                        "first_last": 0.0, "question": 0.0, "mean": 0.4}
-    assert s["mean"]["stop_rate"] == 0.4 and s["mean"]["n"] == 20 and s["repeat"]["n"] == 4
+    assert {f: v["accuracy"] for f, v in s.items()} == {"first_word": 1.0, "ending": 0.0, "question": 1.0, "mean": 0.6667}
+    assert s["mean"]["stop_rate"] == 0.3333 and s["mean"]["n"] == 12 and s["ending"]["n"] == 4
 
 
 def test_finetune_in_bf16_on_the_cpu_and_dtype_checked(enc, tmp_path):

@@ -2,7 +2,7 @@
 import json, subprocess, sys
 
 import pytest
-from nanogpt_course.tokenizer import BPETokenizer, get_tokenizer, tokenizer_state
+from nanogpt_course.tokenizer import BPETokenizer, as_tokenizer_state, get_tokenizer, tokenizer_state
 
 # the console script's entry point, in a fresh interpreter (works whether or not the package is pip-installed)
 MAIN = "import sys; from nanogpt_course.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -71,3 +71,14 @@ def test_state_survives_a_checkpoint(tmp_path, corpus):
     enc2 = get_tokenizer(state)
     assert enc2.encode(TEXT + "<|endoftext|>", allowed_special="all") == enc.encode(TEXT + "<|endoftext|>", allowed_special="all")
     assert tokenizer_state(enc2) == state
+
+
+def test_gpt2_state_is_a_dict_and_the_old_string_still_loads(tmp_path):
+    torch = pytest.importorskip("torch")
+    state = tokenizer_state(get_tokenizer("gpt2"))
+    assert state == {"format": "tiktoken", "name": "gpt2"}
+    torch.save({"new": state, "old": "gpt2"}, tmp_path / "ckpt.pt")  # checkpoints written before the dict form hold "gpt2"
+    ck = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    new, old = get_tokenizer(ck["new"]), get_tokenizer(ck["old"])
+    assert new is old and new.encode(TEXT) == old.encode(TEXT) and new.n_vocab == 50257
+    assert as_tokenizer_state(ck["old"]) == ck["new"] == as_tokenizer_state(ck["new"])
