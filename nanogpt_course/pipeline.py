@@ -24,12 +24,15 @@ def choose_corpus(corpus: str = "auto" # "auto", "fineweb-edu", "stdlib", or a t
                  ) -> tuple[str, str]:
     "The pretraining source and a sentence saying where it comes from."
     if corpus != "auto":
-        return corpus, {"fineweb-edu": "FineWeb-Edu (sample-10BT, streamed)", "stdlib": "the Python standard library's documentation (built in)"}.get(corpus, f"local file {corpus}")
+        return corpus, {"fineweb-edu": "FineWeb-Edu (sample-10BT, streamed)",
+                        "stdlib": "the Python standard library's "
+                                  "documentation (built in)"}.get(corpus, f"local file {corpus}")
     src = D.data_source()  # $NANOGPT_COURSE_DATA/tinyshakespeare.txt, else "stdlib"
     if src != "stdlib": return src, f"tinyshakespeare from NANOGPT_COURSE_DATA ({src})"
     if D.hub_reachable(): return "fineweb-edu", "FineWeb-Edu (sample-10BT, streamed; the network is available)"
     return "stdlib", ("the Python standard library's documentation (built in: no NANOGPT_COURSE_DATA and no network; "
-                      "set NANOGPT_COURSE_DATA to a folder with tinyshakespeare.txt, or run with network access for FineWeb-Edu)")
+                      "set NANOGPT_COURSE_DATA to a folder with tinyshakespeare.txt, or run with network access "
+                      "for FineWeb-Edu)")
 
 def _sample_text(source, max_chars: int) -> str:
     "The first `max_chars` characters of a corpus, to train the tokenizer on."
@@ -40,14 +43,16 @@ def _sample_text(source, max_chars: int) -> str:
     return "\n\n".join(parts)[:max_chars]
 
 # %% ../nbs/09_pipeline.ipynb #a9c847a9
-def seconds_per_step(cfg: GPTConfig,          # the model to time
-                     batch_size: int,          # sequences per micro-batch
-                     seq_len: int,             # tokens per sequence
-                     accum: int = 1,           # micro-batches per optimizer step
-                     device: str = "cpu", n: int = 5,
-                     dtype: str = "float32",   # "float32", or "bfloat16" for bf16 autocast (as `pretrain --dtype bfloat16`), or "auto"
-                    ) -> float:
-    "Fastest wall time of one optimizer step (notebook 04b's `train_step`, with AdamW) in `n` steps, after one warm-up step."
+def seconds_per_step(
+    cfg: GPTConfig,          # the model to time
+    batch_size: int,          # sequences per micro-batch
+    seq_len: int,             # tokens per sequence
+    accum: int = 1,           # micro-batches per optimizer step
+    device: str = "cpu", n: int = 5,
+    dtype: str = "float32",   # "float32", or "bfloat16" for bf16 autocast (as `pretrain --dtype bfloat16`), or "auto"
+) -> float:
+    ("Fastest wall time of one optimizer step (notebook 04b's `train_step`, with AdamW) in `n` steps, after "
+     "one warm-up step.")
     torch.manual_seed(0)
     m = GPT(cfg).to(device)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
@@ -94,7 +99,8 @@ def choose_precision(cfg: GPTConfig, batch_size: int, seq_len: int, accum: int =
     bf16 = time_("bfloat16"); r = f32 / bf16
     use = r >= min_speedup
     why = (f"bf16 autocast {r:.2f}x as fast as float32 ({bf16 * 1000:.0f} vs {f32 * 1000:.0f} ms a step), "
-           + (f"at least the {min_speedup}x asked for" if use else f"less than the {min_speedup}x that would be worth a change of precision"))
+           + (f"at least the {min_speedup}x asked for" if use else f"less than the {min_speedup}x that would be worth "
+                                                                   "a change of precision"))
     return {"dtype": "bfloat16" if use else "float32", "seconds_per_step": bf16 if use else f32, "float32_s": f32,
             "bfloat16_s": bf16, "speedup": round(r, 3), "why": why}
 
@@ -115,40 +121,49 @@ def replan_checkpoint(run_dir: str | Path,        # a pretraining run's folder
     return save_checkpoint(path, ckpt)
 
 # %% ../nbs/09_pipeline.ipynb #1f37df65
-def pretrain_in_budget(data: str,              # shards folder (`nanogpt-course prepare`)
-                       out_dir: str,           # the run's folder, new
-                       seconds: float,         # the budget: the learning-rate schedule ends inside it
-                       steps: int,             # the first plan, e.g. `plan_steps(seconds, seconds_per_step(...))`
-                       replan_at: tuple = (0.5, 0.8), # fractions of the plan where the pace is measured again
-                       **kw,                   # TrainConfig fields: preset, seq_len, lr, hellaswag, device, progress, ...
-                      ) -> dict:
+def pretrain_in_budget(
+    data: str,              # shards folder (`nanogpt-course prepare`)
+    out_dir: str,           # the run's folder, new
+    seconds: float,         # the budget: the learning-rate schedule ends inside it
+    steps: int,             # the first plan, e.g. `plan_steps(seconds, seconds_per_step(...))`
+    replan_at: tuple = (0.5, 0.8), # fractions of the plan where the pace is measured again
+    **kw,                   # TrainConfig fields: preset, seq_len, lr, hellaswag, device, progress, ...
+) -> dict:
     "Pretrain in phases, re-planning the step count from the pace so far so that the schedule ends in `seconds`."
-    import matplotlib.pyplot  # each phase ends with a loss plot: import it first, so the first phase times a restart, not an import
+    # each phase ends with a loss plot: import it first, so the first phase times a restart, not an import
+    import matplotlib.pyplot
     t0, plan, warmup, done, replans, cost, todo = time.time(), steps, max(1, steps // 20), 0, [], [], sorted(replan_at)
     while True:
         if cost: todo = [f for f in todo if done < int(f * plan) < plan]  # the measuring points still ahead
-        stop, start, t1 = int(todo.pop(0) * plan) if cost and todo else None, done, time.time()  # each point is used once
-        limit = 0.05 * seconds if not cost else seconds - (t1 - t0) + 0.1 * seconds  # a short first phase measures the pace
+        # each point is used once
+        stop, start, t1 = int(todo.pop(0) * plan) if cost and todo else None, done, time.time()
+        # a short first phase measures the pace
+        limit = 0.05 * seconds if not cost else seconds - (t1 - t0) + 0.1 * seconds
         every = dict(eval_every=max(1, plan // 10), sample_every=max(1, plan // 4),
                      hellaswag_every=max(1, plan // 5) if kw.get("hellaswag") else 0)
         res = T.pretrain(data, out_dir=out_dir, resume=done > 0, max_steps=plan, warmup_steps=warmup, stop_after=stop,
-                         max_time=max(0.01, limit), save_every=plan, hooks=lambda cfg: [H.hellaswag_hook(cfg)], **{**every, **kw})
+                         max_time=max(0.01, limit), save_every=plan, hooks=lambda cfg: [H.hellaswag_hook(cfg)],
+                         **{**every, **kw})
         done = res["steps"]
         if done >= plan or cost and (stop is None or done < stop): break  # the schedule ended, or the time limit cut it
         train_s = sum(r["dt"] for r in T.read_log(out_dir) if "dt" in r and r["step"] >= start)  # the steps' own time
         cost.append(dict(steps=done - start, evals=res["seconds"] - train_s, restart=time.time() - t1 - res["seconds"]))
-        if len(cost) == 1: evals = 5 * cost[0]["evals"]  # step 0 evaluates everything; the rest of a run does so ~5 times over
-        else: evals = sum(c["evals"] for c in cost[1:]) / sum(c["steps"] for c in cost[1:]) * (plan - done)  # at the pace since
+        # step 0 evaluates everything; the rest of a run does so ~5 times over
+        if len(cost) == 1: evals = 5 * cost[0]["evals"]
+        # at the pace since
+        else: evals = sum(c["evals"] for c in cost[1:]) / sum(c["steps"] for c in cost[1:]) * (plan - done)
         reserve = evals + cost[-1]["restart"] * (1 + len(todo))  # and the start-up of each phase still to come
         left, step_s = seconds - (time.time() - t0), train_s / (done - start)
         new = done + plan_steps(left - reserve, step_s, lo=1)
         if new != plan:
             if done < warmup: warmup = max(1, new // 20)  # still warming up: 5% of the new plan
-            why = f"{step_s:.3g} s a step, {max(0, left):.0f} s left, {reserve:.0f} s of it for evaluations and restarts"
+            why = (f"{step_s:.3g} s a step, {max(0, left):.0f} s left, {reserve:.0f} s of it for "
+                   "evaluations and restarts")
             replans.append({"at_step": done, "from": plan, "to": new, "warmup_steps": warmup, "why": why})
             print(f"pretraining re-planned at step {done}: {plan} -> {new} steps ({why})", flush=True)
             replan_checkpoint(out_dir, new, warmup); plan = new
-    cut = None if done >= plan else f"the time limit stopped it at step {done} of {plan}, before its learning-rate schedule ended"
+    cut = None if done >= plan else (f"the time limit stopped it at step {done} of {plan}, "
+                                     "before its learning-rate schedule ended")
     if cut: print(f"warning: pretraining was cut: {cut}", flush=True)
     return {**res, "planned_steps": steps, "schedule_steps": plan, "replanned": replans, "cut": cut,
             "seconds": round(time.time() - t0, 2)}
@@ -165,26 +180,32 @@ def tune_in_budget(init,                  # the pretrained model: a run folder o
     "Instruction-tune for as many steps as a measured pace fits in `seconds`; says when the time limit cut it."
     from nanogpt_course import sft as S
     t0 = time.time()
-    probe = S.finetune(init, data=records, steps=probe_steps, batch_size=batch_size, eval_every=probe_steps, eval_batches=1,
-                       save=False, **{**kw, "progress": False})
+    probe = S.finetune(init, data=records, steps=probe_steps, batch_size=batch_size, eval_every=probe_steps,
+                       eval_batches=1, save=False, **{**kw, "progress": False})
     step_s = probe["seconds"] / probe_steps  # one validation batch included
     setup_s = time.time() - t0 - probe["seconds"]  # loading, tokenizing, the first validation batch
     val_s = -(-probe["counts"]["val"]["examples"] // batch_size) * step_s / 3  # a validation pass, forwards only
     left = seconds - (time.time() - t0)
-    fit = plan_steps(0.9 * (left - setup_s - 7 * val_s), step_s, lo=1)  # no re-plan later: a fifth of the time in reserve
+    # no re-plan later: a fifth of the time in reserve
+    fit = plan_steps(0.9 * (left - setup_s - 7 * val_s), step_s, lo=1)
     steps = min(max_steps, fit)
-    plan = {"steps": steps, "seconds_per_step": round(step_s, 4), "limit": "time" if fit < max_steps else "passes over the data",
-            "why": f"{step_s:.3g} s a step over {probe_steps} probe steps; {left:.0f} s left fit {fit}, the passes allow {max_steps}"}
+    plan = {"steps": steps, "seconds_per_step": round(step_s, 4),
+            "limit": "time" if fit < max_steps else "passes over the data",
+            "why": f"{step_s:.3g} s a step over {probe_steps} probe steps; {left:.0f} s left fit {fit}, the passes "
+                   f"allow {max_steps}"}
     print(f"instruction tuning planned: {steps} steps ({plan['why']})", flush=True)
     res = S.finetune(init, data=records, out_dir=out_dir, steps=steps, batch_size=batch_size,
                      max_seconds=max(1.0, left - setup_s - val_s), **kw)
-    cut = None if res["steps"] >= steps else f"the time limit stopped it at step {res['steps']} of {steps}, before its learning-rate schedule ended"
+    cut = None if res["steps"] >= steps else (f"the time limit stopped it at step {res['steps']} of {steps}, "
+                                              "before its learning-rate schedule ended")
     if cut: print(f"warning: instruction tuning was cut: {cut}", flush=True)
     return {**res, "planned_steps": steps, "plan": plan, "cut": cut}
 
 # %% ../nbs/09_pipeline.ipynb #b444738f
-SHOWCASE = ["What is the capital of France?", "Give three tips for staying healthy.", "Write a short poem about the sea."]
-SAMPLING = dict(temperature=0.8, top_k=40, seed=0)  # how the before/after answers are sampled: what the model writes, not its greedy loop
+SHOWCASE = ["What is the capital of France?", "Give three tips for staying healthy.",
+            "Write a short poem about the sea."]
+# how the before/after answers are sampled: what the model writes, not its greedy loop
+SAMPLING = dict(temperature=0.8, top_k=40, seed=0)
 
 def _save(out, summary):
     (out / "summary.json").write_text(json.dumps(T.json_safe(summary), indent=1, default=str, allow_nan=False))
@@ -216,7 +237,8 @@ def start_run(out_dir: str | None, # the run's folder, new or empty (None: `defa
         raise ValueError(f"--skill-items must be an integer >= 0, got {skill_items!r}")
     device = str(pick_device(device))  # notebook 03c
     if out.exists() and any(out.iterdir()):  # never mix two runs' checkpoints, never delete a finished run
-        raise FileExistsError(f"{out} already holds a run; choose another --out (the default makes a new timestamped one)")
+        raise FileExistsError(f"{out} already holds a run; choose another --out (the default makes a new "
+                              "timestamped one)")
     out.mkdir(parents=True, exist_ok=True)
     return out, device
 
@@ -247,7 +269,8 @@ def shards_stage(out: Path,              # the run's folder: the shards go to `o
     meta = D.prepare(source, out / "data", tokenizer=tokenizer, max_tokens=max_corpus_tokens if streamed else None,
                      shard_tokens=5_000_000, num_proc=min(2, os.cpu_count() or 1), progress=progress)
     per = {sp: sum(x["tokens"] for x in meta.get("shards", []) if x["split"] == sp) for sp in ("train", "val")}
-    return {"path": str(out / "data"), "train_tokens": per["train"], "val_tokens": per["val"], "shards": len(meta.get("shards", []))}
+    return {"path": str(out / "data"), "train_tokens": per["train"], "val_tokens": per["val"],
+            "shards": len(meta.get("shards", []))}
 
 # %% ../nbs/09_pipeline.ipynb #5d6b3a1b
 def mc_questions(out: Path, # the run's folder, with its shards: the questions go to `out/mc_heldout.jsonl`
@@ -257,7 +280,8 @@ def mc_questions(out: Path, # the run's folder, with its shards: the questions g
                 ) -> list[dict]:
     "Notebook 06: `n` HellaSwag-format questions from the held-out text, also written where pretraining reads them."
     examples = H.make_mc_examples(D.heldout_text(out / "data", enc), enc, n=n, seed=seed)
-    (out / "mc_heldout.jsonl").write_text("".join(json.dumps({"ctx": e["ctx"], "endings": e["endings"], "label": e["label"]}) + "\n"
+    (out / "mc_heldout.jsonl").write_text("".join(json.dumps({"ctx": e["ctx"], "endings": e["endings"],
+                                                              "label": e["label"]}) + "\n"
                                                   for e in examples))
     return examples
 
@@ -268,7 +292,8 @@ def plan_pretraining(preset: str,             # pretraining preset (notebook 04b
                      seconds: float,          # pretraining's share of the budget
                      device: str = "cpu",
                     ) -> tuple[dict, int]:
-    "(the precision `choose_precision` picked, the pretraining steps that fit in `seconds`) for the step pretraining takes."
+    ("(the precision `choose_precision` picked, the pretraining steps that fit in `seconds`) for the step "
+     "pretraining takes.")
     tcfg = T.make_config(preset, block_size=block_size, seq_len=block_size)
     mcfg = GPTConfig.from_preset(tcfg.model, vocab_size=n_vocab, **({"block_size": block_size} if block_size else {}))
     seq, batch, _, accum = T.batch_geometry(tcfg, mcfg.block_size)  # notebook 04b's own geometry, on one process
@@ -288,9 +313,9 @@ def pretraining_stage(out: Path,       # the run's folder: the run goes to `out/
                       device: str = "cpu", seed: int = 1337, progress: bool = True,
                      ) -> dict:
     "Notebook 04b in the budget (`pretrain_in_budget`), scoring `out/mc_heldout.jsonl`; its result and its precision."
-    r = pretrain_in_budget(str(out / "data"), str(out / "pretrain"), seconds, steps, preset=preset, block_size=block_size,
-                           seq_len=block_size, hellaswag=str(out / "mc_heldout.jsonl"), device=device, seed=seed, progress=progress,
-                           dtype=dtype)
+    r = pretrain_in_budget(str(out / "data"), str(out / "pretrain"), seconds, steps, preset=preset,
+                           block_size=block_size, seq_len=block_size, hellaswag=str(out / "mc_heldout.jsonl"),
+                           device=device, seed=seed, progress=progress, dtype=dtype)
     return {**r, "precision": dtype}
 
 # %% ../nbs/09_pipeline.ipynb #98ea6fb9
@@ -302,7 +327,8 @@ def skill_split(source,           # the pretraining corpus (`choose_corpus`)
                 skill_items: int, # training items per family (0: none)
                 seed: int = 1337,
                ) -> tuple[list, list]:
-    "Notebook 05's skills from the corpus: (training items, `HELDOUT` items a family); none when there is nothing to make them from."
+    ("Notebook 05's skills from the corpus: (training items, `HELDOUT` items a family); none when there is nothing "
+     "to make them from.")
     from nanogpt_course import sft as S
     if not skill_items: return [], []
     try: return S.skill_tasks(_sample_text(source, 2_000_000), n_train=skill_items, n_heldout=HELDOUT, seed=seed)
@@ -327,10 +353,13 @@ def tuning_stage(out: Path,           # the run's folder: from `out/pretrain` to
     passes = max(10, int(epochs * 0.9 * len(records) / SFT_BATCH))
     res = tune_in_budget(str(out / "pretrain"), records, out / "sft", seconds, passes, batch_size=SFT_BATCH, lr=SFT_LR,
                          device=device, seed=seed, progress=progress, dtype=dtype)
-    try: T.plot_log(out / "sft" / "sft_log.jsonl", save=out / "sft" / "loss.png", title="instruction tuning (response tokens)")
-    except Exception as e: print(f"warning: could not draw {out / 'sft' / 'loss.png'}: {e}", file=sys.stderr)  # the model is saved
-    return {**{k: res[k] for k in ("checkpoint", "val_loss_before", "val_loss_after", "planned_steps", "steps", "plan", "cut",
-                                   "tokens", "data", "counts")}, "skill_items": len(skill_train), "precision": dtype}
+    try: T.plot_log(out / "sft" / "sft_log.jsonl", save=out / "sft" / "loss.png",
+                    title="instruction tuning (response tokens)")
+    # the model is saved
+    except Exception as e: print(f"warning: could not draw {out / 'sft' / 'loss.png'}: {e}", file=sys.stderr)
+    return {**{k: res[k] for k in ("checkpoint", "val_loss_before", "val_loss_after", "planned_steps", "steps", "plan",
+                                   "cut", "tokens", "data", "counts")}, "skill_items": len(skill_train),
+                                   "precision": dtype}
 
 # %% ../nbs/09_pipeline.ipynb #99757977
 def score_models(models: list,  # (name, GPT) pairs
@@ -343,12 +372,15 @@ def score_models(models: list,  # (name, GPT) pairs
 def showcase_answers(models: list, # (name, GPT) pairs
                      enc, skill_heldout: list,
                     ) -> list[dict]:
-    "Each model's answers to `SHOWCASE` and two held-out skill items: sampled (`SAMPLING`), and greedy."
+    ("Each model's answers to `SHOWCASE` and to the first held-out item of each skill family: sampled "
+     "(`SAMPLING`), and greedy.")
     from nanogpt_course import sft as S
-    asks = [(q, "") for q in SHOWCASE] + [(r["instruction"], r["context"]) for r in skill_heldout[::25][:2]]
+    firsts = {r["category"]: r for r in reversed(skill_heldout)}  # reversed: each family keeps its first item
+    asks = [(q, "") for q in SHOWCASE] + [(r["instruction"], r["context"]) for r in reversed(firsts.values())]
     return [{"instruction": q, "context": c, **{name: S.generate_response(m, enc, q, c, max_new_tokens=40, **SAMPLING)
                                                 for name, m in models},
-             "greedy": {name: S.generate_response(m, enc, q, c, max_new_tokens=40) for name, m in models}} for q, c in asks]
+             "greedy": {name: S.generate_response(m, enc, q, c, max_new_tokens=40) for name, m in models}} for q,
+             c in asks]
 
 # %% ../nbs/09_pipeline.ipynb #bcc1a4d0
 def evaluation_stage(out: Path,    # the run's folder: `eval.json` goes here
@@ -357,49 +389,60 @@ def evaluation_stage(out: Path,    # the run's folder: `eval.json` goes here
                      skill_heldout: list,    # held-out skill items (`skill_split`)
                      device: str = "cpu", seed: int = 1337, progress: bool = True,
                     ) -> dict:
-    "Notebook 06: multiple choice for the untrained, pretrained and tuned models; their answers; their skills; the losses."
+    ("Notebook 06: multiple choice for the untrained, pretrained and tuned models; their answers; their "
+     "skills; the losses.")
     from nanogpt_course import sft as S
     base, _ = load_model(str(out / "pretrain"), device=device)
     tuned_m, _ = load_model(tuned["checkpoint"], device=device)
     torch.manual_seed(seed); untrained = GPT(base.config).to(device).eval()
-    res = score_models([("untrained", untrained), ("pretrained", base), ("instruction-tuned", tuned_m)], enc, examples, device, progress)
+    res = score_models([("untrained", untrained), ("pretrained", base), ("instruction-tuned", tuned_m)], enc, examples,
+                       device, progress)
     models = [("pretrained", base), ("instruction-tuned", tuned_m)]
     answers = showcase_answers(models, enc, skill_heldout)
     sk = {name: S.skill_scores(m, enc, skill_heldout) for name, m in models} if skill_heldout else None
-    (out / "eval.json").write_text(json.dumps(T.json_safe({"multiple_choice": res, "answers": answers, "skills": sk}), indent=1))
-    return {"multiple_choice_from_heldout_text": res, "chance": 0.25, "answers": answers, "sampling": SAMPLING, "skill_scores": sk,
-            "validation_loss": {"pretraining": pre.get("val_loss"), "instruction_before": tuned["val_loss_before"],
+    (out / "eval.json").write_text(json.dumps(T.json_safe({"multiple_choice": res, "answers": answers, "skills": sk}),
+                                              indent=1))
+    return {"multiple_choice_from_heldout_text": res, "chance": 0.25, "answers": answers, "sampling": SAMPLING,
+            "skill_scores": sk, "validation_loss": {"pretraining": pre.get("val_loss"),
+                                                    "instruction_before": tuned["val_loss_before"],
                                 "instruction_after": tuned["val_loss_after"]}}
 
 # %% ../nbs/09_pipeline.ipynb #cea4b67e
 EVAL_SECONDS = 30  # what the evaluation stage needs at most (the multiple choice and the skills of two models)
 
-def run(out_dir: str | None = None,     # everything the run writes goes here; must be new or empty (default: `default_out_dir()`)
-        minutes: float = 15.0,            # the time budget for all stages (serving excluded)
-        corpus: str = "auto",             # "auto", "fineweb-edu", "stdlib" or a local text/jsonl/parquet file
-        instructions: str = "auto",       # "auto" (Dolly online, else NANOGPT_COURSE_DATA's Alpaca file, else built in), or a file
-        vocab_size: int = 4096,           # the BPE tokenizer's vocabulary
-        preset: str = "mini",             # pretraining preset (notebook 04); its block_size must hold an instruction and its answer
-        block_size: int | None = 256,     # context length override (instruction-tuning examples are longer than most sentences)
-        max_corpus_tokens: int = 20_000_000, # cap on tokens prepared from a streamed corpus (FineWeb-Edu is 10B)
-        sft_epochs: float = 4.0,          # at most this many passes over the instruction set
-        skill_items: int = 2000,          # generated skill items per family mixed into the instruction set (notebook 05)
-        mc_examples: int = 200,           # HellaSwag-format questions built from held-out text
-        device: str = "auto",             # "auto", "cpu", "cuda"
-        serve: bool = True,               # serve the result at the end (blocks until Ctrl-C)
-        serve_seconds: float | None = None, # stop serving after this long (None: until Ctrl-C)
-        host: str = "127.0.0.1", port: int = 8000,
-        seed: int = 1337,
-        progress: bool = True,
-       ) -> dict:
-    "The main job: tokenizer -> shards -> pretraining -> instruction tuning -> evaluation -> serving. Returns the summary."
+def run(
+    # everything the run writes goes here; must be new or empty (default: `default_out_dir()`)
+    out_dir: str | None = None,
+    minutes: float = 15.0,            # the time budget for all stages (serving excluded)
+    corpus: str = "auto",             # "auto", "fineweb-edu", "stdlib" or a local text/jsonl/parquet file
+    # "auto" (Dolly online, else NANOGPT_COURSE_DATA's Alpaca file, else built in), or a file
+    instructions: str = "auto",
+    vocab_size: int = 4096,           # the BPE tokenizer's vocabulary
+    # pretraining preset (notebook 04); its block_size must hold an instruction and its answer
+    preset: str = "mini",
+    # context length override (instruction-tuning examples are longer than most sentences)
+    block_size: int | None = 256,
+    max_corpus_tokens: int = 20_000_000, # cap on tokens prepared from a streamed corpus (FineWeb-Edu is 10B)
+    sft_epochs: float = 4.0,          # at most this many passes over the instruction set
+    skill_items: int = 2000,          # generated skill items per family mixed into the instruction set (notebook 05)
+    mc_examples: int = 200,           # HellaSwag-format questions built from held-out text
+    device: str = "auto",             # "auto", "cpu", "cuda"
+    serve: bool = True,               # serve the result at the end (blocks until Ctrl-C)
+    serve_seconds: float | None = None, # stop serving after this long (None: until Ctrl-C)
+    host: str = "127.0.0.1", port: int = 8000,
+    seed: int = 1337,
+    progress: bool = True,
+) -> dict:
+    ("The main job: tokenizer -> shards -> pretraining -> instruction tuning -> evaluation -> serving. "
+     "Returns the summary.")
     out, device = start_run(out_dir, minutes, skill_items, device)
     budget, t_start = 60.0 * minutes, time.time()
     source, why = choose_corpus(corpus)
     summary = {"out_dir": str(out), "minutes": minutes, "device": device, "corpus": {"source": source, "why": why},
                "torch": torch.__version__, "stages": {}}
     print(f"run directory: {out}\npretraining text: {why}\ndevice: {device}, budget {minutes:g} min", flush=True)
-    tok = _stage(summary, "tokenizer", out, lambda: tokenizer_stage(out, source, vocab_size, 1_000_000 if budget >= 300 else 200_000))
+    tok = _stage(summary, "tokenizer", out,
+                 lambda: tokenizer_stage(out, source, vocab_size, 1_000_000 if budget >= 300 else 200_000))
     enc = get_tokenizer(tok["path"])
     _stage(summary, "shards", out, lambda: shards_stage(out, source, tok["path"], max_corpus_tokens, progress))
     examples = mc_questions(out, enc, mc_examples, seed)
@@ -407,11 +450,14 @@ def run(out_dir: str | None = None,     # everything the run writes goes here; m
     prec, steps = plan_pretraining(preset, block_size, enc.n_vocab, pre_budget, device)
     summary["precision"] = prec
     pre = _stage(summary, "pretraining", out,
-                 lambda: pretraining_stage(out, pre_budget, steps, prec["dtype"], preset, block_size, device, seed, progress))
+                 lambda: pretraining_stage(out, pre_budget, steps, prec["dtype"], preset, block_size, device, seed,
+                                           progress))
     skill_train, skill_heldout = skill_split(source, skill_items, seed)
     left = budget - (time.time() - t_start)
-    sft_budget = max(0.1 * budget, left - EVAL_SECONDS)  # all but what evaluation needs; a share even when pretraining overran
-    tuned = _stage(summary, "instruction tuning", out, lambda: tuning_stage(out, instructions, skill_train, sft_budget, sft_epochs,
+    # all but what evaluation needs; a share even when pretraining overran
+    sft_budget = max(0.1 * budget, left - EVAL_SECONDS)
+    tuned = _stage(summary, "instruction tuning", out,
+                   lambda: tuning_stage(out, instructions, skill_train, sft_budget, sft_epochs,
                                                                           prec["dtype"], device, seed, progress))
     ev = _stage(summary, "evaluation", out,
                 lambda: evaluation_stage(out, enc, examples, pre, tuned, skill_heldout, device, seed, progress))
@@ -427,7 +473,8 @@ def at_a_glance(summary: dict, # a run's summary so far (its stages)
                 ev: dict,      # the evaluation stage's result
                 n_vocab: int,  # the tokenizer's size: a uniform guess costs ln(n_vocab) nats a token
                ) -> dict:
-    "What a learner reads first: tokens seen, validation loss against a uniform guess, multiple choice, skills, stop rate, stages."
+    ("What a learner reads first: tokens seen, validation loss against a uniform guess, multiple choice, skills, "
+     "stop rate, stages.")
     st, sk = summary["stages"], ev.get("skill_scores")
     pre = st.get("pretraining", {})
     return {"tokens_seen": pre.get("tokens"),
@@ -435,10 +482,12 @@ def at_a_glance(summary: dict, # a run's summary so far (its stages)
             "multiple_choice": {k: v["acc_norm"] for k, v in ev["multiple_choice_from_heldout_text"].items()},
             "skills": {f: {"pretrained": v["accuracy"], "tuned": sk["instruction-tuned"][f]["accuracy"], "n": v["n"]}
                        for f, v in sk["pretrained"].items()} if sk else None,
-            "stop_rate": {k: sk[name]["mean"]["stop_rate"] for k, name in (("pretrained", "pretrained"), ("tuned", "instruction-tuned"))}
+            "stop_rate": {k: sk[name]["mean"]["stop_rate"] for k,
+                          name in (("pretrained", "pretrained"), ("tuned", "instruction-tuned"))}
                          if sk else None,
-            "stage_times": {name: {"seconds": s.get("seconds"), "precision": s.get("precision"), "replanned": bool(s.get("replanned")),
-                                   "cut": bool(s.get("cut"))} for name, s in st.items()}}
+            "stage_times": {name: {"seconds": s.get("seconds"), "precision": s.get("precision"),
+                                   "replanned": bool(s.get("replanned")), "cut": bool(s.get("cut"))} for name,
+                                   s in st.items()}}
 
 # %% ../nbs/09_pipeline.ipynb #bce79d34
 def _num(x, fmt=".3f") -> str:
@@ -448,28 +497,38 @@ def _report_data(summary: dict) -> list[str]:
     "Where the text came from, the tokenizer, the precision."
     st = summary["stages"]; L = [f"pretraining text:   {summary['corpus']['why']}"]
     if summary["corpus"]["source"] != "fineweb-edu":
-        L.append("                    (FineWeb-Edu needs the network: `nanogpt-course prepare fineweb-edu --out data/edu_fineweb10B`, notebook 04a)")
-    if "tokenizer" in st: L.append(f"tokenizer:          {st['tokenizer']['vocab_size']} tokens, {st['tokenizer']['chars_per_token']} characters per token")
-    if summary.get("precision"): L.append(f"precision:          {summary['precision']['dtype']} ({summary['precision']['why']})")
+        L.append("                    (FineWeb-Edu needs the network: `nanogpt-course prepare fineweb-edu --out "
+                 "data/edu_fineweb10B`, notebook 04a)")
+    if "tokenizer" in st: L.append(f"tokenizer:          {st['tokenizer']['vocab_size']} tokens, "
+                                   f"{st['tokenizer']['chars_per_token']} characters per token")
+    if summary.get("precision"): L.append(f"precision:          {summary['precision']['dtype']} "
+                                          f"({summary['precision']['why']})")
     return L
 
 def _report_pretraining(p: dict, summary: dict) -> list[str]:
     "Pretraining's steps, tokens and loss against ln V; its re-plans; whether it was cut."
-    L = [f"pretraining:        {p.get('steps')} steps, {p.get('tokens', 0):,} tokens, val loss {_num(p.get('val_loss'))} ({p['seconds']:.0f} s)"]
-    if summary.get("validation_loss"): L.append(f"                    a uniform guess over the vocabulary scores ln V = {summary['validation_loss']['uniform_baseline']:.3f}")
-    if p.get("replanned"): L.append(f"                    planned {p['planned_steps']} steps, re-planned from the pace it kept: " +
-                                    ", ".join(f"{r['from']} -> {r['to']} at step {r['at_step']}" for r in p["replanned"]))
+    L = [f"pretraining:        {p.get('steps')} steps, {p.get('tokens', 0):,} tokens, val loss "
+         f"{_num(p.get('val_loss'))} ({p['seconds']:.0f} s)"]
+    if summary.get("validation_loss"): L.append("                    a uniform guess over the vocabulary scores ln V "
+                                                f"= {summary['validation_loss']['uniform_baseline']:.3f}")
+    if p.get("replanned"): L.append(f"                    planned {p['planned_steps']} steps, re-planned from "
+                                    "the pace it kept: " +
+                                    ", ".join(f"{r['from']} -> {r['to']} at "
+                                              f"step {r['at_step']}" for r in p["replanned"]))
     if p.get("cut"): L.append(f"                    CUT SHORT: {p['cut']}")
     return L
 
 def _report_tuning(s: dict) -> list[str]:
     "Instruction tuning's data, steps and response loss before and after; its plan; whether it was cut."
-    srcs = ", ".join(f"{Path(str(d.get('source', d))).name} ({d.get('schema', '?')}, {d.get('kept', '?')} records)" if isinstance(d, dict) else str(d)
+    srcs = ", ".join(f"{Path(str(d.get('source', d))).name} ({d.get('schema', '?')}, "
+                     f"{d.get('kept', '?')} records)" if isinstance(d, dict) else str(d)
                      for d in s["data"])
     L = [f"instruction tuning: {s['steps']} steps on {srcs}; response val loss "
          f"{_num(s['val_loss_before'])} -> {_num(s['val_loss_after'])} ({s['seconds']:.0f} s)"]
-    if s.get("skill_items"): L.append(f"                    plus {s['skill_items']} generated skill items (notebook 05)")
-    if s.get("plan"): L.append(f"                    planned {s['planned_steps']} steps, limited by {s['plan']['limit']} ({s['plan']['why']})")
+    if s.get("skill_items"): L.append(f"                    plus {s['skill_items']} generated skill "
+                                      "items (notebook 05)")
+    if s.get("plan"): L.append(f"                    planned {s['planned_steps']} steps, limited by "
+                               f"{s['plan']['limit']} ({s['plan']['why']})")
     if s.get("cut"): L.append(f"                    CUT SHORT: {s['cut']}")
     if not any("dolly" in str(d.get("source", d) if isinstance(d, dict) else d).lower() for d in s["data"]):
         L.append("                    (Dolly-15k needs the network: `nanogpt-course sft --data dolly`, notebook 05)")
@@ -478,42 +537,52 @@ def _report_tuning(s: dict) -> list[str]:
 # %% ../nbs/09_pipeline.ipynb #22876d55
 def _report_evaluation(e: dict) -> list[str]:
     "Multiple choice for each model against chance, what tuning cost, and the answers."
-    L = ["evaluation:         HellaSwag-format questions built from held-out text (the real HellaSwag needs the network: "
-         "`nanogpt-course eval hellaswag --model RUN/sft`, notebook 06)"]
+    L = ["evaluation:         HellaSwag-format questions built from held-out text (the real HellaSwag "
+         "needs the network: `nanogpt-course eval hellaswag --model RUN/sft`, notebook 06)"]
     mc = e["multiple_choice_from_heldout_text"]
     for k, v in mc.items():
-        L.append(f"multiple choice:    {k:<18} acc {v['acc']:.3f}  acc_norm {v['acc_norm']:.3f}  (n={v['n']}, chance 0.25)")
+        L.append(f"multiple choice:    {k:<18} acc {v['acc']:.3f}  acc_norm {v['acc_norm']:.3f}  "
+                 f"(n={v['n']}, chance 0.25)")
     if "pretrained" in mc and "instruction-tuned" in mc:
-        d, after = mc["instruction-tuned"]["acc_norm"] - mc["pretrained"]["acc_norm"], mc["instruction-tuned"]["acc_norm"]
-        L.append(f"                    what tuning cost here: acc_norm {d:+.3f}; the tuned model is {'still above' if after > 0.25 else 'not above'} chance")
+        after = mc["instruction-tuned"]["acc_norm"]
+        d = after - mc["pretrained"]["acc_norm"]
+        L.append(f"                    what tuning cost here: acc_norm {d:+.3f}; the tuned model is "
+                 f"{'still above' if after > 0.25 else 'not above'} chance")
     for a in e.get("answers", []):
-        L.append(f"\n### Instruction: {a['instruction']}" + (f"\n### Input: {a['context']}" if a.get("context") else ""))
+        L.append(f"\n### Instruction: {a['instruction']}"
+                 + (f"\n### Input: {a['context']}" if a.get("context") else ""))
         for k in ("pretrained", "instruction-tuned"):
             L.append(f"  {k + ':':<19} {a[k]!r}")
             if "greedy" in a: L.append(f"  {'  (greedy)':<19} {a['greedy'][k]!r}")
     if e.get("sampling"):
-        L.append("\n(answers sampled with " + ", ".join(f"{k}={v}" for k, v in e["sampling"].items()) + "; greedy below each)")
+        how = ", ".join(f"{k}={v}" for k, v in e["sampling"].items())
+        L.append(f"\n(answers sampled with {how}; greedy below each)")
     return L
 
 def _report_skills_and_times(summary: dict) -> list[str]:
     "Skills before and after tuning, the stop rate, and each stage's time."
     L = []
     if summary.get("skills"):
-        L.append("\nskills:             exact match on held-out items (lines no training item used), greedy, the reference's length + 8 tokens at most")
+        L.append("\nskills:             exact match on held-out items (lines no training item used), greedy, the "
+                 "reference's length + 8 tokens at most")
         L.append(f"                    {'family':<12} {'pretrained':>10} {'tuned':>7}")
-        for f, v in summary["skills"].items(): L.append(f"                    {f:<12} {v['pretrained']:>10.0%} {v['tuned']:>7.0%}   (n={v['n']})")
+        for f, v in summary["skills"].items():
+            L.append(f"                    {f:<12} {v['pretrained']:>10.0%} {v['tuned']:>7.0%}   (n={v['n']})")
         sr = summary["stop_rate"]
-        L.append(f"stop rate:          answers ending with <|endoftext|>: pretrained {sr['pretrained']:.0%}, tuned {sr['tuned']:.0%}")
+        L.append(f"stop rate:          answers ending with <|endoftext|>: pretrained {sr['pretrained']:.0%}, tuned "
+                 f"{sr['tuned']:.0%}")
     if summary.get("stage_times"):
-        L.append("stages:             " + " | ".join(f"{k} {v['seconds']:.0f} s" + (f" {v['precision']}" if v.get("precision") else "")
-                                                   + (" re-planned" if v["replanned"] else "") + (" CUT" if v["cut"] else "")
-                                                   for k, v in summary["stage_times"].items()))
+        def stage(k, v):
+            return (f"{k} {v['seconds']:.0f} s" + (f" {v['precision']}" if v.get("precision") else "")
+                    + (" re-planned" if v["replanned"] else "") + (" CUT" if v["cut"] else ""))
+        L.append("stages:             " + " | ".join(stage(k, v) for k, v in summary["stage_times"].items()))
     return L
 
 def report(summary: dict) -> str:
     "A short human-readable account of a run's summary."
     st = summary["stages"]
-    L = [f"\n== results ({summary.get('seconds', 0):.0f} s in all; written to {summary['out_dir']}/summary.json)", *_report_data(summary)]
+    L = [f"\n== results ({summary.get('seconds', 0):.0f} s in all; written to {summary['out_dir']}/summary.json)",
+         *_report_data(summary)]
     if "pretraining" in st: L += _report_pretraining(st["pretraining"], summary)
     if "instruction tuning" in st: L += _report_tuning(st["instruction tuning"])
     if "evaluation" in st: L += _report_evaluation(st["evaluation"])
@@ -527,12 +596,14 @@ def serve_run(out: str | Path,            # a run directory written by `run`
     "Serve a run's pretrained and tuned models (web page + OpenAI-compatible API)."
     from nanogpt_course.serve import create_app, ServerThread
     out = Path(out)
-    models = {"base": load_model(str(out / "pretrain"), device=device), "sft": load_model(str(out / "sft" / "sft.pt"), device=device)}
+    models = {"base": load_model(str(out / "pretrain"), device=device),
+              "sft": load_model(str(out / "sft" / "sft.pt"), device=device)}
     app = create_app(models, default_model="sft")
     with ServerThread(app, host=host, port=port) as srv:
-        print(f"\n== serving (Ctrl-C to stop)\n  web page:   {srv.url}/\n  OpenAI API: {srv.url}/v1   (model ids: base, sft)\n"
-              f"  playground: jupyter lab nbs/08_playground.ipynb   (or: nanogpt-course playground --checkpoint {out / 'sft' / 'sft.pt'})\n"
-              f"  terminal:   nanogpt-course chat --checkpoint {out / 'sft' / 'sft.pt'}", flush=True)
+        print(f"\n== serving (Ctrl-C to stop)\n  web page:   {srv.url}/\n  OpenAI API: {srv.url}/v1   (model "
+              "ids: base, sft)\n  playground: jupyter lab nbs/08_playground.ipynb   (or: nanogpt-course playground "
+              f"--checkpoint {out / 'sft' / 'sft.pt'})\n  terminal:   nanogpt-course chat --checkpoint "
+              f"{out / 'sft' / 'sft.pt'}", flush=True)
         try:
             t0 = time.time()
             while seconds is None or time.time() - t0 < seconds: time.sleep(0.2)
@@ -543,14 +614,17 @@ def serve_run(out: str | Path,            # a run directory written by `run`
 def cli(argv: list[str] | None = None # e.g. ["--minutes", "5", "--no-serve"]; sys.argv[1:] when None
        ) -> int:
     "`nanogpt-course run`: the main job, end to end."
-    p = argparse.ArgumentParser(prog="nanogpt-course run", description="The course end to end: tokenizer, pretraining, instruction tuning, evaluation, serving.")
+    p = argparse.ArgumentParser(prog="nanogpt-course run", description="The course end to end: tokenizer, pretraining, "
+                                                                       "instruction tuning, evaluation, serving.")
     p.add_argument("--out", default=None, help="run directory, new or empty (default: runs/main-YYYYmmdd-HHMMSS)")
     p.add_argument("--minutes", type=float, default=15.0, help="time budget for all stages but serving")
     g = p.add_argument_group("data")
     g.add_argument("--corpus", default="auto", help="'auto', 'fineweb-edu', 'stdlib' or a text/jsonl/parquet file")
-    g.add_argument("--instructions", default="auto", help="'auto', 'dolly', 'alpaca', 'builtin' or a Dolly/Alpaca-format file")
+    g.add_argument("--instructions", default="auto",
+                   help="'auto', 'dolly', 'alpaca', 'builtin' or a Dolly/Alpaca-format file")
     g.add_argument("--max-corpus-tokens", type=int, default=20_000_000, help="cap on tokens prepared")
-    g.add_argument("--skill-items", type=int, default=2000, help="generated skill items per family mixed into instruction tuning (0: none)")
+    g.add_argument("--skill-items", type=int, default=2000,
+                   help="generated skill items per family mixed into instruction tuning (0: none)")
     g = p.add_argument_group("model")
     g.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
     g.add_argument("--preset", default="mini", choices=sorted(T.TRAIN_PRESETS), help="pretraining preset (notebook 04)")
@@ -558,14 +632,16 @@ def cli(argv: list[str] | None = None # e.g. ["--minutes", "5", "--no-serve"]; s
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
     g = p.add_argument_group("serving")
     g.add_argument("--no-serve", dest="serve", action="store_false", help="stop after the evaluation")
-    g.add_argument("--serve-seconds", type=float, default=None, help="serve this long, then exit (default: until Ctrl-C)")
+    g.add_argument("--serve-seconds", type=float, default=None,
+                   help="serve this long, then exit (default: until Ctrl-C)")
     g.add_argument("--host", default="127.0.0.1"); g.add_argument("--port", type=int, default=8000)
     a = p.parse_args(argv)
     if not a.minutes > 0: p.error(f"--minutes must be a positive number of minutes, got {a.minutes}")
     if a.skill_items < 0: p.error(f"--skill-items must be an integer >= 0 (0: no skills), got {a.skill_items}")
     try:
         run(a.out, a.minutes, a.corpus, a.instructions, a.vocab_size, a.preset, a.block_size, a.max_corpus_tokens,
-            skill_items=a.skill_items, device=a.device, serve=a.serve, serve_seconds=a.serve_seconds, host=a.host, port=a.port)
+            skill_items=a.skill_items, device=a.device, serve=a.serve, serve_seconds=a.serve_seconds, host=a.host,
+            port=a.port)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr); return 2
     return 0

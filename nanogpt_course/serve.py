@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['APIError', 'SamplingParams', 'SamplingRequest', 'api_error', 'check_body', 'sampling_params', 'parse_sampling',
            'StreamOptions', 'CompletionRequest', 'ChatRequest', 'render_chat', 'encode_prompt', 'fit_context',
-           'TextStream', 'sample_token', 'RaggedKVCache', 'extend', 'Job', 'Seq', 'Batch', 'QueueFull', 'Engine', 'sse',
-           'read_body', 'parse_json', 'JSONBodyRoute', 'CheckedRequest', 'check_request', 'Serving',
+           'TextStream', 'sample_token', 'RaggedKVCache', 'extend', 'Job', 'Seq', 'decode_layout', 'Batch', 'QueueFull',
+           'Engine', 'sse', 'read_body', 'parse_json', 'JSONBodyRoute', 'CheckedRequest', 'check_request', 'Serving',
            'add_completions_route', 'add_chat_route', 'add_info_routes', 'check_classification',
            'add_classification_route', 'add_page_route', 'create_app', 'ServerThread', 'load_models', 'cli',
            'chat_loop', 'chat_cli']
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 import torch
 import torch.nn.functional as F
+from torch import nn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -99,7 +100,8 @@ class SamplingRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
     n: int = Field(1, description="choices from the one prompt; the server allows up to its rows")
     stop: Annotated[list[str], BeforeValidator(_stops)] = Field([], description="up to 4 strings that end the answer")
-    seed: int | None = Field(None, ge=-2**63, le=2**64 - 1, description="same seed, same answer")  # what a 64-bit generator takes
+    # what a 64-bit generator takes
+    seed: int | None = Field(None, ge=-2**63, le=2**64 - 1, description="same seed, same answer")
     echo: _Off = None; best_of: _Off = None; suffix: _Off = None; logprobs: _Off = None; top_logprobs: _Off = None
     logit_bias: _Off = None; tools: _Off = None; functions: _Off = None; response_format: _Off = None
     temperature: float = Field(1.0, ge=0, le=2, description="0 = greedy; higher = more random")
@@ -110,7 +112,8 @@ class SamplingRequest(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _null_is_absent(cls, body): return {k: v for k, v in body.items() if v is not None} if isinstance(body, dict) else body
+    def _null_is_absent(cls, body):
+        return {k: v for k, v in body.items() if v is not None} if isinstance(body, dict) else body
 
 # %% ../nbs/07_serve.ipynb #e45974dd
 _KINDS = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false", "string_type": "a string",
@@ -131,7 +134,8 @@ def api_error(err: dict,  # one error of pydantic's `ValidationError.errors()` (
               ) -> APIError:
     "One pydantic validation error as the API's 400: the field as `param`, and what would be right."
     loc, kind, v = [x for x in err["loc"] if x != "body"], err["type"], err.get("input")
-    where = (err.get("ctx") or {}).get("param") or "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc)[1:] or None
+    path = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc)[1:]
+    where = (err.get("ctx") or {}).get("param") or path or None
     name = where if where and "[" in where else f"'{where}'"  # 'max_tokens', but messages[0].role
     info = model.model_fields.get(loc[0]) if len(loc) == 1 else None
     if kind in _OURS: return _bad(err["msg"], where, kind)  # our validators speak the API's words already
@@ -140,7 +144,8 @@ def api_error(err: dict,  # one error of pydantic's `ValidationError.errors()` (
     if info is not None and (kind in ("greater_than", "greater_than_equal", "less_than_equal")
                              or kind == "float_type" and type(v) is int):  # an integer too large for a float
         return _bad(f"{name} must be in {_range(info)}, got {str(v)[:40]}", where)
-    if kind in _KINDS: return _bad(f"{name} must be {_KINDS[kind]}, got {type(v).__name__} {json.dumps(v)[:40]}", where, "invalid_type")
+    if kind in _KINDS: return _bad(f"{name} must be {_KINDS[kind]}, got {type(v).__name__} {json.dumps(v)[:40]}", where,
+                                   "invalid_type")
     if kind == "finite_number": return _bad(f"{name} must be a finite number, got {v}", where)
     return _bad(f"{where or 'request'}: {err['msg']}", where)
 
@@ -156,7 +161,8 @@ def sampling_params(req: SamplingRequest,  # a validated request
                     max_n: int = 1,  # most choices per request (the engine's rows)
                     ) -> tuple[SamplingParams, bool]:
     "The server's own limits on a request's sampling; return the params and whether max_tokens was given."
-    mt_name = "max_completion_tokens" if req.max_tokens is None and req.max_completion_tokens is not None else "max_tokens"
+    new_name = req.max_tokens is None and req.max_completion_tokens is not None
+    mt_name = "max_completion_tokens" if new_name else "max_tokens"
     mt = getattr(req, mt_name)
     if mt is not None and mt > max_tokens_limit:
         raise _bad(f"'{mt_name}' is {mt} but this server generates at most {max_tokens_limit} tokens per request; "
@@ -204,7 +210,8 @@ def _one_prompt(p):
     "The completions prompt: a string, a list of token ids, or a list holding one of those."
     if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)): p = p[0]
     if isinstance(p, str):
-        if not p.strip(): raise _refuse("'prompt' is empty or only whitespace: give the text to continue", "empty_prompt")
+        if not p.strip(): raise _refuse("'prompt' is empty or only whitespace: give the text to continue",
+                                        "empty_prompt")
         return p
     if isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p): return p
     if isinstance(p, list) and len(p) > 1 and all(isinstance(x, (str, list)) for x in p):
@@ -219,27 +226,34 @@ class CompletionRequest(_Endpoint):
 # %% ../nbs/07_serve.ipynb #1e48912e
 def _turns(msgs):
     "The chat turns, checked and flattened to {'role', 'content': str}."
-    if not isinstance(msgs, list): raise _refuse(f"'messages' must be a list, got {type(msgs).__name__}", "invalid_type")
+    if not isinstance(msgs, list): raise _refuse(f"'messages' must be a list, got {type(msgs).__name__}",
+                                                 "invalid_type")
     if not msgs: raise _refuse("'messages' is empty: send at least one user turn", "empty_prompt")
     out = []
     for i, m in enumerate(msgs):
         where = f"messages[{i}]"
-        if not isinstance(m, dict): raise _refuse(f"{where} must be an object with 'role' and 'content'", "invalid_type", where)
+        if not isinstance(m, dict): raise _refuse(f"{where} must be an object with 'role' and 'content'",
+                                                  "invalid_type", where)
         r = m.get("role")
-        role = {"developer": "system"}.get(r, r) if isinstance(r, str) else None  # a list or object is no role (nor hashable)
+        # a list or object is no role (nor hashable)
+        role = {"developer": "system"}.get(r, r) if isinstance(r, str) else None
         if role not in ("system", "user", "assistant"):
-            raise _refuse(f"{where}.role must be 'system', 'user' or 'assistant', got {json.dumps(r)[:40]}", param=f"{where}.role")
+            raise _refuse(f"{where}.role must be 'system', 'user' or 'assistant', got {json.dumps(r)[:40]}",
+                          param=f"{where}.role")
         c = m.get("content")
         if isinstance(c, list):  # OpenAI's content parts: keep the text ones
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in c):
-                raise _refuse(f"{where}.content parts must be {{'type': 'text', 'text': str}}: this model reads text only",
+                raise _refuse(f"{where}.content parts must be {{'type': 'text', 'text': str}}: this "
+                              "model reads text only",
                               param=f"{where}.content")
             c = "".join(p["text"] for p in c)
         if not isinstance(c, str):
-            raise _refuse(f"{where}.content must be a string, got {type(c).__name__}", "invalid_type", f"{where}.content")
+            raise _refuse(f"{where}.content must be a string, got {type(c).__name__}", "invalid_type",
+                          f"{where}.content")
         out.append({"role": role, "content": c})
     if out[-1]["role"] != "user":
-        raise _refuse(f"the last message must be the user's (got '{out[-1]['role']}'): the model answers the last user turn",
+        raise _refuse(f"the last message must be the user's (got '{out[-1]['role']}'): the model answers "
+                      "the last user turn",
                       param=f"messages[{len(out) - 1}].role")
     if not out[-1]["content"].strip():
         raise _refuse("the last user message is empty or only whitespace: nothing to answer", "empty_prompt",
@@ -248,7 +262,8 @@ def _turns(msgs):
 
 class ChatRequest(_Endpoint):
     "The body of POST /v1/chat/completions."
-    messages: Annotated[list[dict[str, str]], BeforeValidator(_turns)] = Field(description="a list of {'role', 'content'} turns")
+    messages: Annotated[list[dict[str, str]], BeforeValidator(_turns)] = Field(description="a list of {'role', "
+                                                                                           "'content'} turns")
 
 # %% ../nbs/07_serve.ipynb #c1a79475
 def render_chat(messages: list[dict]) -> str:
@@ -258,7 +273,8 @@ def render_chat(messages: list[dict]) -> str:
     except ValueError as e: raise _bad(f"'messages' cannot be rendered: {e}", "messages") from None
 
 def encode_prompt(enc, prompt: str | list[int]) -> list[int]:
-    "Token ids of a prompt: text is data (a typed <|endoftext|> is its characters, not the control token); ids are checked."
+    ("Token ids of a prompt: text is data (a typed <|endoftext|> is its characters, not the control token); "
+     "ids are checked.")
     if isinstance(prompt, list):
         bad = [t for t in prompt if not 0 <= t < enc.n_vocab]
         if bad: raise _bad(f"token id {bad[0]} is outside the vocabulary [0, {enc.n_vocab})", "prompt")
@@ -279,9 +295,9 @@ def fit_context(n_prompt: int,  # prompt tokens
     room = block_size - n_prompt
     if params.max_tokens > room:
         if max_tokens_given:
-            raise _bad(f"the prompt is {n_prompt} tokens and max_tokens is {params.max_tokens}: {n_prompt + params.max_tokens} "
-                       f"tokens exceed the model's context of {block_size}; lower max_tokens to at most {room} "
-                       f"or shorten the prompt", "max_tokens", "context_length_exceeded")
+            raise _bad(f"the prompt is {n_prompt} tokens and max_tokens is {params.max_tokens}: "
+                       f"{n_prompt + params.max_tokens} tokens exceed the model's context of {block_size}; lower "
+                       f"max_tokens to at most {room} or shorten the prompt", "max_tokens", "context_length_exceeded")
         params = SamplingParams(**{**asdict(params), "max_tokens": room})
     return params
 
@@ -331,7 +347,8 @@ def sample_token(logits: torch.Tensor,  # (V,) one row's next-token logits, cut 
     if counts is not None and (p.presence_penalty or p.frequency_penalty):
         logits = logits - counts * p.frequency_penalty - (counts > 0).float() * p.presence_penalty
     if p.temperature == 0: return int(logits.argmax())
-    probs = ((logits - logits.max()) / p.temperature).softmax(-1)  # max first: a tiny temperature gives 0 and -inf, not nan
+    # max first: a tiny temperature gives 0 and -inf, not nan
+    probs = ((logits - logits.max()) / p.temperature).softmax(-1)
     V, k, ids = probs.numel(), (p.top_k if p.top_k and p.top_k < probs.numel() else None), None
     if k or p.top_p < 1:  # candidates, most likely first: the top k, or enough of the top to hold top_p (no full sort)
         m = k or min(V, 256)
@@ -395,25 +412,30 @@ class RaggedKVCache:
         return last
 
 # %% ../nbs/07_serve.ipynb #738dfec4
-def extend(model,  # a GPT (notebook 03), in eval mode
-           cache: RaggedKVCache,  # rows 0..B-1 hold the sequences to extend
-           tokens: torch.Tensor,  # (B, T) new tokens of each row, not yet in the cache; a row's padding after its counts
-           counts: torch.Tensor | None = None,  # (B,) new tokens of each row, 1..T (None: T for every row)
-           ) -> torch.Tensor:
-    "Add each row's new tokens in one forward pass, each row at its own position; return the logits after each row's last (B, V)."
+def extend(
+    model,  # a GPT (notebook 03), in eval mode
+    cache: RaggedKVCache,  # rows 0..B-1 hold the sequences to extend
+    tokens: torch.Tensor,  # (B, T) new tokens of each row, not yet in the cache; a row's padding after its counts
+    counts: torch.Tensor | None = None,  # (B,) new tokens of each row, 1..T (None: T for every row)
+) -> torch.Tensor:
+    ("Add each row's new tokens in one forward pass, each row at its own position; return the logits after each "
+     "row's last (B, V).")
     tr, (B, T), dev = model.transformer, tokens.shape, tokens.device
     counts = torch.full((B,), T, device=dev) if counts is None else counts
     pos = cache.lens[:B, None] + torch.arange(T, device=dev)  # (B, T): each row continues from its own length
     L = int((cache.lens[:B] + counts).max())  # keys to read: up to the longest row's end
     cache.reserve(L)
-    mask = (torch.arange(L, device=dev) <= pos[..., None])[:, None]  # (B, 1, T, L): position p of row b sees its keys 0..p
-    rows, cols = (torch.arange(T, device=dev) < counts[:, None]).nonzero(as_tuple=True)  # the real tokens, not the padding
+    # (B, 1, T, L): position p of row b sees its keys 0..p
+    mask = (torch.arange(L, device=dev) <= pos[..., None])[:, None]
+    # the real tokens, not the padding
+    rows, cols = (torch.arange(T, device=dev) < counts[:, None]).nonzero(as_tuple=True)
     x = tr.wte(tokens) + tr.wpe(pos.clamp(max=cache.max_len - 1))  # (B, T, C); padding may run past the context
     for i, block in enumerate(tr.h):  # Block.forward, with per-row positions and masks instead of one offset
         q, k, v = block.attn.qkv(block.ln_1(x))  # 3 x (B, nh, T, hs)
         at = pos[rows, cols]  # where each real token's key goes in its row
         cache.k[i, rows, :, at], cache.v[i, rows, :, at] = k[rows, :, cols], v[rows, :, cols]  # (N, nh, hs)
-        y = F.scaled_dot_product_attention(q, cache.k[i, :B, :, :L], cache.v[i, :B, :, :L], attn_mask=mask)  # (B, nh, T, hs)
+        # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, cache.k[i, :B, :, :L], cache.v[i, :B, :, :L], attn_mask=mask)
         x = x + block.attn.c_proj(merge_heads(y))
         x = x + block.mlp(block.ln_2(x))
     cache.lens[:B] += counts
@@ -423,12 +445,14 @@ def extend(model,  # a GPT (notebook 03), in eval mode
 # %% ../nbs/07_serve.ipynb #85f65da3
 class Job:
     "One request: its prompt and sampling, its choices once it generates, and the events for whoever waits on it."
-    def __init__(self,
-                 model_name: str,  # which of the engine's models answers
-                 prompt_ids: list[int],  # the prompt's token ids
-                 params: SamplingParams,  # how to sample; params.n choices share the prompt
-                 loop=None,  # the asyncio loop that reads the events (None: a thread-safe queue.Queue)
-                 return_logits: bool = False):  # also send each token with its logits (the playground's colours); a server never asks
+    def __init__(
+        self,
+        model_name: str,  # which of the engine's models answers
+        prompt_ids: list[int],  # the prompt's token ids
+        params: SamplingParams,  # how to sample; params.n choices share the prompt
+        loop=None,  # the asyncio loop that reads the events (None: a thread-safe queue.Queue)
+        # also send each token with its logits (the playground's colours); a server never asks
+        return_logits: bool = False):
         self.model_name, self.prompt_ids, self.params, self.loop = model_name, list(prompt_ids), params, loop
         self.return_logits = return_logits
         self.cancel, self.finished = threading.Event(), threading.Event()
@@ -440,7 +464,8 @@ class Job:
     def completion_tokens(self) -> int: return sum(len(s.tokens) for s in self.choices)
 
     def emit(self, kind: str, value=None):
-        "Hand an event to whoever waits: [('token', (choice, id, logits)),] ('delta', (choice, text)), ('end', choice), then 'done' or ('error', message)."
+        ("Hand an event to whoever waits: [('token', (choice, id, logits)),] ('delta', (choice, text)), ('end', "
+         "choice), then 'done' or ('error', message).")
         if self.loop is None: return self.events.put((kind, value))
         try: self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
         except RuntimeError: self.cancel.set()  # the event loop is gone: nobody listens any more
@@ -484,14 +509,25 @@ class Seq:
         self.job.emit("end", self.index)
         return True
 
+# %% ../nbs/07_serve.ipynb #16e324b0
+def decode_layout(model: nn.Module) -> nn.Module:
+    ("Store every linear weight on the CPU column-major, in place: same values and shape, `x @ W.T` reads "
+     "W.T's rows in order.")
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and m.weight.device.type == "cpu" and m.weight.is_contiguous():
+            m.weight.data = m.weight.data.t().contiguous().t()  # (out, in) with strides (1, out)
+    return model
+
 # %% ../nbs/07_serve.ipynb #f9c74f29
 class Batch:
-    "One model's running requests: prompts read together within a budget per step, then every row decoded in one pass per step."
+    ("One model's running requests: prompts read together within a budget per step, then every row decoded in "
+     "one pass per step.")
     def __init__(self, model, enc,
                  rows: int,  # most sequences decoded together (and most prompts read together)
                  on_done=lambda job: None):  # called once all choices of a job have finished
         c, w = model.config, model.transformer.wte.weight
-        self.model, self.enc, self.on_done, self.device = model, enc, on_done, w.device
+        # in place, on the CPU
+        self.model, self.enc, self.on_done, self.device = decode_layout(model), enc, on_done, w.device
         shape = (c.n_layer, rows, c.n_head, c.n_embd // c.n_head, c.block_size, w.device, w.dtype)
         self.cache, self.prompts = RaggedKVCache(*shape), RaggedKVCache(*shape)  # generating rows; prompts being read
         self.seqs: list[Seq] = []  # seqs[r] is the sequence in cache row r
@@ -521,10 +557,16 @@ class Batch:
         "Every job this batch holds, reading or generating."
         return list(dict.fromkeys(self.reading + [s.job for s in self.seqs]))
 
+    def reset(self):
+        "Drop every row, reading or generating (after a failed pass, or when the engine closes)."
+        self.seqs, self.reading = [], []
+        for c in (self.cache, self.prompts): c.n = 0; c.lens.zero_()
+
 # %% ../nbs/07_serve.ipynb #3218ab96
 @torch.inference_mode()
 def _prefill(self: Batch, budget: int):
-    "Read the prompts: an equal share of `budget` tokens each, in one pass; a prompt that has been read joins the batch."
+    ("Read the prompts: an equal share of `budget` tokens each, in one pass; a prompt that has been read "
+     "joins the batch.")
     for r in reversed(range(len(self.reading))):  # the clients that left while we read
         if self.reading[r].cancel.is_set(): job = self.reading[r]; self.stop_reading(r); self.on_done(job)
     if not self.reading: return
@@ -571,7 +613,8 @@ class Engine:
                  max_queue: int = 64,  # most requests waiting or running; more get 503
                  max_active: int = 16,  # most sequences generating at once (rows of the batches, all models together)
                  prefill_chunk: int = 256):  # most prompt tokens (padding included) read between two decode steps
-        if min(max_queue, max_active, prefill_chunk) < 1: raise ValueError("max_queue, max_active and prefill_chunk must be at least 1")
+        if min(max_queue, max_active, prefill_chunk) < 1:
+            raise ValueError("max_queue, max_active and prefill_chunk must be at least 1")
         self.models, self.max_queue, self.max_active, self.prefill_chunk = models, max_queue, max_active, prefill_chunk
         for m, _ in models.values(): m.eval()
         self.batches = {name: Batch(m, enc, max_active, self._done) for name, (m, enc) in models.items()}
@@ -582,11 +625,13 @@ class Engine:
 
     def submit(self, job: Job) -> Job:
         "Queue a job, or raise QueueFull when max_queue requests are already in."
-        if job.model_name not in self.models: raise ValueError(f"no model {job.model_name!r}; models: {list(self.models)}")
+        if job.model_name not in self.models:
+            raise ValueError(f"no model {job.model_name!r}; models: {list(self.models)}")
         bs, p = self.models[job.model_name][0].config.block_size, job.params
         if not job.prompt_ids or len(job.prompt_ids) + p.max_tokens > bs or not 1 <= p.n <= self.max_active:
             raise ValueError(f"a job needs 1..{self.max_active} choices and a non-empty prompt plus max_tokens within "
-                             f"block_size {bs}; got n={p.n}, {len(job.prompt_ids)} + {p.max_tokens} tokens (fit_context)")
+                             f"block_size {bs}; got n={p.n}, {len(job.prompt_ids)} + {p.max_tokens} "
+                             "tokens (fit_context)")
         with self._cv:
             if self.in_flight >= self.max_queue:
                 self.stats["rejected"] += 1
@@ -594,7 +639,8 @@ class Engine:
             self.in_flight += 1
             self._queue.append(job)
             if self._thread is None or not self._thread.is_alive():
-                self._stop, self._thread = False, threading.Thread(target=self._work, name="nanogpt-serve-engine", daemon=True)
+                self._stop, self._thread = False, threading.Thread(target=self._work, name="nanogpt-serve-engine",
+                                                                   daemon=True)
                 self._thread.start()
             self._cv.notify()
         return job
@@ -608,7 +654,8 @@ class Engine:
         if queued: self._finish(job, "done")
 
     def retry_after(self) -> int:
-        "Seconds a refused client should wait: the requests ahead, in rounds of max_active, times the mean service time."
+        ("Seconds a refused client should wait: the requests ahead, in rounds of max_active, times the "
+         "mean service time.")
         return int(min(60, max(1, math.ceil(self.in_flight / self.max_active * (self._service or 1.0)))))
 
 # %% ../nbs/07_serve.ipynb #ce7c598a
@@ -638,7 +685,8 @@ def _finish(self: Engine, job: Job, kind: str, value=None):
                 self.active -= job.params.n
                 t = time.monotonic() - job.started  # service time: the queue wait is not in it
                 self._service = t if self._service is None else 0.8 * self._service + 0.2 * t
-            cancelled = job.cancel.is_set() and (not job.choices or any(s.finish_reason == "cancelled" for s in job.choices))
+            cancelled = job.cancel.is_set() and (not job.choices
+                                                 or any(s.finish_reason == "cancelled" for s in job.choices))
             self.stats["failed" if kind == "error" else "cancelled" if cancelled else "completed"] += 1
             self.stats["completion_tokens"] += job.completion_tokens
             self._cv.notify()
@@ -647,8 +695,7 @@ def _finish(self: Engine, job: Job, kind: str, value=None):
 def _fail(self: Engine, b: Batch, message: str):
     "A forward pass failed: every job of this batch gets the error, and the batch starts afresh."
     jobs = b.jobs()
-    b.seqs, b.waiting, b.cache.n = [], deque(), 0
-    b.cache.lens.zero_()
+    b.reset()  # a job still reading is finished here, once, not again when the next step sees it cancelled
     for job in jobs: job.cancel.set(); self._finish(job, "error", message)
 
 def _close(self: Engine):
@@ -661,7 +708,7 @@ def _close(self: Engine):
         for s in job.choices:
             if s.finish_reason is None: s.finish("cancelled")
         self._finish(job, "done")
-    for b in self.batches.values(): b.seqs, b.waiting, b.cache.n = [], deque(), 0
+    for b in self.batches.values(): b.reset()
 
 Engine._work, Engine._finish, Engine._fail, Engine.close = _work, _finish, _fail, _close
 Engine._done = lambda self, job: self._finish(job, "done")
@@ -696,9 +743,10 @@ async def read_body(request,  # a starlette Request
     ctype = request.headers.get("content-type", "")
     if ctype.split(";")[0].strip().lower() != "application/json":
         raise APIError(f"Content-Type must be application/json, got {ctype[:60] or 'none'}: send a JSON body with the "
-                       "header Content-Type: application/json", status=415, code="unsupported_media_type", headers=close)
-    def too_large(n): return APIError(f"the request body is {n:,} bytes or more but this server takes at most {max_bytes:,} "
-                                      "(serve --max-body-bytes); send a shorter prompt", status=413,
+                       "header Content-Type: application/json", status=415, code="unsupported_media_type",
+                       headers=close)
+    def too_large(n): return APIError(f"the request body is {n:,} bytes or more but this server takes at "
+                                      f"most {max_bytes:,} (serve --max-body-bytes); send a shorter prompt", status=413,
                                       code="request_too_large", headers=close)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes: raise too_large(int(declared))
@@ -722,8 +770,10 @@ def parse_json(raw: bytes) -> dict:
         raise APIError(f"the request body is not valid JSON ({str(e)[:120]}); send a JSON object with "
                        f"Content-Type: application/json", code="invalid_json") from None
     except RecursionError:
-        raise APIError("the request body nests JSON too deeply to read; send a flat JSON object", code="invalid_json") from None
-    if not isinstance(body, dict): raise APIError(f"the request body must be a JSON object, got {type(body).__name__}", code="invalid_json")
+        raise APIError("the request body nests JSON too deeply to read; send a flat JSON object",
+                       code="invalid_json") from None
+    if not isinstance(body, dict): raise APIError(f"the request body must be a JSON object, got {type(body).__name__}",
+                                                  code="invalid_json")
     return body
 
 # %% ../nbs/07_serve.ipynb #1fec324b
@@ -827,7 +877,8 @@ async def _answer(job: Job, request, engine: Engine, head: dict, chat: bool) -> 
         if kind == "delta": texts[value[0]] += value[1]
         elif kind == "error": raise APIError(f"generation failed: {value}", status=500, type="server_error")
     reasons = [s.finish_reason for s in job.choices] or ["cancelled"] * job.params.n  # cancelled while queued
-    choices = [({"index": i, "message": {"role": "assistant", "content": t}} if chat else {"index": i, "text": t, "logprobs": None})
+    choices = [({"index": i, "message": {"role": "assistant", "content": t}} if chat
+                else {"index": i, "text": t, "logprobs": None})
                | {"finish_reason": _finish_reason(r)} for i, (t, r) in enumerate(zip(texts, reasons))]
     return {**head, "choices": choices, "usage": _usage(len(job.prompt_ids), job.completion_tokens)}
 
@@ -849,7 +900,8 @@ async def _answer_events(job: Job, request, engine: Engine, head: dict, chat: bo
             yield sse(APIError(f"generation failed: {value}", status=500, type="server_error").body()); return
         elif job.cancel.is_set() and any(s.finish_reason == "cancelled" for s in job.choices) or not job.choices: return
         else:
-            if include_usage: yield sse({**head, "choices": [], "usage": _usage(len(job.prompt_ids), job.completion_tokens)})
+            if include_usage: yield sse({**head, "choices": [],
+                                         "usage": _usage(len(job.prompt_ids), job.completion_tokens)})
             yield sse("[DONE]")
 
 # %% ../nbs/07_serve.ipynb #0b8bd928
@@ -863,24 +915,30 @@ class Serving:
     max_tokens_limit: int = 1024  # ceiling on max_tokens per request
 
 async def _respond(request, req: CompletionRequest | ChatRequest, s: Serving):
-    "Check a validated request, submit its job, answer; an unexpected error becomes a 500 here, so the connection stays usable."
+    ("Check a validated request, submit its job, answer; an unexpected error becomes a 500 here, so the "
+     "connection stays usable.")
     chat = isinstance(req, ChatRequest)
     try:
-        c = await asyncio.to_thread(check_request, req, s.models, s.default_model, s.default_max_tokens["chat" if chat else "completions"],
-                                    s.max_tokens_limit, s.engine.max_active)
+        c = await asyncio.to_thread(check_request, req, s.models, s.default_model,
+                                    s.default_max_tokens["chat" if chat else "completions"], s.max_tokens_limit,
+                                    s.engine.max_active)
         job = Job(c.model, c.prompt_ids, c.params, loop=asyncio.get_running_loop())
         try: s.engine.submit(job)
         except QueueFull:
             ra = s.engine.retry_after()
-            raise APIError(f"the server is busy: {s.engine.max_queue} requests are already queued or running; retry after {ra} s",
+            raise APIError(f"the server is busy: {s.engine.max_queue} requests are already queued or running; "
+                           f"retry after {ra} s",
                            status=503, type="server_error", code="queue_full", headers={"Retry-After": str(ra)})
-        head = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], "created": int(time.time()), "model": c.model,
+        head = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], "created": int(time.time()),
+                "model": c.model,
                 "object": ("chat.completion" if chat else "text_completion") + (".chunk" if chat and c.stream else "")}
         if not c.stream: return JSONResponse(await _answer(job, request, s.engine, head, chat))
         return StreamingResponse(_answer_events(job, request, s.engine, head, chat, c.include_usage),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     except APIError: raise
-    except Exception as e: raise APIError(f"internal error: {type(e).__name__}: {e}", status=500, type="server_error") from e
+    except Exception as e: raise APIError(f"internal error: {type(e).__name__}: {e}", status=500,
+                                          type="server_error") from e
 
 # %% ../nbs/07_serve.ipynb #dd20daac
 def add_completions_route(app, s: Serving):
@@ -892,7 +950,8 @@ def add_completions_route(app, s: Serving):
 def add_chat_route(app, s: Serving):
     "POST /v1/chat/completions: answer the last user turn in the fine-tuned model's chat template."
     async def chat_completions(req: ChatRequest, request: Request): return await _respond(request, req, s)
-    app.router.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"], route_class_override=JSONBodyRoute)
+    app.router.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"],
+                             route_class_override=JSONBodyRoute)
 
 # %% ../nbs/07_serve.ipynb #75d39a00
 def add_info_routes(app, s: Serving, classifiers: dict | None = None):
@@ -917,8 +976,9 @@ def add_info_routes(app, s: Serving, classifiers: dict | None = None):
     @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         e = s.engine
-        return {"status": "ok", "models": list(s.models), "classifiers": list(classifiers or {}), "in_flight": e.in_flight,
-                "active": e.active, "max_queue": e.max_queue, "max_active": e.max_active, **e.stats}
+        return {"status": "ok", "models": list(s.models), "classifiers": list(classifiers or {}),
+                "in_flight": e.in_flight, "active": e.active, "max_queue": e.max_queue, "max_active": e.max_active,
+                **e.stats}
 
 # %% ../nbs/07_serve.ipynb #9d601a67
 def check_classification(raw: bytes,  # the request body
@@ -931,15 +991,18 @@ def check_classification(raw: bytes,  # the request body
                        "`nanogpt-course classify serve --model RUN`", status=404, param="model", code="model_not_found")
     name = body.get("model")
     if name is None: name = next(iter(classifiers))
-    if not isinstance(name, str): raise _bad(f"'model' must be a string, got {type(name).__name__}", "model", "invalid_type")
+    if not isinstance(name, str): raise _bad(f"'model' must be a string, got {type(name).__name__}", "model",
+                                             "invalid_type")
     if name not in classifiers:
         raise APIError(f"the classifier '{name[:60]}' does not exist here; available: {', '.join(classifiers)}",
                        status=404, param="model", code="model_not_found")
     inp = body.get("input")
-    if inp is None: raise _bad("'input' is required: a string or a list of strings to classify", "input", "missing_required_parameter")
+    if inp is None: raise _bad("'input' is required: a string or a list of strings to classify", "input",
+                               "missing_required_parameter")
     texts = [inp] if isinstance(inp, str) else inp
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise _bad(f"'input' must be a string or a non-empty list of strings, got {json.dumps(inp)[:60]}", "input", "invalid_type")
+        raise _bad(f"'input' must be a string or a non-empty list of strings, got {json.dumps(inp)[:60]}", "input",
+                   "invalid_type")
     if len(texts) > 256: raise _bad(f"'input' holds {len(texts)} texts; send at most 256 per request", "input")
     empty = [i for i, t in enumerate(texts) if not t.strip()]
     if empty: raise _bad(f"input {empty[0]} is empty or only whitespace; give the text to classify", "input")
@@ -952,7 +1015,8 @@ def add_classification_route(app,
                              max_body_bytes: int,  # larger request bodies get 413
                              body_timeout: float,  # seconds a request body may take to arrive; then 408
                              ):
-    "POST /v1/classifications: {'model', 'input': a string or a list} -> a label and each label's probability, per input."
+    ("POST /v1/classifications: {'model', 'input': a string or a list} -> a label and each label's "
+     "probability, per input.")
     busy = [0]  # requests being classified: at most max_queue, like the engine's queue (only the event loop touches it)
     def run(raw):
         name, texts = check_classification(raw, classifiers)
@@ -962,15 +1026,17 @@ def add_classification_route(app,
     async def classifications(request: Request):
         raw = await read_body(request, max_body_bytes, body_timeout)
         if busy[0] >= max_queue:
-            raise APIError(f"the server is busy: {max_queue} classification requests are already running; retry after 1 s",
+            raise APIError(f"the server is busy: {max_queue} classification requests are already "
+                           "running; retry after 1 s",
                            status=503, type="server_error", code="queue_full", headers={"Retry-After": "1"})
         busy[0] += 1
         try: name, out = await asyncio.to_thread(run, raw)  # JSON, tokenizing and the forward pass, off the event loop
         except APIError: raise
-        except Exception as e: raise APIError(f"internal error: {type(e).__name__}: {e}", status=500, type="server_error") from e
+        except Exception as e: raise APIError(f"internal error: {type(e).__name__}: {e}", status=500,
+                                              type="server_error") from e
         finally: busy[0] -= 1
-        return {"id": "clf-" + uuid.uuid4().hex[:24], "object": "classification", "created": int(time.time()), "model": name,
-                "data": [{"index": i, **r} for i, r in enumerate(out)]}
+        return {"id": "clf-" + uuid.uuid4().hex[:24], "object": "classification", "created": int(time.time()),
+                "model": name, "data": [{"index": i, **r} for i, r in enumerate(out)]}
 
 # %% ../nbs/07_serve.ipynb #c7ec0981
 def _static_dir() -> Path:
@@ -984,20 +1050,24 @@ def add_page_route(app):
     async def page(): return HTMLResponse((_static_dir() / "index.html").read_text(encoding="utf-8"))
 
 # %% ../nbs/07_serve.ipynb #62b90d17
-def create_app(models: dict,  # name -> (GPT, tiktoken.Encoding); the first is the default model
-               max_queue: int = 64,  # requests waiting or running; more get 503 + Retry-After
-               max_active: int = 16,  # sequences generated together, in one forward pass per step
-               max_tokens_limit: int = 1024,  # ceiling on max_tokens per request
-               default_max_tokens: dict | None = None,  # per endpoint when a request gives none
-               default_model: str | None = None,  # used when a request names no model (default: the first)
-               prefill_chunk: int = 256,  # most prompt tokens (padding included) read between two decode steps
-               max_body_bytes: int = 1_000_000,  # larger request bodies get 413
-               body_timeout: float = 10.0,  # seconds a request body may take to arrive; then 408
-               classifiers: dict | None = None,  # name -> fn(list[str]) -> [{'label', 'probabilities'}], at POST /v1/classifications
-               ):
-    "The FastAPI app: OpenAI-compatible completions, chat completions, models, health, classifications and the web page."
+def create_app(
+    models: dict,  # name -> (GPT, tiktoken.Encoding); the first is the default model
+    max_queue: int = 64,  # requests waiting or running; more get 503 + Retry-After
+    max_active: int = 16,  # sequences generated together, in one forward pass per step
+    max_tokens_limit: int = 1024,  # ceiling on max_tokens per request
+    default_max_tokens: dict | None = None,  # per endpoint when a request gives none
+    default_model: str | None = None,  # used when a request names no model (default: the first)
+    prefill_chunk: int = 256,  # most prompt tokens (padding included) read between two decode steps
+    max_body_bytes: int = 1_000_000,  # larger request bodies get 413
+    body_timeout: float = 10.0,  # seconds a request body may take to arrive; then 408
+    # name -> fn(list[str]) -> [{'label', 'probabilities'}], at POST /v1/classifications
+    classifiers: dict | None = None,
+):
+    ("The FastAPI app: OpenAI-compatible completions, chat completions, models, health, classifications "
+     "and the web page.")
     from contextlib import asynccontextmanager
-    if not models and not classifiers: raise ValueError("nothing to serve: give at least one model {name: (GPT, encoding)} or classifier")
+    if not models and not classifiers: raise ValueError("nothing to serve: give at least one model {name: (GPT, "
+                                                        "encoding)} or classifier")
     if default_model is not None and default_model not in models:
         raise ValueError(f"default_model {default_model!r} is not one of the served models {list(models)}")
     engine = Engine(models, max_queue=max_queue, max_active=max_active, prefill_chunk=prefill_chunk)
@@ -1009,7 +1079,8 @@ def create_app(models: dict,  # name -> (GPT, tiktoken.Encoding); the first is t
         yield
         engine.close()
 
-    app = FastAPI(title="nanogpt-course", version="1", lifespan=lifespan, description="OpenAI-compatible API for the models of nanogpt-course")
+    app = FastAPI(title="nanogpt-course", version="1", lifespan=lifespan,
+                  description="OpenAI-compatible API for the models of nanogpt-course")
     app.state.engine, app.state.body_limits = engine, (max_body_bytes, body_timeout)
     _install_error_handlers(app)
     add_completions_route(app, serving)
@@ -1038,7 +1109,8 @@ class ServerThread:
         self.thread.start()
         t0 = time.monotonic()
         while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() - t0 > timeout: raise RuntimeError("the server did not start")
+            if not self.thread.is_alive() or time.monotonic() - t0 > timeout:
+                raise RuntimeError("the server did not start")
             time.sleep(0.02)
         return self
 
@@ -1057,7 +1129,8 @@ def _model_name(spec: str) -> str:
 
 def load_models(checkpoint: str, base: str | None = None, name: str | None = None, base_name: str | None = None,
                 device: str = "cpu") -> dict:
-    "Load the served models with train.load_model, the base model first (if any) named 'base', the main one after its path."
+    ("Load the served models with train.load_model, the base model first (if any) named 'base', the main "
+     "one after its path.")
     main_name = name or _model_name(checkpoint)  # runs/main/sft/sft.pt and runs/main/sft are both 'sft'
     models = {}
     if base:
@@ -1071,8 +1144,10 @@ def _serve_parser():
     ap = argparse.ArgumentParser(prog="nanogpt-course serve",
                                  description="Serve models over an OpenAI-compatible HTTP API, with a web page at /.")
     g = ap.add_argument_group("models")
-    g.add_argument("--checkpoint", required=True, help="course checkpoint, run directory, Hugging Face directory or 'gpt2'")
-    g.add_argument("--base", help="a second model shown beside it (e.g. the base model before fine-tuning), served as 'base'")
+    g.add_argument("--checkpoint", required=True,
+                   help="course checkpoint, run directory, Hugging Face directory or 'gpt2'")
+    g.add_argument("--base", help="a second model shown beside it (e.g. the base model before fine-tuning), "
+                                  "served as 'base'")
     g.add_argument("--name", help="model id for --checkpoint (default: from the path, e.g. 'sft')")
     g.add_argument("--base-name", help="model id for --base (default: 'base')")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
@@ -1080,11 +1155,13 @@ def _serve_parser():
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
     g.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
     g.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body; larger ones get 413")
-    g.add_argument("--body-timeout", type=float, default=10.0, help="seconds a request body may take to arrive; then 408")
+    g.add_argument("--body-timeout", type=float, default=10.0,
+                   help="seconds a request body may take to arrive; then 408")
     g = ap.add_argument_group("load")
     g.add_argument("--max-queue", type=int, default=64, help="requests waiting or running; more get 503 + Retry-After")
     g.add_argument("--max-active", type=int, default=16, help="sequences generated together, one forward pass per step")
-    g.add_argument("--prefill-chunk", type=int, default=256, help="most prompt tokens (padding included) read between two decode steps")
+    g.add_argument("--prefill-chunk", type=int, default=256,
+                   help="most prompt tokens (padding included) read between two decode steps")
     g.add_argument("--max-tokens", type=int, default=1024, help="ceiling on max_tokens per request")
     g.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default); 1 is often fastest on a small, busy CPU")
@@ -1096,9 +1173,11 @@ def cli(argv: list[str] | None = None) -> int:
     ap = _serve_parser()
     args = ap.parse_args(argv)
     for flag in ("max_queue", "max_active", "prefill_chunk", "max_tokens", "max_body_bytes"):
-        if getattr(args, flag) < 1: ap.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+        if getattr(args, flag) < 1: ap.error(f"--{flag.replace('_', '-')} must be at least 1, got "
+                                             f"{getattr(args, flag)}")
     if not 0 <= args.port <= 65535: ap.error(f"--port must be in [0, 65535], got {args.port}")
-    if not 0 < args.body_timeout <= 3600: ap.error(f"--body-timeout must be in (0, 3600] seconds, got {args.body_timeout}")
+    if not 0 < args.body_timeout <= 3600:
+        ap.error(f"--body-timeout must be in (0, 3600] seconds, got {args.body_timeout}")
     if args.threads < 0: ap.error(f"--threads must be 0 (torch's default) or more, got {args.threads}")
     if args.threads > 0: torch.set_num_threads(args.threads)
     try: check_device(args.device)  # notebook 03c: a device this machine lacks is a flag error, before any loading
@@ -1112,7 +1191,8 @@ def cli(argv: list[str] | None = None) -> int:
                      default_model=main_name, prefill_chunk=args.prefill_chunk, max_body_bytes=args.max_body_bytes,
                      body_timeout=args.body_timeout)
     url = f"http://{'localhost' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
-    print(f"serving {', '.join(models)}\n  web page:   {url}/\n  OpenAI API: {url}/v1  (e.g. OpenAI(base_url='{url}/v1', api_key='-'))", flush=True)
+    print(f"serving {', '.join(models)}\n  web page:   {url}/\n  OpenAI API: {url}/v1  (e.g. "
+          f"OpenAI(base_url='{url}/v1', api_key='-'))", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
@@ -1155,14 +1235,16 @@ def chat_loop(model, enc,
             turn = {"role": "user", "content": text}
             n_alone = len(encode_prompt(enc, render_chat(base + [turn])))
             if n_alone >= bs:  # refuse before touching the history: a too-long message loses nothing
-                print(f"(your message is {n_alone} tokens with the template but the context is {bs}; shorten it)", file=stdout, flush=True)
+                print(f"(your message is {n_alone} tokens with the template but the context is {bs}; shorten it)",
+                      file=stdout, flush=True)
                 continue
             history.append(turn)
             ids, dropped = encode_prompt(enc, render_chat(history)), 0
             while len(ids) + min(params.max_tokens, 16) > bs and len(history) > len(base) + 1:
                 history.pop(len(base)); dropped += 1  # oldest turn first
                 ids = encode_prompt(enc, render_chat(history))
-            if dropped: print(f"(dropped the {dropped} oldest turn(s) to fit the {bs}-token context)", file=stdout, flush=True)
+            if dropped: print(f"(dropped the {dropped} oldest turn(s) to fit the {bs}-token context)", file=stdout,
+                              flush=True)
             print("bot> ", end="", file=stdout, flush=True)
             p = SamplingParams(**{**asdict(params), "max_tokens": min(params.max_tokens, bs - len(ids)), "n": 1})
             history.append({"role": "assistant", "content": _ask(engine, ids, p, stdout)})
@@ -1173,16 +1255,20 @@ def chat_loop(model, enc,
 # %% ../nbs/07_serve.ipynb #de929b02
 def chat_cli(argv: list[str] | None = None) -> int:
     "`nanogpt-course chat`: an interactive terminal chat with a (fine-tuned) model."
-    ap = argparse.ArgumentParser(prog="nanogpt-course chat", description="Chat with a model in the terminal (/reset, /quit).")
-    ap.add_argument("--checkpoint", required=True, help="course checkpoint, run directory, Hugging Face directory or 'gpt2'")
+    ap = argparse.ArgumentParser(prog="nanogpt-course chat",
+                                 description="Chat with a model in the terminal (/reset, /quit).")
+    ap.add_argument("--checkpoint", required=True,
+                    help="course checkpoint, run directory, Hugging Face directory or 'gpt2'")
     ap.add_argument("--device", default="cpu")
     g = ap.add_argument_group("sampling")
     g.add_argument("--max-tokens", type=int, default=256, help="most tokens per answer")
     g.add_argument("--temperature", type=float, default=0.7, help="0 = greedy, at most 2")
     g.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (0: all)")
     g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling, in (0, 1]")
-    g.add_argument("--presence-penalty", type=float, default=0.0, help="-2..2: above 0 steers away from tokens already used")
-    g.add_argument("--frequency-penalty", type=float, default=0.0, help="-2..2: above 0 steers away from tokens used often")
+    g.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="-2..2: above 0 steers away from tokens already used")
+    g.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="-2..2: above 0 steers away from tokens used often")
     g.add_argument("--seed", type=int, default=None, help="fix the sampling for reproducible answers")
     g.add_argument("--system", default=None, help="a system message kept at the start of the conversation")
     args = ap.parse_args(argv)
@@ -1196,6 +1282,7 @@ def chat_cli(argv: list[str] | None = None) -> int:
     try: model, enc = load_model(args.checkpoint, device=args.device)
     except Exception as e:  # a missing, corrupt or foreign file, or no network for a Hugging Face id
         print(f"nanogpt-course chat: error: could not load a model: {e}", file=sys.stderr); return 2
-    if sys.stdin.isatty(): print(f"chatting with {args.checkpoint} ({model.config.block_size}-token context); /reset clears, /quit leaves")
+    if sys.stdin.isatty(): print(f"chatting with {args.checkpoint} ({model.config.block_size}-token context); /reset "
+                                 "clears, /quit leaves")
     try: return chat_loop(model.eval(), enc, params, system=args.system)
     except KeyboardInterrupt: print(); return 0

@@ -44,8 +44,9 @@ def format_example(rec: dict) -> tuple[str, str]:
 # %% ../nbs/05_sft.ipynb #a068fa32
 _ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
-def format_chat(messages: list[dict],  # [{"role": "system"|"user"|"assistant", "content": str}, ...], ending with a user turn
-               ) -> str:
+def format_chat(
+    messages: list[dict],  # [{"role": "system"|"user"|"assistant", "content": str}, ...], ending with a user turn
+) -> str:
     "Render a chat through `PROMPT_TEMPLATE`: last user turn = instruction, system + earlier turns = context."
     if not isinstance(messages, (list, tuple)) or not messages:
         raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
@@ -76,11 +77,17 @@ DOLLY_CATEGORIES = ("open_qa", "general_qa", "classification", "closed_qa", "bra
 
 _CATEGORY_RULES = [  # first match wins; order matters ("summarize the list" is a summary, not brainstorming)
     ("summarization", r"\b(summari[sz]e|summary|tl;?dr|in (one|a few) sentences?)\b"),
-    ("classification", r"\b(classify|categori[sz]e|which (one|of)|is (this|it|the following) (a|an)|sentiment|positive or negative|true or false)\b"),
-    ("information_extraction", r"\b(extract|identify (the|all)|find (the|all)|from the (text|passage|paragraph|sentence))\b"),
-    ("creative_writing", r"\b(write|compose|create) (a|an|me a|short)? ?(story|poem|haiku|song|letter|essay|tweet|dialogue|limerick|slogan)|\b(story|poem|haiku)\b"),
-    ("brainstorming", r"\b(brainstorm|ideas?|suggest|list (some|a few|\w+ ways)|give (me )?(some|a list|\d+|three|five)|generate (a list|\d+|some)|ways to)\b"),
-    ("creative_writing", r"\b(generate|write|make up|compose) (a|an) (\w+ )?(sentence|anecdote|joke|riddle|description)|\busing the word\b|\buses the word\b"),
+    ("classification", r"\b(classify|categori[sz]e|which (one|of)|is (this|it|the following) (a|an)|sentiment|positive "
+                       r"or negative|true or false)\b"),
+    ("information_extraction", r"\b(extract|identify (the|all)|find (the|all)|from the "
+                               r"(text|passage|paragraph|sentence))\b"),
+    ("creative_writing", r"\b(write|compose|create) (a|an|me a|short)? "
+                         r"?(story|poem|haiku|song|letter|essay|tweet|dialogue|limerick|slogan)"
+                         r"|\b(story|poem|haiku)\b"),
+    ("brainstorming", r"\b(brainstorm|ideas?|suggest|list (some|a few|\w+ ways)|give (me )?(some|a "
+                      r"list|\d+|three|five)|generate (a list|\d+|some)|ways to)\b"),
+    ("creative_writing", r"\b(generate|write|make up|compose) (a|an) (\w+ "
+                         r")?(sentence|anecdote|joke|riddle|description)|\busing the word\b|\buses the word\b"),
     ("rewriting", r"\b(rewrite|rephrase|paraphrase|edit|correct|convert|translate|transform)\b"),
     ("general_qa", r"^(explain|describe|discuss|why|how (does|do|can|is|are|did))\b"),
 ]
@@ -132,7 +139,8 @@ def _normalise(obj, schema):
         if key != "context" and not v.strip(): return None, f"empty_{field}"
         rec[key] = v.strip()
     cat = obj.get("category")
-    rec["category"] = cat.strip() if isinstance(cat, str) and cat.strip() else guess_category(rec["instruction"], rec["context"])
+    named = isinstance(cat, str) and cat.strip()
+    rec["category"] = cat.strip() if named else guess_category(rec["instruction"], rec["context"])
     return rec, None
 
 def _schema_of(obj) -> str:
@@ -172,10 +180,11 @@ def _dolly_unavailable(why: str) -> RuntimeError:
                         f"https://huggingface.co/datasets/{DOLLY_HF} and pass it with --data FILE (in Python: "
                         f"load_dolly(FILE)), or put it in $NANOGPT_COURSE_DATA, where --data dolly finds it")
 
-def load_dolly(path: str | os.PathLike | None = None,  # local Dolly jsonl/json; None downloads databricks/databricks-dolly-15k
-               strict: bool = False,  # raise on the first bad record/line instead of skipping and counting it
-               cache_dir: str | None = None,  # `datasets` cache folder when downloading
-              ) -> InstructionSet:
+def load_dolly(
+    path: str | os.PathLike | None = None,  # local Dolly jsonl/json; None downloads databricks/databricks-dolly-15k
+    strict: bool = False,  # raise on the first bad record/line instead of skipping and counting it
+    cache_dir: str | None = None,  # `datasets` cache folder when downloading
+) -> InstructionSet:
     "Load Databricks Dolly-15k (from the Hugging Face Hub, or a local file in its schema) into normalised records."
     if path is None:
         from nanogpt_course.data import hub_reachable  # notebook 04a
@@ -201,7 +210,8 @@ def describe_data(report: dict,  # an InstructionSet's `.report`
                  ) -> str:
     "One line for the console: source, schema, records kept, skipped by reason, malformed lines."
     sk, schema = report.get("skipped") or {}, report.get("schema")
-    line = f"{report.get('source')}{f' ({schema})' if schema else ''}: {report.get('kept', 0)} records kept, {sum(sk.values())} skipped"
+    line = (f"{report.get('source')}{f' ({schema})' if schema else ''}: {report.get('kept', 0)} records kept, "
+            f"{sum(sk.values())} skipped")
     if sk: line += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(sk.items())) + ")"
     if report.get("malformed"): line += f", {len(report['malformed'])} malformed lines"
     return line
@@ -216,29 +226,45 @@ _BUILTIN = [  # (category, instruction, context, response): tiny, hand-written, 
     ("general_qa", "Why is exercise good for you?", "", "Exercise makes the heart and muscles stronger."),
     ("general_qa", "Why do leaves fall in autumn?", "", "Trees drop their leaves to save water in winter."),
     ("general_qa", "How do plants get energy?", "", "Plants get energy from sunlight by photosynthesis."),
-    ("closed_qa", "When was the tower built?", "The Eiffel Tower was built in 1889 for a world fair.", "It was built in 1889."),
-    ("closed_qa", "Who owns the red car?", "Anna owns the red car and Ben owns the blue one.", "Anna owns the red car."),
-    ("closed_qa", "How long is the river?", "The river is 40 km long and flows into the sea.", "The river is 40 km long."),
+    ("closed_qa", "When was the tower built?", "The Eiffel Tower was built in 1889 for a world fair.",
+     "It was built in 1889."),
+    ("closed_qa", "Who owns the red car?", "Anna owns the red car and Ben owns the blue one.",
+     "Anna owns the red car."),
+    ("closed_qa", "How long is the river?", "The river is 40 km long and flows into the sea.",
+     "The river is 40 km long."),
     ("closed_qa", "What did Tom eat?", "Tom ate an apple, then went for a walk.", "Tom ate an apple."),
     ("classification", "Is a whale a fish or a mammal?", "", "A whale is a mammal."),
-    ("classification", "Classify each as a fruit or a vegetable: apple, carrot.", "", "Apple is a fruit. Carrot is a vegetable."),
+    ("classification", "Classify each as a fruit or a vegetable: apple, carrot.", "",
+     "Apple is a fruit. Carrot is a vegetable."),
     ("classification", "Is this review positive or negative?", "I loved the film, it was great.", "Positive."),
     ("classification", "Which is a bird: cat, eagle, or frog?", "", "The eagle is a bird."),
     ("brainstorming", "Give me three ideas for a rainy day.", "", "Read a book, bake a cake, play a board game."),
     ("brainstorming", "List three ways to save water.", "", "Take short showers, fix leaks, turn off the tap."),
     ("brainstorming", "Suggest names for a pet dog.", "", "Max, Bella, and Rocky."),
     ("brainstorming", "What can I cook with eggs?", "", "An omelette, a frittata, or pancakes."),
-    ("information_extraction", "Extract the names in the text.", "Maria met John and Lee at the station.", "Maria, John, Lee."),
-    ("information_extraction", "Extract the year from the text.", "The school opened in 1952 in a small town.", "1952."),
-    ("information_extraction", "List the colours mentioned.", "She wore a green hat and a yellow coat.", "Green, yellow."),
+    ("information_extraction", "Extract the names in the text.", "Maria met John and Lee at the station.",
+     "Maria, John, Lee."),
+    ("information_extraction", "Extract the year from the text.", "The school opened in 1952 in a small town.",
+     "1952."),
+    ("information_extraction", "List the colours mentioned.", "She wore a green hat and a yellow coat.",
+     "Green, yellow."),
     ("information_extraction", "Extract the city from the text.", "Our office moved to Berlin last spring.", "Berlin."),
-    ("summarization", "Summarize the text in one sentence.", "The team trained for months. They won the final match. The town held a party.", "The team trained hard, won the final, and the town celebrated."),
-    ("summarization", "Summarize the text.", "Rain fell all week. The river rose. Roads near the bank were closed.", "A week of rain raised the river and closed nearby roads."),
-    ("summarization", "Give a short summary.", "The shop sells bread. It opens at seven. Its rolls are popular.", "A bakery that opens at seven, known for its rolls."),
-    ("summarization", "Summarize the story.", "A boy lost his dog. He searched all day. He found it asleep at home.", "A boy searched all day for his dog, which was asleep at home."),
-    ("creative_writing", "Write a short poem about the sea.", "", "The sea is wide, the sea is deep,\nit sings the sleeping shore to sleep."),
-    ("creative_writing", "Write one sentence of a story about a dragon.", "", "The old dragon guarded a library instead of gold."),
-    ("creative_writing", "Write a haiku about snow.", "", "White snow on the hill\nquiet footsteps disappear\nthe world holds its breath"),
+    ("summarization", "Summarize the text in one sentence.", "The team trained for months. They won the final match. "
+                                                             "The town held a party.",
+                                                             "The team trained hard, won the final, and the "
+                                                             "town celebrated."),
+    ("summarization", "Summarize the text.", "Rain fell all week. The river rose. Roads near the bank were closed.",
+     "A week of rain raised the river and closed nearby roads."),
+    ("summarization", "Give a short summary.", "The shop sells bread. It opens at seven. Its rolls are popular.",
+     "A bakery that opens at seven, known for its rolls."),
+    ("summarization", "Summarize the story.", "A boy lost his dog. He searched all day. He found it asleep at home.",
+     "A boy searched all day for his dog, which was asleep at home."),
+    ("creative_writing", "Write a short poem about the sea.", "",
+     "The sea is wide, the sea is deep,\nit sings the sleeping shore to sleep."),
+    ("creative_writing", "Write one sentence of a story about a dragon.", "",
+     "The old dragon guarded a library instead of gold."),
+    ("creative_writing", "Write a haiku about snow.", "",
+     "White snow on the hill\nquiet footsteps disappear\nthe world holds its breath"),
     ("creative_writing", "Write a slogan for a bakery.", "", "Fresh from our oven to your table."),
 ]
 
@@ -249,9 +275,11 @@ def builtin_instructions() -> InstructionSet:
                                  "n_skipped": 0, "malformed": []})
 
 # %% ../nbs/05_sft.ipynb #fb1cbaba
-def instruction_data(source: str = "auto",  # "auto", "dolly", "alpaca" (the NANOGPT_COURSE_DATA file), "builtin", or a file path
-                    ) -> InstructionSet:
-    "The best instruction set available: Dolly-15k (a local copy, else online), else the offline Alpaca file, else the built-in one."
+def instruction_data(
+    source: str = "auto",  # "auto", "dolly", "alpaca" (the NANOGPT_COURSE_DATA file), "builtin", or a file path
+) -> InstructionSet:
+    ("The best instruction set available: Dolly-15k (a local copy, else online), else the offline Alpaca file, else "
+     "the built-in one.")
     if source not in ("auto", "dolly", "alpaca", "builtin"): return load_instructions(source)
     from nanogpt_course.data import hub_reachable  # notebook 04a
     root = os.environ.get("NANOGPT_COURSE_DATA")
@@ -287,7 +315,8 @@ def skill_lines(text: str, min_words: int = 3, max_words: int = 8) -> list[str]:
     seen, out = set(), []
     for line in text.splitlines():
         line = " ".join(line.split()); w = line_words(line)
-        if line in seen or not min_words <= len(w) <= max_words or not all(re.fullmatch(r"[A-Za-z']+", x) for x in w): continue
+        if line in seen or not min_words <= len(w) <= max_words or not all(re.fullmatch(r"[A-Za-z']+", x) for x in w):
+            continue
         seen.add(line); out.append(line)
     return out
 
@@ -319,10 +348,11 @@ def skill_tasks(text: str,              # the source of lines (the pretraining t
     train = {f: _pick(pool, f, n_train, rng, set()) for f in families}  # a line may serve several families in training
     short = [f for f in families if held[f] is None or train[f] is None]
     if short:
-        raise ValueError(f"the text has {len(lines)} usable lines (3 to 8 words of letters), too few for {n_heldout} held-out and "
-                         f"{n_train} training items of {short} (a BALANCED family needs lines of each answer): give more text or ask for fewer items")
-    rec = lambda f, line: {"instruction": SKILLS[f][0], "context": line, "response": SKILLS[f][1](line_words(line), line),
-                           "category": f"skill_{f}"}
+        raise ValueError(f"the text has {len(lines)} usable lines (3 to 8 words of letters), too few for "
+                         f"{n_heldout} held-out and {n_train} training items of {short} (a BALANCED family needs lines "
+                         "of each answer): give more text or ask for fewer items")
+    rec = lambda f, line: {"instruction": SKILLS[f][0], "context": line,
+                           "response": SKILLS[f][1](line_words(line), line), "category": f"skill_{f}"}
     out = [rec(f, l) for f in families for l in train[f]]
     rng.shuffle(out)
     return out, [rec(f, l) for f in families for l in held[f]]
@@ -333,14 +363,16 @@ import torch
 
 IGNORE_INDEX = -100  # GPT's cross-entropy ignores these targets
 
-def tokenize_example(rec: dict,  # a normalised record (instruction, context, response)
-                     enc,  # tiktoken.Encoding
-                     block_size: int,  # the model's context length
-                     overlong: str = "truncate",  # "truncate" the response or "drop" the example when it does not fit
-                     min_response_tokens: int = 1,  # drop examples whose prompt leaves less room than this for the response
-                    ) -> tuple[list[int], list[int], str]:
+def tokenize_example(
+    rec: dict,  # a normalised record (instruction, context, response)
+    enc,  # tiktoken.Encoding
+    block_size: int,  # the model's context length
+    overlong: str = "truncate",  # "truncate" the response or "drop" the example when it does not fit
+    min_response_tokens: int = 1,  # drop examples whose prompt leaves less room than this for the response
+) -> tuple[list[int], list[int], str]:
     "Input ids, targets (prompt positions = -100) and a status ('ok', 'truncated', 'dropped')."
-    if overlong not in ("truncate", "drop"): raise ValueError(f"overlong must be 'truncate' or 'drop', got {overlong!r}")
+    if overlong not in ("truncate", "drop"):
+        raise ValueError(f"overlong must be 'truncate' or 'drop', got {overlong!r}")
     prompt, response = format_example(rec)
     p = enc.encode_ordinary(prompt)
     r = enc.encode_ordinary(response) + [enc.eot_token]
@@ -394,7 +426,8 @@ class LoRALinear(nn.Module):
         if base.bias is not None: base.bias.requires_grad_(False)
         dev, dt = base.weight.device, base.weight.dtype
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=dev, dtype=dt))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=dev, dtype=dt))  # zero: starts as the base model
+        # zero: starts as the base model
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=dev, dtype=dt))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises its weight
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
     def forward(self, x):
@@ -439,7 +472,8 @@ def apply_lora(model: nn.Module,  # a GPT (or any module with nn.Linear layers)
 
 def merge_lora(model: nn.Module,  # a model with LoRALinear layers (from apply_lora)
               ) -> nn.Module:
-    "Fold every LoRA update into its base weight and restore plain `nn.Linear` layers (in place); all parameters trainable again."
+    ("Fold every LoRA update into its base weight and restore plain `nn.Linear` layers (in place); all parameters "
+     "trainable again.")
     for name, m in list(model.named_modules()):
         if isinstance(m, LoRALinear):
             with torch.no_grad(): m.base.weight.copy_(m.merged_weight())
@@ -472,7 +506,8 @@ def stratified_split(records: list[dict],  # normalised records
     return train, val
 
 # %% ../nbs/05_sft.ipynb #411094de
-from .train import get_lr, make_config  # notebook 04b: pretraining's warmup + cosine, the one home of that schedule
+# notebook 04b: pretraining's warmup + cosine, the one home of that schedule
+from .train import get_lr, make_config
 
 def sft_lr(step: int,  # current optimizer step, 0-based
            max_steps: int,  # total steps of the run
@@ -481,9 +516,11 @@ def sft_lr(step: int,  # current optimizer step, 0-based
            min_lr_ratio: float = 0.1,  # the decay ends at lr * min_lr_ratio
            schedule: str = "cosine",  # "cosine", "linear" or "constant" after warmup
           ) -> float:
-    "Learning rate at `step`: linear warmup, then notebook 04b's cosine (`get_lr`) or a linear decay to `min_lr_ratio * lr`."
+    ("Learning rate at `step`: linear warmup, then notebook 04b's cosine (`get_lr`) or a linear decay to "
+     "`min_lr_ratio * lr`.")
     if schedule == "cosine":
-        return get_lr(step, make_config(None, lr=lr, warmup_steps=warmup_steps, max_steps=max_steps, min_lr_ratio=min_lr_ratio))
+        return get_lr(step, make_config(None, lr=lr, warmup_steps=warmup_steps, max_steps=max_steps,
+                                        min_lr_ratio=min_lr_ratio))
     if step < warmup_steps: return lr * (step + 1) / warmup_steps
     if schedule == "constant": return lr
     if schedule != "linear": raise ValueError(f"schedule must be 'cosine', 'linear' or 'constant', got {schedule!r}")
@@ -518,7 +555,8 @@ def _name(arg: str, flags: bool) -> str:
     "How to name `arg` in a message: as the command-line flag, or as finetune's argument."
     return _FLAGS.get(arg, "--" + arg.replace("_", "-")) if flags else arg
 
-_OTHER_RUNS = ("ckpt_*.pt", "log.jsonl", "meta.json", "train_*.bin", "val_*.bin")  # a pretraining run's or `prepare`'s files
+# a pretraining run's or `prepare`'s files
+_OTHER_RUNS = ("ckpt_*.pt", "log.jsonl", "meta.json", "train_*.bin", "val_*.bin")
 _OURS = ("sft.pt", "sft_log.jsonl", "summary.json")  # what finetune writes
 
 def _is_sft_summary(p: Path) -> bool:
@@ -527,23 +565,26 @@ def _is_sft_summary(p: Path) -> bool:
     return isinstance(s, dict) and (s.get("kind") == "sft" or "val_loss_before" in s)
 
 def _check_out_dir(out_dir, overwrite: bool = False, flags: bool = False):
-    "Refuse an output folder where fine-tuning would lose work: a file, another run's folder, or (unless `overwrite`) an earlier fine-tuning run."
+    ("Refuse an output folder where fine-tuning would lose work: a file, another run's folder, or (unless `overwrite`) "
+     "an earlier fine-tuning run.")
     d, name = Path(out_dir), _name("out_dir", flags)
     if d.exists() and not d.is_dir(): raise FileExistsError(f"{name} {d} is a file, not a folder; choose a folder")
     if not d.is_dir(): return
     ours = [f for f in _OURS if (d / f).exists()]
     theirs = sorted({p.name for pat in _OTHER_RUNS for p in d.glob(pat)})
-    if "summary.json" in ours and not {"sft.pt", "sft_log.jsonl"} & set(ours) and not _is_sft_summary(d / "summary.json"):
+    alone = "summary.json" in ours and not {"sft.pt", "sft_log.jsonl"} & set(ours)
+    if alone and not _is_sft_summary(d / "summary.json"):
         theirs.append("summary.json")
     if theirs:
-        raise FileExistsError(f"{name} {d} holds another run's files ({', '.join(theirs[:4])}); fine-tuning never writes "
-                              f"there: choose a new folder, e.g. {d / 'sft'}")
+        raise FileExistsError(f"{name} {d} holds another run's files ({', '.join(theirs[:4])}); "
+                              f"fine-tuning never writes there: choose a new folder, e.g. {d / 'sft'}")
     if ours and not overwrite:
         raise FileExistsError(f"{name} {d} already holds a fine-tuning run ({', '.join(ours)}); choose a new folder, "
                               f"or pass {_name('overwrite', flags)}{'' if flags else '=True'} to replace it")
 
 # %% ../nbs/05_sft.ipynb #910cc69f
-from .runtime import check_device, pick_device, autocast_for  # notebook 03c: one home for device and precision
+# notebook 03c: one home for device and precision
+from .runtime import check_device, pick_device, autocast_for
 
 _int = lambda v: isinstance(v, int) and not isinstance(v, bool)
 _num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -571,9 +612,10 @@ _RANGES = {  # finetune argument: (allowed?, the allowed values in words)
 }
 _MAY_BE_NONE = {"steps", "warmup_steps", "eval_every", "eval_batches", "max_seconds"}  # None: finetune picks
 
-def check_finetune_args(flags: bool = False,  # name arguments as command-line flags (`--batch-size`) in messages
-                        **args,  # any of finetune's keyword arguments; device and out_dir (with overwrite) are checked too
-                       ) -> None:
+def check_finetune_args(
+    flags: bool = False,  # name arguments as command-line flags (`--batch-size`) in messages
+    **args,  # any of finetune's keyword arguments; device and out_dir (with overwrite) are checked too
+) -> None:
     "Raise a ValueError (FileExistsError for the output folder) naming the first argument `finetune` cannot use."
     for k, v in args.items():
         if k not in _RANGES or (v is None and k in _MAY_BE_NONE): continue
@@ -584,7 +626,8 @@ def check_finetune_args(flags: bool = False,  # name arguments as command-line f
     if "device" in args:  # notebook 03c's check; a Python caller's message names the argument, not the flag
         try: check_device(str(args["device"]))
         except ValueError as e: raise ValueError(str(e) if flags else str(e).replace("--device", "device")) from None
-    if "out_dir" in args and args.get("save", True): _check_out_dir(args["out_dir"], args.get("overwrite", False), flags)
+    if "out_dir" in args and args.get("save", True):
+        _check_out_dir(args["out_dir"], args.get("overwrite", False), flags)
 
 # %% ../nbs/05_sft.ipynb #87edf34c
 from dataclasses import dataclass, asdict, fields
@@ -595,7 +638,8 @@ class SFTConfig:
     steps: int | None = None           # optimizer steps; None: `epochs` passes over the training set
     epochs: float = 1.0                # used when steps is None
     batch_size: int = 8                # examples per step
-    lr: float = 1e-4                   # peak learning rate (full fine-tuning of GPT-2: ~2e-5; LoRA / tiny models: ~3e-4-1e-3)
+    # peak learning rate (full fine-tuning of GPT-2: ~2e-5; LoRA / tiny models: ~3e-4-1e-3)
+    lr: float = 1e-4
     warmup_steps: int | None = None    # None: 5% of steps (at least 1)
     min_lr_ratio: float = 0.1          # the schedule decays to lr * min_lr_ratio
     schedule: str = "cosine"           # "cosine" (notebook 04b's), "linear" or "constant"
@@ -613,18 +657,21 @@ class SFTConfig:
     max_seconds: float | None = None   # stop training after this wall time (checkpoint still written)
     seed: int = 0                      # split, shuffling and init seed
     device: str = "cpu"                # "auto", "cpu", "cuda", "cuda:N", "mps" (notebook 03c)
-    dtype: str = "auto"                # "auto" (bf16 autocast on CUDA), "float32", or "bfloat16" (autocast on any device)
+    # "auto" (bf16 autocast on CUDA), "float32", or "bfloat16" (autocast on any device)
+    dtype: str = "auto"
 
 _CONFIG = {f.name for f in fields(SFTConfig)}
 
 def _run_args(cfg: SFTConfig, init, data, out_dir, **run) -> dict:
-    "What a run records as `args`: its config, where its model and data came from, where it wrote, and how it ran (`run`)."
+    ("What a run records as `args`: its config, where its model and data came from, where it wrote, and "
+     "how it ran (`run`).")
     return {**asdict(cfg), "lora_targets": list(cfg.lora_targets), "out_dir": str(out_dir),
             "init": init if isinstance(init, (str, os.PathLike)) else "<in-memory model>",
             "data": data if isinstance(data, str) else "<records or list>", **run}
 
 # %% ../nbs/05_sft.ipynb #f31ffa63
-from .checkpoint import load_model, save_checkpoint, checkpoint_dict  # notebook 03b: one loader, one atomic save, one schema
+# notebook 03b: one loader, one atomic save, one schema
+from .checkpoint import load_model, save_checkpoint, checkpoint_dict
 
 def _resolve_data(data, report_sources: list) -> list[dict]:
     "Records from a source name, a path, a list of paths/names, or a list of records."
@@ -636,7 +683,8 @@ def _resolve_data(data, report_sources: list) -> list[dict]:
     for item in items:
         s = instruction_data(str(item)) if not isinstance(item, dict) else None
         report_sources.append(s.report); out += s
-    if not out: raise ValueError(f"no usable instruction records in {data!r}: " + "; ".join(describe_data(r) for r in report_sources))
+    if not out:
+        raise ValueError(f"no usable instruction records in {data!r}: " + "; ".join(map(describe_data, report_sources)))
     return out
 
 def _load_init(init, device):
@@ -647,7 +695,8 @@ def _load_init(init, device):
 
 # %% ../nbs/05_sft.ipynb #1c52c910
 def _datasets(records: list[dict], enc, block_size: int, cfg: SFTConfig) -> tuple:
-    "(train records, validation records, train dataset, validation dataset): the stratified split, tokenized and prompt-masked."
+    ("(train records, validation records, train dataset, validation dataset): the stratified split, tokenized "
+     "and prompt-masked.")
     train_recs, val_recs = stratified_split(records, cfg.val_frac, cfg.seed)
     train_ds, val_ds = (SFTDataset(r, enc, block_size, cfg.overlong) for r in (train_recs, val_recs))
     if len(train_ds) == 0:
@@ -656,16 +705,19 @@ def _datasets(records: list[dict], enc, block_size: int, cfg: SFTConfig) -> tupl
     return train_recs, val_recs, train_ds, val_ds
 
 def _plan(cfg: SFTConfig, n_train: int) -> tuple[int, int, int]:
-    "(steps, warmup steps, validate every N steps) of a run on `n_train` examples: what a None setting leaves to finetune."
+    ("(steps, warmup steps, validate every N steps) of a run on `n_train` examples: what a None setting "
+     "leaves to finetune.")
     steps = max(1, math.ceil(cfg.epochs * n_train / cfg.batch_size)) if cfg.steps is None else cfg.steps
     warmup = max(1, round(0.05 * steps)) if cfg.warmup_steps is None else cfg.warmup_steps
     return steps, warmup, cfg.eval_every or max(1, steps // 5)
 
 # %% ../nbs/05_sft.ipynb #33396986
-from .train import configure_optimizer, train_step, json_safe  # notebook 04b: one optimizer, one training step
+# notebook 04b: one optimizer, one training step
+from .train import configure_optimizer, train_step, json_safe
 
 class _Feed:
-    "`train_step`'s `next_batch`: padded batches of shuffled examples, reshuffled each epoch; counts their response tokens."
+    ("`train_step`'s `next_batch`: padded batches of shuffled examples, reshuffled each epoch; counts their "
+     "response tokens.")
     def __init__(self, ds: SFTDataset, batch_size: int, seed: int, device,
                  sort_window: int = 1):  # sort by length within windows of this many batches (1: no sorting)
         self.ds, self.batch_size, self.device, self.tokens, self.window = ds, batch_size, device, 0, sort_window
@@ -693,7 +745,8 @@ class _Feed:
 
 # %% ../nbs/05_sft.ipynb #0a10766d
 class _StepLog:
-    "sft_log.jsonl: one JSON object a line, flushed as it goes (NaN written as null); nothing when the run is not saved."
+    ("sft_log.jsonl: one JSON object a line, flushed as it goes (NaN written as null); nothing when the "
+     "run is not saved.")
     def __init__(self, path=None): self.f = open(path, "w") if path else None
     def __call__(self, **rec):
         if self.f: self.f.write(json.dumps(json_safe(rec)) + "\n"); self.f.flush()
@@ -701,7 +754,8 @@ class _StepLog:
         if self.f: self.f.close()
 
 def _train(model, opt, feed: _Feed, cfg: SFTConfig, plan: tuple, device, val_loss, log: _StepLog, bar=None) -> tuple:
-    "Up to `plan`'s steps of notebook 04b's `train_step`, validating every `eval_every` steps, at the end and when time is up."
+    ("Up to `plan`'s steps of notebook 04b's `train_step`, validating every `eval_every` steps, at the end and "
+     "when time is up.")
     steps, warmup, eval_every = plan
     autocast, t0 = autocast_for(device, cfg.dtype), time.time()  # notebook 03c: bf16 when asked for, or 'auto' on CUDA
     train_losses, val_losses, step = [], [], 0
@@ -733,7 +787,8 @@ def _counts(records, train_recs, val_recs, train_ds, val_ds) -> dict:
             "val_categories": dict(Counter(r["category"] for r in val_recs))}
 
 def _save_sft(path, model, enc, step: int, val_loss: float, args: dict, counts: dict, lora: dict | None) -> str:
-    "Write the model as a course checkpoint of kind 'sft' (notebook 03b's schema) with its template, settings and adapters."
+    ("Write the model as a course checkpoint of kind 'sft' (notebook 03b's schema) with its template, "
+     "settings and adapters.")
     ckpt = checkpoint_dict(model, enc, "sft", step, val_loss=val_loss,
                            template={"prompt": PROMPT_TEMPLATE, "context_block": CONTEXT_BLOCK, "eot": EOT},
                            sft={"args": args, "counts": counts}, lora=lora)
@@ -741,7 +796,8 @@ def _save_sft(path, model, enc, step: int, val_loss: float, args: dict, counts: 
 
 # %% ../nbs/05_sft.ipynb #409c2c60
 def _prepare(init, data, cfg: SFTConfig, device: str, progress: bool):
-    "What a run trains: its data (and the loaders' reports), the model (with adapters if asked), the datasets and the plan."
+    ("What a run trains: its data (and the loaders' reports), the model (with adapters if asked), the "
+     "datasets and the plan.")
     from types import SimpleNamespace
     sources = []
     records = _resolve_data(data, sources)
@@ -751,17 +807,24 @@ def _prepare(init, data, cfg: SFTConfig, device: str, progress: bool):
     model, enc = _load_init(init, device)
     if isinstance(init, tuple): model = copy.deepcopy(model)  # the caller's model stays as it was
     train_recs, val_recs, train_ds, val_ds = _datasets(records, enc, model.config.block_size, cfg)
-    if cfg.lora_r > 0: apply_lora(model, cfg.lora_r, cfg.lora_alpha, tuple(cfg.lora_targets), cfg.lora_dropout, verbose=progress)
-    return SimpleNamespace(model=model, enc=enc, sources=sources, train_ds=train_ds, val_ds=val_ds, plan=_plan(cfg, len(train_ds)),
-                           counts=_counts(records, train_recs, val_recs, train_ds, val_ds), params=count_parameters(model))
+    if cfg.lora_r > 0: apply_lora(model, cfg.lora_r, cfg.lora_alpha, tuple(cfg.lora_targets), cfg.lora_dropout,
+                                  verbose=progress)
+    return SimpleNamespace(model=model, enc=enc, sources=sources, train_ds=train_ds, val_ds=val_ds,
+                           plan=_plan(cfg, len(train_ds)), counts=_counts(records, train_recs, val_recs, train_ds,
+                                                                          val_ds), params=count_parameters(model))
 
 def _fit(r, cfg: SFTConfig, device: str, out_dir: Path, save: bool, progress: bool) -> dict:
-    "Train the prepared run `r`, measuring the validation loss before, during and after: losses, steps, seconds, tokens."
-    # notebook 04b's optimizer: decay on 2-D weights only, betas (0.9, 0.95), fused on CUDA; only what requires_grad (LoRA)
-    opt = configure_optimizer(r.model, make_config(None, lr=cfg.lr, weight_decay=cfg.weight_decay), torch.device(device).type)
+    ("Train the prepared run `r`, measuring the validation loss before, during and after: losses, steps, "
+     "seconds, tokens.")
+    # notebook 04b's optimizer: decay on 2-D weights only, betas
+    # (0.9, 0.95), fused on CUDA; only what requires_grad (LoRA)
+    opt = configure_optimizer(r.model, make_config(None, lr=cfg.lr, weight_decay=cfg.weight_decay),
+                              torch.device(device).type)
     if save: out_dir.mkdir(parents=True, exist_ok=True)
     log = _StepLog(out_dir / "sft_log.jsonl" if save else None)
-    val_loss = lambda: response_loss(r.model, r.val_ds, cfg.batch_size, device, cfg.eval_batches) if len(r.val_ds) else float("nan")
+    def val_loss():
+        if not len(r.val_ds): return float("nan")
+        return response_loss(r.model, r.val_ds, cfg.batch_size, device, cfg.eval_batches)
     val_before = val_loss(); log(step=0, val_loss=val_before)
     feed, bar, t0 = _Feed(r.train_ds, cfg.batch_size, cfg.seed, device, cfg.sort_window), None, time.time()
     if progress:
@@ -775,40 +838,45 @@ def _fit(r, cfg: SFTConfig, device: str, out_dir: Path, save: bool, progress: bo
     return dict(step=step, train_losses=train_losses, val_losses=val_losses, seconds=seconds, tokens=feed.tokens)
 
 # %% ../nbs/05_sft.ipynb #4c152bd6
-def finetune(init,  # base model: course checkpoint / run dir / HF dir / HF id ("gpt2"), or a (GPT, Encoding) pair (copied, not modified)
-             data="auto",  # "auto", "dolly", "alpaca", "builtin", a Dolly/Alpaca file, a list of those, or a list of records
-             out_dir: str | os.PathLike = "runs/sft",  # where sft.pt, sft_log.jsonl and summary.json go
-             steps: int | None = None,  # optimizer steps; None: `epochs` passes over the training set
-             epochs: float = 1.0,  # used when steps is None
-             batch_size: int = 8,  # examples per step
-             lr: float = 1e-4,  # peak learning rate (full fine-tuning of GPT-2: ~2e-5; LoRA / tiny models: ~3e-4-1e-3)
-             warmup_steps: int | None = None,  # None: 5% of steps (at least 1)
-             min_lr_ratio: float = 0.1,  # the schedule decays to lr * min_lr_ratio
-             schedule: str = "cosine",  # "cosine", "linear" or "constant"
-             weight_decay: float = 0.0,  # AdamW weight decay on 2-D weights
-             grad_clip: float = 1.0,  # clip the gradient norm (0: off)
-             val_frac: float = 0.1,  # held-out fraction of each category
-             eval_every: int | None = None,  # validation every N steps; None: 5 times per run
-             eval_batches: int | None = None,  # cap on validation batches (None: the whole validation set)
-             sort_window: int = 64,  # batches of similar lengths, sorted within windows of this many batches (1: off)
-             overlong: str = "truncate",  # "truncate" or "drop" examples longer than the context
-             lora_r: int = 0,  # LoRA rank; 0 = full fine-tuning
-             lora_alpha: float = 16.0,  # LoRA scale alpha (update scaled by alpha / r)
-             lora_targets: tuple[str, ...] = ("c_attn",),  # linear layers that get adapters
-             lora_dropout: float = 0.0,  # dropout on the adapters' input
-             max_seconds: float | None = None,  # stop training after this wall time (checkpoint still written)
-             seed: int = 0,  # split, shuffling and init seed
-             device: str = "cpu",  # "auto" (CUDA, else MPS, else the CPU), "cpu", "cuda", "cuda:N", "mps"
-             dtype: str = "auto",  # "auto" (bf16 autocast on CUDA), "float32", or "bfloat16" (autocast on any device: a CPU with bf16 units)
-             save: bool = True,  # write the checkpoint, log and summary
-             overwrite: bool = False,  # replace an earlier fine-tuning run in out_dir (never another kind of run)
-             progress: bool = True,  # show a tqdm progress bar, and print what data was loaded and skipped
-            ) -> dict:
+def finetune(
+    # base model: course checkpoint / run dir / HF dir / HF id
+    # ("gpt2"), or a (GPT, Encoding) pair (copied, not modified)
+    init,
+    data="auto",  # "auto", "dolly", "alpaca", "builtin", a Dolly/Alpaca file, a list of those, or a list of records
+    out_dir: str | os.PathLike = "runs/sft",  # where sft.pt, sft_log.jsonl and summary.json go
+    steps: int | None = None,  # optimizer steps; None: `epochs` passes over the training set
+    epochs: float = 1.0,  # used when steps is None
+    batch_size: int = 8,  # examples per step
+    lr: float = 1e-4,  # peak learning rate (full fine-tuning of GPT-2: ~2e-5; LoRA / tiny models: ~3e-4-1e-3)
+    warmup_steps: int | None = None,  # None: 5% of steps (at least 1)
+    min_lr_ratio: float = 0.1,  # the schedule decays to lr * min_lr_ratio
+    schedule: str = "cosine",  # "cosine", "linear" or "constant"
+    weight_decay: float = 0.0,  # AdamW weight decay on 2-D weights
+    grad_clip: float = 1.0,  # clip the gradient norm (0: off)
+    val_frac: float = 0.1,  # held-out fraction of each category
+    eval_every: int | None = None,  # validation every N steps; None: 5 times per run
+    eval_batches: int | None = None,  # cap on validation batches (None: the whole validation set)
+    sort_window: int = 64,  # batches of similar lengths, sorted within windows of this many batches (1: off)
+    overlong: str = "truncate",  # "truncate" or "drop" examples longer than the context
+    lora_r: int = 0,  # LoRA rank; 0 = full fine-tuning
+    lora_alpha: float = 16.0,  # LoRA scale alpha (update scaled by alpha / r)
+    lora_targets: tuple[str, ...] = ("c_attn",),  # linear layers that get adapters
+    lora_dropout: float = 0.0,  # dropout on the adapters' input
+    max_seconds: float | None = None,  # stop training after this wall time (checkpoint still written)
+    seed: int = 0,  # split, shuffling and init seed
+    device: str = "cpu",  # "auto" (CUDA, else MPS, else the CPU), "cpu", "cuda", "cuda:N", "mps"
+    # "auto" (bf16 autocast on CUDA), "float32", or "bfloat16" (autocast on any device: a CPU with bf16 units)
+    dtype: str = "auto",
+    save: bool = True,  # write the checkpoint, log and summary
+    overwrite: bool = False,  # replace an earlier fine-tuning run in out_dir (never another kind of run)
+    progress: bool = True,  # show a tqdm progress bar, and print what data was loaded and skipped
+) -> dict:
     "Instruction-tune a GPT on the prompt template; returns a summary dict (losses, counts, checkpoint path)."
     cfg = SFTConfig(**{k: v for k, v in locals().items() if k in _CONFIG})
     args = _run_args(cfg, init, data, out_dir, save=save, overwrite=overwrite, progress=progress)
     check_finetune_args(**args)  # every argument, the device and the output folder, before any work
-    device, out_dir = str(pick_device(cfg.device)), Path(out_dir)  # notebook 03c: 'auto' is CUDA, else MPS, else the CPU
+    # notebook 03c: 'auto' is CUDA, else MPS, else the CPU
+    device, out_dir = str(pick_device(cfg.device)), Path(out_dir)
     r = _prepare(init, data, cfg, device, progress)
     fit = _fit(r, cfg, device, out_dir, save, progress)
     lora = _merge_adapters(r.model, cfg)
@@ -816,9 +884,10 @@ def finetune(init,  # base model: course checkpoint / run dir / HF dir / HF id (
     after = fit["val_losses"][-1][1]
     ckpt = _save_sft(out_dir / "sft.pt", r.model, r.enc, fit["step"], after, args, r.counts, lora) if save else None
     summary = {"kind": "sft", "checkpoint": ckpt, "val_loss_before": fit["val_losses"][0][1], "val_loss_after": after,
-               "train_losses": fit["train_losses"], "val_losses": fit["val_losses"], "data": r.sources, "counts": r.counts,
-               "steps": fit["step"], "planned_steps": r.plan[0], "seconds": fit["seconds"], "tokens": fit["tokens"],
-               "tokens_per_s": fit["tokens"] / max(fit["seconds"], 1e-9), "trainable_params": r.params[0], "total_params": r.params[1],
+               "train_losses": fit["train_losses"], "val_losses": fit["val_losses"], "data": r.sources,
+               "counts": r.counts, "steps": fit["step"], "planned_steps": r.plan[0], "seconds": fit["seconds"],
+               "tokens": fit["tokens"], "tokens_per_s": fit["tokens"] / max(fit["seconds"], 1e-9),
+               "trainable_params": r.params[0], "total_params": r.params[1],
                "lora": None if lora is None else {k: v for k, v in lora.items() if k != "adapters"}, "args": args}
     if save: (out_dir / "summary.json").write_text(json.dumps(json_safe(summary), indent=1, default=str))
     return summary
@@ -833,8 +902,8 @@ class Answer:
 def _prompt_ids(model, enc, instruction: str, context: str = "") -> list[int]:
     "The prompt's token ids; refused when the tokenizer is not the model's or the prompt leaves no room for an answer."
     if enc.n_vocab > model.config.vocab_size:
-        raise ValueError(f"the tokenizer has {enc.n_vocab:,} tokens but the model's vocab_size is {model.config.vocab_size:,}: "
-                         "they do not belong together; load both from one checkpoint")
+        raise ValueError(f"the tokenizer has {enc.n_vocab:,} tokens but the model's vocab_size is "
+                         f"{model.config.vocab_size:,}: they do not belong together; load both from one checkpoint")
     ids = enc.encode_ordinary(format_prompt(instruction, context))
     if model.config.block_size - len(ids) < 1:
         raise ValueError(f"prompt is {len(ids)} tokens but block_size is {model.config.block_size}; "
@@ -866,8 +935,9 @@ def respond(model,  # a GPT
     stop = enc.eot_token in new
     return Answer(enc.decode(new[:new.index(enc.eot_token)] if stop else new).strip(), stop)
 
-def generate_response(model, enc, instruction: str, context: str = "", max_new_tokens: int = 64, temperature: float = 0.0,
-                      top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> str:
+def generate_response(
+    model, enc, instruction: str, context: str = "", max_new_tokens: int = 64, temperature: float = 0.0,
+    top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> str:
     "The text of `respond`'s answer (its arguments are `respond`'s)."
     return respond(model, enc, instruction, context, max_new_tokens, temperature, top_k, top_p, seed).text
 
@@ -876,18 +946,20 @@ def exact_match(answer: str, reference: str) -> bool:
     "Whether `answer` is `reference` word for word (runs of whitespace count as one space)."
     return answer.split() == reference.split()
 
-def skill_scores(model,                  # a GPT
-                 enc,                    # its tokenizer
-                 items: list[dict],      # held-out skill records (`skill_tasks`)
-                 max_new_tokens: int = 32, # the most tokens of answer; each item gets its reference's length + `slack`, up to this
-                 slack: int = 8,         # tokens beyond the reference's length: an answer that has not stopped by then did not stop
-                ) -> dict:
+def skill_scores(
+    model,                  # a GPT
+    enc,                    # its tokenizer
+    items: list[dict],      # held-out skill records (`skill_tasks`)
+    max_new_tokens: int = 32, # the most tokens of answer; each item gets its reference's length + `slack`, up to this
+    slack: int = 8,         # tokens beyond the reference's length: an answer that has not stopped by then did not stop
+) -> dict:
     "Per skill family: items, exact-match accuracy and stop rate of greedy answers; plus their means under `mean`."
     by = defaultdict(lambda: [0, 0, 0])
     for r in items:
         budget = min(max_new_tokens, len(enc.encode_ordinary(r["response"])) + slack)  # a longer answer cannot be exact
         a = respond(model, enc, r["instruction"], r["context"], budget)
-        c = by[r["category"].removeprefix("skill_")]; c[0] += 1; c[1] += exact_match(a.text, r["response"]); c[2] += a.stopped
+        c = by[r["category"].removeprefix("skill_")]
+        c[0] += 1; c[1] += exact_match(a.text, r["response"]); c[2] += a.stopped
     fam = {f: {"n": n, "accuracy": round(k / n, 4), "stop_rate": round(s / n, 4)} for f, (n, k, s) in by.items()}
     n = sum(v["n"] for v in fam.values())
     return {**fam, "mean": {"n": n, "accuracy": round(sum(v["accuracy"] for v in fam.values()) / max(1, len(fam)), 4),
@@ -903,12 +975,15 @@ def sft_parser(prog: str,         # the command's name in --help
     import argparse
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("model and data")
-    g.add_argument("--init", required=True, help="base model: course checkpoint, run directory, Hugging Face directory, or HF id (gpt2)")
+    g.add_argument("--init", required=True,
+                   help="base model: course checkpoint, run directory, Hugging Face directory, or HF id (gpt2)")
     g.add_argument("--data", action="append", default=None,
-                   help="auto | dolly | alpaca ($NANOGPT_COURSE_DATA file) | builtin | a Dolly/Alpaca json/jsonl file; repeat to mix")
+                   help="auto | dolly | alpaca ($NANOGPT_COURSE_DATA file) | builtin | a Dolly/Alpaca json/jsonl "
+                        "file; repeat to mix")
     g.add_argument("--out", default=out_default, help=out_help)
     g.add_argument("--val-frac", type=float, default=0.1, help="held-out fraction of each category")
-    g.add_argument("--overlong", choices=("truncate", "drop"), default="truncate", help="what to do with examples longer than the context")
+    g.add_argument("--overlong", choices=("truncate", "drop"), default="truncate",
+                   help="what to do with examples longer than the context")
     o = p.add_argument_group("optimisation")
     o.add_argument("--steps", type=int, default=None, help="optimizer steps (default: --epochs passes)")
     o.add_argument("--epochs", type=float, default=1.0, help="passes over the training set when --steps is not given")
@@ -922,8 +997,10 @@ def sft_parser(prog: str,         # the command's name in --help
     r = p.add_argument_group("run")
     r.add_argument("--eval-batches", type=int, default=None, help="cap on validation batches")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (auto: CUDA, else MPS, else the CPU)")
-    r.add_argument("--overwrite", action="store_true", help="replace an earlier fine-tuning run in --out (never a pretraining run)")
+    r.add_argument("--device", default="cpu",
+                   help="auto, cpu, cuda, cuda:N or mps (auto: CUDA, else MPS, else the CPU)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier fine-tuning run in --out (never a pretraining run)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p, r
 
@@ -931,7 +1008,8 @@ def sft_parser(prog: str,         # the command's name in --help
 def cli(argv: list[str] | None = None) -> int:
     "`nanogpt-course sft`: instruction fine-tuning from a course checkpoint or GPT-2 weights."
     import sys
-    p, r = sft_parser("nanogpt-course sft", "runs/sft", "output directory (sft.pt, sft_log.jsonl, summary.json)", cli.__doc__)
+    p, r = sft_parser("nanogpt-course sft", "runs/sft", "output directory (sft.pt, sft_log.jsonl, summary.json)",
+                      cli.__doc__)
     l = p.add_argument_group("LoRA")
     l.add_argument("--lora-r", type=int, default=0, help="LoRA rank (0: full fine-tuning)")
     l.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha (update scaled by alpha/r)")
@@ -940,26 +1018,30 @@ def cli(argv: list[str] | None = None) -> int:
     r.add_argument("--eval-every", type=int, default=None, help="validation every N steps (default: 5 times)")
     r.add_argument("--max-seconds", type=float, default=None, help="stop training after this many seconds")
     r.add_argument("--dtype", default="auto", help="auto (bf16 autocast on CUDA), float32 or bfloat16")
-    r.add_argument("--sort-window", type=int, default=64, help="batches of similar lengths: sort within windows of N batches (1: off)")
+    r.add_argument("--sort-window", type=int, default=64,
+                   help="batches of similar lengths: sort within windows of N batches (1: off)")
     a = p.parse_args(argv)
     kw = dict(steps=a.steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps,
               min_lr_ratio=a.min_lr_ratio, schedule=a.schedule, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
               val_frac=a.val_frac, eval_every=a.eval_every, eval_batches=a.eval_batches, overlong=a.overlong,
               sort_window=a.sort_window,
-              lora_r=a.lora_r, lora_alpha=a.lora_alpha, lora_targets=tuple(t.strip() for t in a.lora_targets.split(",") if t.strip()),
-              lora_dropout=a.lora_dropout, max_seconds=a.max_seconds, seed=a.seed, device=a.device, dtype=a.dtype, overwrite=a.overwrite,
-              progress=not a.no_progress)
+              lora_r=a.lora_r, lora_alpha=a.lora_alpha,
+              lora_targets=tuple(t.strip() for t in a.lora_targets.split(",") if t.strip()),
+              lora_dropout=a.lora_dropout, max_seconds=a.max_seconds, seed=a.seed, device=a.device, dtype=a.dtype,
+              overwrite=a.overwrite, progress=not a.no_progress)
     try:
         check_finetune_args(flags=True, out_dir=a.out, **kw)  # named as flags, before any work
         s = finetune(a.init, a.data or "auto", a.out, **kw)
-    except (ValueError, OSError, RuntimeError) as e:  # bad data, missing files, unreachable hub: a message, not a traceback
+    # bad data, missing files, unreachable hub: a message, not a traceback
+    except (ValueError, OSError, RuntimeError) as e:
         print(f"nanogpt-course sft: error: {e}", file=sys.stderr)
         return 2
     if a.no_progress:  # with progress on, finetune printed these before training
         for d in s["data"]: print("data:", describe_data(d))
     c = s["counts"]
     print(f"split: train {c['train_records']} / val {c['val_records']} records; "
-          f"truncated {c['train']['truncated'] + c['val']['truncated']}, dropped {c['train']['dropped'] + c['val']['dropped']}")
+          f"truncated {c['train']['truncated'] + c['val']['truncated']}, dropped "
+          f"{c['train']['dropped'] + c['val']['dropped']}")
     print(f"val loss on response tokens: {s['val_loss_before']:.4f} -> {s['val_loss_after']:.4f} in {s['steps']} steps "
           f"({s['seconds']:.1f}s); checkpoint {s['checkpoint']}")
     return 0

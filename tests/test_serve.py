@@ -424,6 +424,30 @@ def test_generation_failure_is_reported_and_released(enc):
         assert h["failed"] == 2 and h["in_flight"] == 0
 
 
+def test_a_failed_pass_finishes_each_job_once_reading_or_generating(enc):
+    "One job generating and one still reading its prompt when a pass fails: each ends with one error, and is counted once."
+    model, fail = slow(tiny_model(enc, block_size=64), delay=0.01), threading.Event()
+    def hook(module, args):
+        if fail.is_set(): fail.clear(); raise RuntimeError("simulated failure")
+    model.transformer.wte.register_forward_pre_hook(hook)
+    eng = Engine({"m": (model, enc)}, max_queue=4, max_active=4, prefill_chunk=2)
+    try:
+        gen = eng.submit(Job("m", enc.encode("Hi"), SamplingParams(max_tokens=40, temperature=0)))
+        t0 = time.monotonic()
+        while not gen.choices and time.monotonic() - t0 < 30: time.sleep(0.005)
+        reading = eng.submit(Job("m", enc.encode("word " * 30), SamplingParams(max_tokens=4, temperature=0)))
+        while reading not in eng.batches["m"].reading and time.monotonic() - t0 < 30: time.sleep(0.001)
+        fail.set()
+        for job in (gen, reading):
+            assert job.finished.wait(30)
+            assert [v for k, v in job.iter_events(timeout=5) if k == "error"] == ["RuntimeError: simulated failure"]
+        ok = eng.submit(Job("m", enc.encode("Hi"), SamplingParams(max_tokens=3, temperature=0)))
+        assert ok.finished.wait(30) and len(ok.choices[0].tokens) == 3
+        assert (eng.in_flight, eng.active) == (0, 0)
+        assert (eng.stats["failed"], eng.stats["cancelled"], eng.stats["completed"]) == (2, 0, 1)
+    finally: eng.close()
+
+
 # ---------------------------------------------------------------------------------------------- attacks (issue 13)
 def raw_http(url, request: bytes, wait: float = 5.0) -> bytes:
     "Send raw bytes to the server and read until it closes the connection (or `wait` seconds pass)."

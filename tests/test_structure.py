@@ -48,6 +48,13 @@ def exported_cell_sizes() -> list[tuple[int, str, int]]:
     return out
 
 
+def test_library_lines_fit_in_120_characters():
+    "Every line a cell writes into the library fits in 120 characters (nbdev's module docstring and __all__ aside)."
+    long = [f"{m.name}:{i}" for m in sorted(PKG.glob("*.py")) if m.name != "_modidx.py"
+            for i, line in enumerate(m.read_text().splitlines(), 1) if len(line) > 120 and i > 1 and not line.startswith("__all__")]
+    assert not long, f"library lines over 120 characters (wrap them in their notebook cell): {long}"
+
+
 def test_lessons_come_in_small_steps(capsys):
     "Exported cells (course22p2's habit): none over 60 lines, and a mean of at most 25. `.ci/run` prints both."
     sizes = exported_cell_sizes()
