@@ -50,21 +50,16 @@ def hf_collate(batch: list[tuple[list[int], list[int]]],  # notebook 05's (input
     return {"input_ids": xb, "labels": yb, "shift_labels": yb}
 
 # %% ../nbs/13_hf.ipynb #bed26415
-def course_order(n: int,  # examples in the training set
+def course_order(examples,  # the training set: 05's SFTDataset, or any list of (inputs, targets)
                  steps: int,  # optimizer steps
                  batch_size: int,  # examples per step
                  seed: int = 0,  # 05's `seed`
+                 sort_window: int = 64,  # 05's `sort_window`
                 ) -> list[list[int]]:
-    "The example indices of each step of notebook 05's `finetune`: a seeded permutation, reshuffled when an epoch ends."
-    gen = torch.Generator().manual_seed(seed)
-    order, pos, out = torch.randperm(n, generator=gen).tolist(), 0, []
-    for _ in range(steps):
-        idx = []
-        while len(idx) < batch_size:  # a batch may take the end of one epoch and the start of the next
-            if pos == len(order): order, pos = torch.randperm(n, generator=gen).tolist(), 0
-            take = order[pos:pos + batch_size - len(idx)]; idx += take; pos += len(take)
-        out.append(idx)
-    return out
+    "The example indices of each step of notebook 05's `finetune`, drawn from 05's own feed (`_Feed`)."
+    from nanogpt_course.sft import _Feed
+    feed = _Feed(examples, batch_size, seed, "cpu", sort_window)
+    return [feed.indices() for _ in range(steps)]
 
 def course_optimizer(model,  # the model to train (a transformers GPT2LMHeadModel here)
                      steps: int, lr: float, warmup_steps: int,  # as 05's `sft_lr`
@@ -94,11 +89,12 @@ def hf_train(hf_model,  # a GPT2LMHeadModel (from `to_transformers`); trained in
              steps: int, batch_size: int = 8, lr: float = 1e-4, warmup_steps: int | None = None,  # as 05's `finetune`
              min_lr_ratio: float = 0.1, schedule: str = "cosine", weight_decay: float = 0.0, grad_clip: float = 1.0,
              seed: int = 0, device: str = "cpu", progress: bool = False,
+             sort_window: int = 64,  # as 05's `finetune`
             ) -> list[float]:
     "Fine-tune with transformers' Trainer on 05's batches, optimizer and schedule; returns each step's loss."
     from transformers import TrainingArguments, PrinterCallback
     warm = max(1, round(0.05 * steps)) if warmup_steps is None else warmup_steps  # 05's default
-    ordered = [examples[i] for b in course_order(len(examples), steps, batch_size, seed) for i in b]
+    ordered = [examples[i] for b in course_order(examples, steps, batch_size, seed, sort_window) for i in b]
     opt, sched = course_optimizer(hf_model, steps, lr, warm, min_lr_ratio, schedule, weight_decay,
                                   torch.device(device).type)
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,7 +153,7 @@ def hf_finetune(
     steps: int | None = None, epochs: float = 1.0, batch_size: int = 8, lr: float = 1e-4,
     warmup_steps: int | None = None, min_lr_ratio: float = 0.1, schedule: str = "cosine",
     weight_decay: float = 0.0, grad_clip: float = 1.0, val_frac: float = 0.1, eval_batches: int | None = None,
-    overlong: str = "truncate", seed: int = 0, device: str = "cpu",  # all as 05's `finetune`
+    overlong: str = "truncate", sort_window: int = 64, seed: int = 0, device: str = "cpu",  # all as 05's `finetune`
     overwrite: bool = False,  # replace an earlier hf_finetune run in out_dir
     progress: bool = True,  # the Trainer's progress bar, and what data was loaded
     flags: bool = False,  # name arguments as command-line flags in error messages
@@ -183,7 +179,7 @@ def hf_finetune(
     val_before = val(model.to(device))
     t0 = time.time()
     losses = hf_train(hf, train_ds, enc, steps, batch_size, lr, warmup_steps, min_lr_ratio, schedule, weight_decay,
-                      grad_clip, seed, device, progress)
+                      grad_clip, seed, device, progress, sort_window)
     seconds, out = time.time() - t0, Path(out_dir)
     # transformers' own writer: config.json, model.safetensors, generation_config.json
     with _no_bars(): hf.save_pretrained(out)

@@ -721,7 +721,7 @@ class _Feed:
     def __init__(self, ds: SFTDataset, batch_size: int, seed: int, device,
                  sort_window: int = 1):  # sort by length within windows of this many batches (1: no sorting)
         self.ds, self.batch_size, self.device, self.tokens, self.window = ds, batch_size, device, 0, sort_window
-        self.gen, self.lens = torch.Generator().manual_seed(seed), [len(x) for x, _ in ds.examples]
+        self.gen, self.lens = torch.Generator().manual_seed(seed), [len(ds[i][0]) for i in range(len(ds))]
         self.order, self.pos = self._shuffle(), 0
     def _shuffle(self) -> list[int]:
         "An epoch's order: shuffled; with a window, batches of similar lengths (less padding), in random order."

@@ -75,7 +75,7 @@ def _trainer_adamw(model, steps, lr, warmup_steps, min_lr_ratio=0.1, schedule="c
 
 
 @pytest.mark.parametrize("name,value", [("hf_collate", _labels_only), ("course_optimizer", _trainer_adamw),
-                                        ("course_order", lambda n, steps, bs, seed: _order(n, steps, bs, seed + 1))])
+                                        ("course_order", lambda ex, steps, bs, seed, sw: _order(ex, steps, bs, seed + 1, sw))])
 def test_parity_breaks_without_each_alignment(name, value, base, enc, records, course_losses, tmp_path, monkeypatch):
     monkeypatch.setattr(hf, name, value)
     losses = trainer_losses(base, enc, records, tmp_path)
