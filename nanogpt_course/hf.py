@@ -225,9 +225,8 @@ def cli(argv: list[str] | None = None) -> int:
                       "output folder: a Hugging Face GPT-2 folder plus summary.json", cli.__doc__)
     a = p.parse_args(argv)
     kw = {k: getattr(a, k) for k in ("steps", "epochs", "batch_size", "lr", "warmup_steps", "schedule", "min_lr_ratio",
-                                     "weight_decay",
-                                      "grad_clip", "val_frac", "overlong", "eval_batches", "seed", "device",
-                                      "overwrite")}
+                                     "weight_decay", "grad_clip", "val_frac", "overlong", "eval_batches", "sort_window",
+                                     "seed", "device", "overwrite")}
     try:
         import transformers, accelerate  # noqa: F401  (the Trainer needs both)
     except ImportError as e:

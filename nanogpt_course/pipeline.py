@@ -408,7 +408,7 @@ def evaluation_stage(out: Path,    # the run's folder: `eval.json` goes here
                                 "instruction_after": tuned["val_loss_after"]}}
 
 # %% ../nbs/09_pipeline.ipynb #cea4b67e
-EVAL_SECONDS = 30  # what the evaluation stage needs at most (the multiple choice and the skills of two models)
+EVAL_SECONDS = 30  # kept for evaluation: multiple choice of three models, skills and answers of two
 
 def run(
     # everything the run writes goes here; must be new or empty (default: `default_out_dir()`)
@@ -454,8 +454,8 @@ def run(
                                            progress))
     skill_train, skill_heldout = skill_split(source, skill_items, seed)
     left = budget - (time.time() - t_start)
-    # all but what evaluation needs; a share even when pretraining overran
-    sft_budget = max(0.1 * budget, left - EVAL_SECONDS)
+    # all but what evaluation needs (at most 15% of what is left); a share even when pretraining overran
+    sft_budget = max(0.1 * budget, left - min(EVAL_SECONDS, 0.15 * left))
     tuned = _stage(summary, "instruction tuning", out,
                    lambda: tuning_stage(out, instructions, skill_train, sft_budget, sft_epochs,
                                                                           prec["dtype"], device, seed, progress))

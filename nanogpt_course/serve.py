@@ -607,7 +607,7 @@ class QueueFull(Exception):
     "The bounded queue is full."
 
 class Engine:
-    "A worker thread that steps one Batch per model, with a bounded queue of jobs in front of it."
+    "A worker thread stepping one Batch per model (on the CPU: `decode_layout`), a bounded queue of jobs in front."
     def __init__(self,
                  models: dict,  # name -> (GPT, tiktoken.Encoding); may be empty (a server of classifiers only)
                  max_queue: int = 64,  # most requests waiting or running; more get 503

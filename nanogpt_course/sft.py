@@ -996,6 +996,8 @@ def sft_parser(prog: str,         # the command's name in --help
     o.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (0: off)")
     r = p.add_argument_group("run")
     r.add_argument("--eval-batches", type=int, default=None, help="cap on validation batches")
+    r.add_argument("--sort-window", type=int, default=64,
+                   help="batches of similar lengths: sort within windows of N batches (1: off)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="cpu",
                    help="auto, cpu, cuda, cuda:N or mps (auto: CUDA, else MPS, else the CPU)")
@@ -1018,8 +1020,6 @@ def cli(argv: list[str] | None = None) -> int:
     r.add_argument("--eval-every", type=int, default=None, help="validation every N steps (default: 5 times)")
     r.add_argument("--max-seconds", type=float, default=None, help="stop training after this many seconds")
     r.add_argument("--dtype", default="auto", help="auto (bf16 autocast on CUDA), float32 or bfloat16")
-    r.add_argument("--sort-window", type=int, default=64,
-                   help="batches of similar lengths: sort within windows of N batches (1: off)")
     a = p.parse_args(argv)
     kw = dict(steps=a.steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps,
               min_lr_ratio=a.min_lr_ratio, schedule=a.schedule, weight_decay=a.weight_decay, grad_clip=a.grad_clip,

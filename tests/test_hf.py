@@ -138,6 +138,8 @@ def test_cli_sft_trainer_hf(base, enc, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["sft", "--trainer", "hf", "--init", str(init), "--data", "builtin", "--out", str(out), "--lr", "-1"]) == 2
     assert capsys.readouterr().err.strip() == "nanogpt-course sft: error: --lr must be a number > 0, got -1.0"
+    assert main(["sft", "--trainer", "hf", "--init", str(init), "--data", "builtin", "--out", str(out), "--sort-window", "0"]) == 2
+    assert "--sort-window must be an integer >= 1" in capsys.readouterr().err  # the Trainer takes 05's batch order too
     assert not out.exists()
     assert main(["sft", "--trainer=hf", "--init", str(init), "--data", "builtin", "--out", str(out), "--steps", "2",
                  "--batch-size", "2", "--no-progress"]) == 0
