@@ -620,7 +620,9 @@ def cli(argv:list|None=None) -> int:
         if voila is None:
             print("error: Voilà is not installed: pip install voila (or open the notebook in Jupyter: "
                   f"jupyter lab {nb})", file=sys.stderr); return 2
-        cmd = [voila, str(nb), f"--port={args.port}"] + (["--no-browser"] if args.no_browser else [])
+        # a busy machine delivers a cell's outputs late: wait for them rather than render the page without them
+        cmd = [voila, str(nb), f"--port={args.port}", "--NotebookClient.iopub_timeout=60"]
+        cmd += ["--no-browser"] if args.no_browser else []
         print("running:", " ".join(cmd), flush=True)
         return subprocess.call(cmd, env=env)
     print("The playground is an ipywidgets app. Open it with one of:")

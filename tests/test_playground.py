@@ -224,7 +224,9 @@ def _chromium():
 def test_voila_serves_the_notebook():
     "Voilà runs the notebook as a page; with Chromium, a headless browser presses Generate and sees tokens arrive."
     port = free_port()
-    p = subprocess.Popen([shutil.which("voila"), str(NB), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1"],
+    # iopub_timeout as `nanogpt-course playground --voila` sets it: on a loaded machine outputs arrive late
+    p = subprocess.Popen([shutil.which("voila"), str(NB), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
+                          "--NotebookClient.iopub_timeout=60"],
                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     try:
