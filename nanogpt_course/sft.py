@@ -726,7 +726,9 @@ class _Feed:
     def _shuffle(self) -> list[int]:
         "An epoch's order: shuffled; with a window, batches of similar lengths (less padding), in random order."
         order, B = torch.randperm(len(self.ds), generator=self.gen).tolist(), self.batch_size
-        if self.window <= 1: return order
+        if self.window <= 1 or len(order) < 2 * B: return order
+        # whole batches only (PyTorch's drop_last): a random n % B sit this epoch out, and no batch straddles two
+        order = order[:len(order) // B * B]
         w = B * self.window
         order = [i for s in range(0, len(order), w) for i in sorted(order[s:s + w], key=self.lens.__getitem__)]
         batches = [order[s:s + B] for s in range(0, len(order), B)]
