@@ -2,8 +2,12 @@
 
 For each model shape (random weights): the main job's `mini` (6 layers, 192 wide, a 4,096-token vocabulary) and
 GPT-2 124M's shape (50,257 tokens), a server runs in its own process (as `nanogpt-course serve` does) and 1, 2, 4, 8
-and 16 concurrent clients stream completions from it. The table gives the aggregate streamed tokens/s, its ratio to
-the 1-client rate, and p50/p99 time to first token. Then, measured in the same run:
+and 16 concurrent clients stream completions from it. Like the users of a service, the clients ask different things
+(8 prompts of 2 to 44 GPT-2 tokens; answers of 16 to 48 tokens, about 32 on average) and do not all start at once:
+client i sends its first request i/c of a 1-client request's time after the first client. The table gives the
+aggregate streamed tokens/s, its ratio to the 1-client rate, and p50/p99 time to first token. A burst follows: 8
+clients that start together with the same prompt and answer length, the worst case for time to first token. Then,
+measured in the same run:
 - batch-1 decoding against the memory-bandwidth limit: the read bandwidth (summing a tensor far larger than the
   caches) divided by the bytes of weights read per token;
 - the engine against `transformers` generating the same batch of prompts greedily: same tokens, and the speed ratio.
@@ -15,6 +19,12 @@ import argparse, asyncio, json, os, resource, socket, subprocess, sys, time
 
 GOALS = {"mini": 3.5, "gpt2": 4.0}  # issue 13: the 8-client rate over the 1-client rate
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+PROMPTS = [PROMPT, "Hello!", "What is the capital of France?", "List three colours.",  # what the clients ask
+           "Explain, in simple words that a child would understand, why the sky is blue during the day but turns red "
+           "and orange at sunset, and what that has to do with the air and the light of the sun.",
+           "Translate into French: the cat sleeps on the warm windowsill.", "Give me a name for a small grey kitten.",
+           "Summarise the plot of a story in which two old friends meet again after many years apart and find that "
+           "their town has changed."]
 
 
 def build(shape, seed=0):
@@ -38,7 +48,7 @@ def run_server(args):
     from nanogpt_course.serve import create_app
     torch.set_num_threads(args.threads)
     model, enc = build(args.models)
-    app = create_app({"bench": (model, enc)}, max_queue=256, max_active=args.max_active, max_tokens_limit=args.max_tokens)
+    app = create_app({"bench": (model, enc)}, max_queue=256, max_active=args.max_active, max_tokens_limit=2 * args.max_tokens)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
@@ -47,9 +57,17 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, max(0, round(q / 100 * (len(xs) - 1))))]
 
 
-async def client(http, i, n_requests, args, out):
+def ask(i, j, max_tokens, burst=False):
+    "Client i's request j: its own prompt and answer length (mean max_tokens), or in a burst the same for all."
+    if burst: return PROMPT, max_tokens
+    return PROMPTS[(3 * i + j) % len(PROMPTS)], max_tokens // 2 + (7 * i + 5 * j) % (max_tokens + 1)
+
+
+async def client(http, i, n_requests, args, out, delay=0.0, burst=False):
+    await asyncio.sleep(delay)
     for j in range(n_requests):
-        body = {"model": "bench", "prompt": PROMPT, "max_tokens": args.max_tokens, "seed": 1000 * i + j, "stream": True,
+        prompt, n = ask(i, j, args.max_tokens, burst)
+        body = {"model": "bench", "prompt": prompt, "max_tokens": n, "seed": 1000 * i + j, "stream": True,
                 "stream_options": {"include_usage": True}}
         t0, first, usage = time.perf_counter(), None, None
         async with http.stream("POST", "/v1/completions", json=body) as r:
@@ -63,16 +81,18 @@ async def client(http, i, n_requests, args, out):
         out.append({"status": 200, "ttft": (first or time.perf_counter()) - t0, "tokens": usage["completion_tokens"]})
 
 
-async def level(url, clients, n_each, args):
+async def level(url, clients, n_each, args, spacing=0.0, burst=False):
+    "c clients, each sending n_each requests one after another; client i starts i x spacing seconds after the first."
     import httpx
     out = []
     async with httpx.AsyncClient(base_url=url, timeout=900, limits=httpx.Limits(max_connections=clients + 4)) as http:
         t0 = time.perf_counter()
-        await asyncio.gather(*(client(http, i, n_each, args, out) for i in range(clients)))
+        await asyncio.gather(*(client(http, i, n_each, args, out, i * spacing, burst) for i in range(clients)))
         wall = time.perf_counter() - t0
     ok = [o for o in out if o["status"] == 200]
     return dict(clients=clients, requests=len(out), errors=len(out) - len(ok), tok_s=sum(o["tokens"] for o in ok) / wall,
-                ttft50=pct([o["ttft"] for o in ok], 50), ttft99=pct([o["ttft"] for o in ok], 99))
+                ttft50=pct([o["ttft"] for o in ok], 50), ttft99=pct([o["ttft"] for o in ok], 99),
+                seconds_per_request=wall / max(1, n_each))
 
 
 def free_port():
@@ -104,12 +124,15 @@ def serve_levels(shape, args):
                 if server.poll() is not None or time.monotonic() - t0 > 180: raise SystemExit("the server did not start")
                 time.sleep(0.2)
         asyncio.run(level(url, 1, 1, args))  # warm-up
-        rows = []
+        rows, one = [], None  # one: a request's seconds at 1 client, which spaces the clients' starts
         for c in args.levels:
-            rows.append(asyncio.run(level(url, c, max(1, args.requests // c), args)))
+            spacing = (one or 0.0) / c
+            rows.append(asyncio.run(level(url, c, max(6, args.requests // c), args, spacing)))  # 6 each at least
+            one = one or rows[-1]["seconds_per_request"]
             print(f"  {c:>2} client(s): {rows[-1]['tok_s']:.1f} tokens/s", flush=True)
+        burst = [asyncio.run(level(url, c, 1, args, burst=True)) for c in (1, args.burst)]
         health = httpx.get(url + "/health", timeout=5).json()
-        return rows, health, peak_rss_mb(server.pid)
+        return rows, burst, health, peak_rss_mb(server.pid)
     finally:
         server.terminate(); server.wait(timeout=30)
 
@@ -163,13 +186,17 @@ def versus_transformers(model, enc, n_tokens, rows=8):
     return same, rate, hf_rate
 
 
-def report(shape, rows, health, server_mb, args):
+def report(shape, rows, burst, health, server_mb, args):
     base = rows[0]
     hdr = f"{'clients':>7} {'reqs':>5} {'err':>4} {'tok/s':>8} {'vs 1':>6} {'TTFT p50':>9} {'TTFT p99':>9} {'p99 vs 1':>9}"
     print(hdr); print("-" * len(hdr))
     for r in rows:
         print(f"{r['clients']:>7} {r['requests']:>5} {r['errors']:>4} {r['tok_s']:>8.1f} {r['tok_s'] / base['tok_s']:>5.2f}x "
               f"{r['ttft50']:>9.3f} {r['ttft99']:>9.3f} {r['ttft99'] / base['ttft99']:>8.2f}x")
+    b1, bc = burst
+    print(f"burst: {bc['clients']} clients starting together with the same prompt and {args.max_tokens} tokens each: "
+          f"TTFT p50 {bc['ttft50']:.3f} s, p99 {bc['ttft99']:.3f} s, {bc['ttft99'] / b1['ttft99']:.2f}x one such request's "
+          f"({b1['ttft99']:.3f} s); {bc['tok_s']:.1f} tokens/s")
     print(f"server after the run: in_flight {health['in_flight']}, completed {health['completed']}, rejected {health['rejected']}, "
           f"failed {health['failed']}; peak memory {server_mb:.0f} MB")
     at8 = next((r for r in rows if r["clients"] == 8), None)
@@ -184,8 +211,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="mini,gpt2", help="comma-separated shapes: mini, gpt2")
     ap.add_argument("--clients", default="1,2,4,8,16", help="comma-separated numbers of concurrent clients")
-    ap.add_argument("--requests", type=int, default=16, help="requests per level, split across its clients (at least 1 each)")
-    ap.add_argument("--max-tokens", type=int, default=32, help="tokens per answer")
+    ap.add_argument("--requests", type=int, default=32, help="requests per level, split across its clients (at least 6 each)")
+    ap.add_argument("--max-tokens", type=int, default=32, help="mean tokens per answer (from half of it to 1.5 times)")
+    ap.add_argument("--burst", type=int, default=8, help="clients that start together in the burst")
     ap.add_argument("--max-active", type=int, default=16, help="the server's --max-active (rows decoded together)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the server and the in-process measurements")
     ap.add_argument("--no-hf", action="store_true", help="skip the comparison with transformers")
@@ -199,7 +227,7 @@ def main(argv=None):
     try: args.levels = [int(c) for c in args.clients.split(",")]
     except ValueError: ap.error(f"--clients must be comma-separated integers, got {args.clients!r}")
     if min(args.levels) < 1: ap.error(f"--clients must all be at least 1, got {args.clients}")
-    for flag in ("requests", "max_tokens", "max_active", "threads"):
+    for flag in ("requests", "max_tokens", "max_active", "threads", "burst"):
         if getattr(args, flag) < 1: ap.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     import torch
     torch.set_num_threads(args.threads)
@@ -209,8 +237,8 @@ def main(argv=None):
         model, enc = build(shape)
         n = model.num_params()
         print(f"\n== {shape}: {n / 1e6:.1f}M parameters, {enc.n_vocab:,}-token vocabulary, context {model.config.block_size}")
-        rows, health, server_mb = serve_levels(shape, args)
-        report(shape, rows, health, server_mb, args)
+        rows, burst, health, server_mb = serve_levels(shape, args)
+        report(shape, rows, burst, health, server_mb, args)
         # every weight is read once per token, except the position table (one row): wte is read whole by the tied lm_head
         weight_bytes = (n - model.transformer.wpe.weight.numel()) * 4
         bw = read_bandwidth_gbs()  # measured next to the decode (a shared machine's bandwidth drifts), best of 5

@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['APIError', 'SamplingParams', 'SamplingRequest', 'api_error', 'check_body', 'sampling_params', 'parse_sampling',
            'StreamOptions', 'CompletionRequest', 'ChatRequest', 'render_chat', 'encode_prompt', 'fit_context',
-           'TextStream', 'sample_token', 'RaggedKVCache', 'extend', 'Job', 'Seq', 'decode_layout', 'Batch', 'QueueFull',
-           'Engine', 'sse', 'read_body', 'parse_json', 'JSONBodyRoute', 'CheckedRequest', 'check_request', 'Serving',
-           'add_completions_route', 'add_chat_route', 'add_info_routes', 'check_classification',
-           'add_classification_route', 'add_page_route', 'create_app', 'ServerThread', 'load_models', 'cli',
-           'chat_loop', 'chat_cli']
+           'TextStream', 'sample_token', 'RaggedKVCache', 'extend', 'Job', 'Seq', 'sample_rows', 'decode_layout',
+           'Batch', 'QueueFull', 'Engine', 'sse', 'read_body', 'parse_json', 'JSONBodyRoute', 'CheckedRequest',
+           'check_request', 'Serving', 'add_completions_route', 'add_chat_route', 'add_info_routes',
+           'check_classification', 'add_classification_route', 'add_page_route', 'create_app', 'ServerThread',
+           'load_models', 'cli', 'chat_loop', 'chat_cli']
 
 # %% ../nbs/07_serve.ipynb #c62cfd30
 import argparse, asyncio, codecs, json, math, queue, secrets, socket, sys, threading, time, uuid
@@ -429,10 +429,10 @@ def extend(
     mask = (torch.arange(L, device=dev) <= pos[..., None])[:, None]
     # the real tokens, not the padding
     rows, cols = (torch.arange(T, device=dev) < counts[:, None]).nonzero(as_tuple=True)
+    at = pos[rows, cols]  # where each real token's key goes in its row
     x = tr.wte(tokens) + tr.wpe(pos.clamp(max=cache.max_len - 1))  # (B, T, C); padding may run past the context
     for i, block in enumerate(tr.h):  # Block.forward, with per-row positions and masks instead of one offset
         q, k, v = block.attn.qkv(block.ln_1(x))  # 3 x (B, nh, T, hs)
-        at = pos[rows, cols]  # where each real token's key goes in its row
         cache.k[i, rows, :, at], cache.v[i, rows, :, at] = k[rows, :, cols], v[rows, :, cols]  # (N, nh, hs)
         # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(q, cache.k[i, :B, :, :L], cache.v[i, :B, :, :L], attn_mask=mask)
@@ -457,6 +457,7 @@ class Job:
         self.return_logits = return_logits
         self.cancel, self.finished = threading.Event(), threading.Event()
         self.events = asyncio.Queue() if loop is not None else queue.Queue()
+        self._out, self._lock = [], threading.Lock()  # events on their way to the loop, handed over together
         self.choices: list = []  # one Seq per choice, made when its prompt has been read
         self.created, self.started = time.monotonic(), None  # started: when it left the queue
 
@@ -467,8 +468,16 @@ class Job:
         ("Hand an event to whoever waits: [('token', (choice, id, logits)),] ('delta', (choice, text)), ('end', "
          "choice), then 'done' or ('error', message).")
         if self.loop is None: return self.events.put((kind, value))
-        try: self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        with self._lock:
+            self._out.append((kind, value))
+            if len(self._out) > 1: return  # a hand-over is already on its way: it takes this event too
+        # one wake-up of the loop carries every event a step sends before the loop gets to it
+        try: self.loop.call_soon_threadsafe(self._hand_over)
         except RuntimeError: self.cancel.set()  # the event loop is gone: nobody listens any more
+
+    def _hand_over(self):  # on the event loop
+        with self._lock: out, self._out = self._out, []
+        for ev in out: self.events.put_nowait(ev)
 
     def iter_events(self, timeout: float | None = None):
         "The events as they come, for a job without an event loop; ends after 'done' or 'error'."
@@ -488,9 +497,10 @@ class Seq:
         self.counts = torch.zeros(enc.n_vocab, device=device) if p.presence_penalty or p.frequency_penalty else None
         self.text, self.tokens, self.finish_reason = TextStream(enc, p.stop), [], None
 
-    def accept(self, logits: torch.Tensor) -> bool:  # (n_vocab,) this row's next-token logits
+    def accept(self, logits: torch.Tensor,  # (n_vocab,) this row's next-token logits
+               tok: int | None = None) -> bool:  # the token `sample_rows` already picked for this row, if it did
         "Pick and send the next token; return True when this choice has finished."
-        tok = sample_token(logits, self.p, self.gen, self.counts)
+        tok = sample_token(logits, self.p, self.gen, self.counts) if tok is None else tok
         self.tokens.append(tok)
         if self.job.return_logits:  # a copy on the CPU: the (rows, vocab) tensor of the step is not kept alive
             self.job.emit("token", (self.index, tok, logits.detach().to("cpu", torch.float32, copy=True)))
@@ -508,6 +518,25 @@ class Seq:
         if tail and reason != "cancelled": self.job.emit("delta", (self.index, tail))
         self.job.emit("end", self.index)
         return True
+
+# %% ../nbs/07_serve.ipynb #2745d8ca
+def sample_rows(logits: torch.Tensor,  # (B, V) a step's logits, row r for seqs[r]
+                seqs: list) -> list:  # the batch's Seqs
+    ("`sample_token` for the rows that ask for greedy or temperature sampling only, batched (each row still draws "
+     "from its own generator); None for the rows with top-k, top-p or a penalty.")
+    out, plain = [None] * len(seqs), [r for r, s in enumerate(seqs) if s.counts is None and not s.p.top_k
+                                       and s.p.top_p >= 1]
+    greedy, hot = [r for r in plain if seqs[r].p.temperature == 0], [r for r in plain if seqs[r].p.temperature > 0]
+    if greedy:
+        for r, t in zip(greedy, logits[greedy].float().argmax(-1).tolist()): out[r] = t
+    if hot:
+        x = logits[hot].float()  # (H, V)
+        temp = torch.tensor([seqs[r].p.temperature for r in hot], device=x.device)[:, None]  # (H, 1)
+        probs = ((x - x.max(-1, keepdim=True).values) / temp).softmax(-1)  # as sample_token: max first
+        # (H, V) Exp(1): each row's V draws from its own generator, as sample_token draws them
+        race = torch.stack([torch.rand(x.size(1), generator=seqs[r].gen, device=x.device) for r in hot]).log_().neg_()
+        for r, t in zip(hot, (probs / race).argmax(-1).tolist()): out[r] = t
+    return out
 
 # %% ../nbs/07_serve.ipynb #16e324b0
 def decode_layout(model: nn.Module) -> nn.Module:
@@ -597,8 +626,9 @@ def _step(self: Batch, prefill_chunk: int = 256):  # most prompt tokens (padding
     tokens = torch.tensor([[s.tokens[-1]] for s in self.seqs], device=self.device)  # (B, 1)
     logits = extend(self.model, self.cache, tokens)[:, :self.enc.n_vocab]  # (B, n_vocab)
     self.stats["decode_steps"] += 1
+    toks = sample_rows(logits, self.seqs)  # the plain rows' tokens in a few calls; None: sample_token picks
     for r in reversed(range(len(self.seqs))):
-        if self.seqs[r].accept(logits[r]): self.leave(r)
+        if self.seqs[r].accept(logits[r], toks[r]): self.leave(r)
 
 Batch.prefill, Batch.step = _prefill, _step
 
@@ -857,52 +887,67 @@ def check_request(req: CompletionRequest | ChatRequest,  # a body FastAPI valida
 
 # %% ../nbs/07_serve.ipynb #935eedec
 async def _job_events(job: Job, request, engine: Engine):
-    "The job's events as they come; cancels the job (queued or running) when the client disconnects."
+    ("The job's events, in lists of those that arrived together; cancels the job (queued or running) when the "
+     "client disconnects.")
+    checked = time.monotonic()
     try:
         while True:
-            try: kind, value = await asyncio.wait_for(job.events.get(), timeout=0.25)
-            except asyncio.TimeoutError:
-                if request is not None and await request.is_disconnected(): return
-                continue
-            yield kind, value
-            if kind in ("done", "error"): return
-            if request is not None and await request.is_disconnected(): return
+            got = []
+            if job.events.empty():
+                try: got.append(await asyncio.wait_for(job.events.get(), timeout=0.25))
+                except asyncio.TimeoutError: pass
+            while not job.events.empty(): got.append(job.events.get_nowait())  # a step's events come together
+            end = next((i for i, (kind, _) in enumerate(got) if kind in ("done", "error")), None)
+            if end is not None: yield got[:end + 1]; return
+            if got: yield got
+            # asking starlette costs more than an event: when nothing came, and at most every 0.25 s otherwise
+            if request is not None and (not got or time.monotonic() - checked >= 0.25):
+                if await request.is_disconnected(): return
+                checked = time.monotonic()
     finally:
         engine.cancel(job)  # no-op once the job has ended; frees its place or rows when the client left
 
 async def _answer(job: Job, request, engine: Engine, head: dict, chat: bool) -> dict:
     "Wait for every choice of a job; the whole answer as one JSON object."
     texts = [""] * job.params.n
-    async for kind, value in _job_events(job, request, engine):
-        if kind == "delta": texts[value[0]] += value[1]
-        elif kind == "error": raise APIError(f"generation failed: {value}", status=500, type="server_error")
+    async for got in _job_events(job, request, engine):
+        for kind, value in got:
+            if kind == "delta": texts[value[0]] += value[1]
+            elif kind == "error": raise APIError(f"generation failed: {value}", status=500, type="server_error")
     reasons = [s.finish_reason for s in job.choices] or ["cancelled"] * job.params.n  # cancelled while queued
     choices = [({"index": i, "message": {"role": "assistant", "content": t}} if chat
                 else {"index": i, "text": t, "logprobs": None})
                | {"finish_reason": _finish_reason(r)} for i, (t, r) in enumerate(zip(texts, reasons))]
     return {**head, "choices": choices, "usage": _usage(len(job.prompt_ids), job.completion_tokens)}
 
-async def _answer_events(job: Job, request, engine: Engine, head: dict, chat: bool, include_usage: bool):
-    "The answer as server-sent events: a chunk per text delta and per finished choice, usage, [DONE]."
+def _event_text(job: Job, head: dict, chat: bool, include_usage: bool, kind: str, value) -> str | None:
+    "One engine event as server-sent events ('' for none); None when the stream ends here without [DONE]."
     def chunk(i, delta=None, finish=None):
         c = {"index": i, "finish_reason": finish}
         if chat: c["delta"] = delta if delta is not None else {}
         else: c.update(text=(delta or {}).get("content", ""), logprobs=None)
-        return {**head, "choices": [c]}
-    if chat:
-        for i in range(job.params.n): yield sse(chunk(i, {"role": "assistant", "content": ""}))
-    async for kind, value in _job_events(job, request, engine):
-        if kind == "delta": yield sse(chunk(value[0], {"content": value[1]}))
-        elif kind == "end":
-            reason = job.choices[value].finish_reason
-            if reason != "cancelled": yield sse(chunk(value, finish=_finish_reason(reason)))
-        elif kind == "error":
-            yield sse(APIError(f"generation failed: {value}", status=500, type="server_error").body()); return
-        elif job.cancel.is_set() and any(s.finish_reason == "cancelled" for s in job.choices) or not job.choices: return
-        else:
-            if include_usage: yield sse({**head, "choices": [],
-                                         "usage": _usage(len(job.prompt_ids), job.completion_tokens)})
-            yield sse("[DONE]")
+        return sse({**head, "choices": [c]})
+    if kind == "delta": return chunk(value[0], {"content": value[1]})
+    if kind == "end":
+        reason = job.choices[value].finish_reason
+        return chunk(value, finish=_finish_reason(reason)) if reason != "cancelled" else ""
+    if kind == "error": return sse(APIError(f"generation failed: {value}", status=500, type="server_error").body())
+    if kind == "start":  # chat streams open each choice with its role
+        return "".join(chunk(i, {"role": "assistant", "content": ""}) for i in range(job.params.n))
+    if kind != "done": return ""  # ('token', ...) goes to the playground only
+    if job.cancel.is_set() and any(s.finish_reason == "cancelled" for s in job.choices) or not job.choices: return None
+    usage = {**head, "choices": [], "usage": _usage(len(job.prompt_ids), job.completion_tokens)}
+    return (sse(usage) if include_usage else "") + sse("[DONE]")
+
+async def _answer_events(job: Job, request, engine: Engine, head: dict, chat: bool, include_usage: bool):
+    ("The answer as server-sent events: a chunk per text delta and per finished choice, usage, [DONE]; the events "
+     "that arrived together go out in one write.")
+    if chat: yield _event_text(job, head, chat, include_usage, "start", None)
+    async for got in _job_events(job, request, engine):
+        texts = [_event_text(job, head, chat, include_usage, kind, value) for kind, value in got]
+        out = "".join(t for t in texts if t)
+        if out: yield out
+        if None in texts or got[-1][0] in ("done", "error"): return
 
 # %% ../nbs/07_serve.ipynb #0b8bd928
 @dataclass

@@ -926,3 +926,18 @@ def test_a_model_added_to_a_running_engine_serves(models, enc):
         with pytest.raises(ValueError, match="already serves"): eng.add_model("tiny", model, enc)
     finally:
         eng.close()
+
+
+def test_bench_serve_prints_its_table_and_goals():
+    "benchmarks/bench_serve.py, shrunk: a server process, two client levels, the burst and the in-process parts."
+    bench = Path(__file__).parent.parent / "benchmarks" / "bench_serve.py"
+    r = subprocess.run([sys.executable, str(bench), "--models", "mini", "--clients", "1,8", "--requests", "6",
+                        "--max-tokens", "4", "--burst", "2"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [l.split() for l in r.stdout.splitlines() if len(l.split()) == 8 and l.split()[4].endswith("x")]
+    assert [(row[0], row[2]) for row in rows] == [("1", "0"), ("8", "0")], r.stdout  # both levels, no errors
+    assert int(rows[1][1]) == 48  # 8 clients send 6 requests each
+    for words in ("burst: 2 clients starting together", "goal: 8 clients at least 3.5x", "goal: p99 time to first",
+                  "batch-1 decode (engine, in-process, float32)", "same tokens in 8/8 rows"):
+        assert words in r.stdout, (words, r.stdout)
+    assert "in_flight 0" in r.stdout and "failed 0" in r.stdout
