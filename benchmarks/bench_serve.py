@@ -227,8 +227,9 @@ def main(argv=None):
     try: args.levels = [int(c) for c in args.clients.split(",")]
     except ValueError: ap.error(f"--clients must be comma-separated integers, got {args.clients!r}")
     if min(args.levels) < 1: ap.error(f"--clients must all be at least 1, got {args.clients}")
-    for flag in ("requests", "max_tokens", "max_active", "threads", "burst"):
+    for flag in ("requests", "max_active", "threads", "burst"):
         if getattr(args, flag) < 1: ap.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.max_tokens < 2: ap.error(f"--max-tokens must be at least 2 (answers run from half of it), got {args.max_tokens}")
     import torch
     torch.set_num_threads(args.threads)
     print(f"== bench_serve: {args.max_tokens} tokens per answer, {args.requests} requests per level, max_active "
@@ -251,7 +252,8 @@ def main(argv=None):
               f"(goal 50%: {'met' if rate / limit >= 0.5 else 'missed'})")
         if not args.no_hf:
             with torch.inference_mode(): same, ours, theirs = versus_transformers(model, enc, min(args.max_tokens, 16))
-            print(f"vs transformers, 8 prompts of different lengths, greedy, 16 tokens: same tokens in {same}/8 rows; "
+            print(f"vs transformers, 8 prompts of different lengths, greedy, {min(args.max_tokens, 16)} tokens: "
+                  f"same tokens in {same}/8 rows; "
                   f"engine {ours:.1f} tokens/s, transformers generate {theirs:.1f} tokens/s ({ours / theirs:.2f}x)")
     print(f"\npeak memory of this process (the in-process models): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     return 0

@@ -14,7 +14,8 @@ from .runtime import pick_device  # notebook 03c
 from .train import configure_optimizer, make_config, to_json  # notebook 04b: one optimizer
 from .sft import (SFTDataset, sft_parser, collate, stratified_split, sft_lr, response_loss,
                                 # notebook 05: data, template, labels, metric
-                                generate_response, check_finetune_args, instruction_data, describe_data)
+                                generate_response, check_finetune_args, instruction_data, describe_data,
+                                _pass_steps)
 
 # %% auto #0
 __all__ = ['KIND', 'to_transformers', 'hf_collate', 'course_order', 'course_optimizer', 'hf_train', 'check_hf_out', 'hf_finetune',
@@ -172,7 +173,7 @@ def hf_finetune(
     train_ds, val_ds = (SFTDataset(r, enc, model.config.block_size, overlong) for r in (train_recs, val_recs))
     if len(train_ds) == 0: raise ValueError(f"no training example fits block_size={model.config.block_size}; "
                                             "use a model with a longer context or overlong='truncate'")
-    if steps is None: steps = max(1, math.ceil(epochs * len(train_ds) / batch_size))
+    if steps is None: steps = max(1, math.ceil(epochs * _pass_steps(len(train_ds), batch_size, sort_window)))  # as 05
     val = lambda m: response_loss(m, val_ds, batch_size, device, eval_batches) if len(val_ds) else float("nan")
     with tempfile.TemporaryDirectory() as tmp:
         hf = to_transformers(model, tmp).to(device)

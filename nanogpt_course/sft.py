@@ -704,10 +704,19 @@ def _datasets(records: list[dict], enc, block_size: int, cfg: SFTConfig) -> tupl
                          "use a model with a longer context or overlong='truncate'")
     return train_recs, val_recs, train_ds, val_ds
 
+def _whole_batches(n: int, batch_size: int, sort_window: int) -> bool:
+    "Whether `_Feed` keeps whole batches only (it sorts by length, and there are two batches or more): n // B a pass."
+    return sort_window > 1 and n >= 2 * batch_size
+
+def _pass_steps(n: int, batch_size: int, sort_window: int) -> float:
+    "Optimizer steps in one pass over n examples: n / batch_size, or the whole batches when `_Feed` keeps only those."
+    return n // batch_size if _whole_batches(n, batch_size, sort_window) else n / batch_size
+
 def _plan(cfg: SFTConfig, n_train: int) -> tuple[int, int, int]:
     ("(steps, warmup steps, validate every N steps) of a run on `n_train` examples: what a None setting "
      "leaves to finetune.")
-    steps = max(1, math.ceil(cfg.epochs * n_train / cfg.batch_size)) if cfg.steps is None else cfg.steps
+    per_pass = _pass_steps(n_train, cfg.batch_size, cfg.sort_window)
+    steps = max(1, math.ceil(cfg.epochs * per_pass)) if cfg.steps is None else cfg.steps
     warmup = max(1, round(0.05 * steps)) if cfg.warmup_steps is None else cfg.warmup_steps
     return steps, warmup, cfg.eval_every or max(1, steps // 5)
 
@@ -726,7 +735,7 @@ class _Feed:
     def _shuffle(self) -> list[int]:
         "An epoch's order: shuffled; with a window, batches of similar lengths (less padding), in random order."
         order, B = torch.randperm(len(self.ds), generator=self.gen).tolist(), self.batch_size
-        if self.window <= 1 or len(order) < 2 * B: return order
+        if not _whole_batches(len(order), B, self.window): return order
         # whole batches only (PyTorch's drop_last): a random n % B sit this epoch out, and no batch straddles two
         order = order[:len(order) // B * B]
         w = B * self.window
@@ -734,7 +743,7 @@ class _Feed:
         batches = [order[s:s + B] for s in range(0, len(order), B)]
         return [i for b in torch.randperm(len(batches), generator=self.gen).tolist() for i in batches[b]]
     def indices(self) -> list[int]:
-        "The next batch's examples (a batch may span an epoch boundary)."
+        "The next batch's examples (without whole-batch sorting, a batch may span an epoch boundary)."
         idx = []
         while len(idx) < self.batch_size:
             if self.pos == len(self.order): self.order, self.pos = self._shuffle(), 0

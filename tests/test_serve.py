@@ -938,6 +938,6 @@ def test_bench_serve_prints_its_table_and_goals():
     assert [(row[0], row[2]) for row in rows] == [("1", "0"), ("8", "0")], r.stdout  # both levels, no errors
     assert int(rows[1][1]) == 48  # 8 clients send 6 requests each
     for words in ("burst: 2 clients starting together", "goal: 8 clients at least 3.5x", "goal: p99 time to first",
-                  "batch-1 decode (engine, in-process, float32)", "same tokens in 8/8 rows"):
+                  "batch-1 decode (engine, in-process, float32)", "same tokens in 8/8 rows", "greedy, 4 tokens"):
         assert words in r.stdout, (words, r.stdout)
     assert "in_flight 0" in r.stdout and "failed 0" in r.stdout
