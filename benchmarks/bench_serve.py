@@ -12,7 +12,7 @@ measured in the same run:
   caches) divided by the bytes of weights read per token;
 - the engine against `transformers` generating the same batch of prompts greedily: same tokens, and the speed ratio.
 
-    python benchmarks/bench_serve.py                        # both shapes, ~10 minutes on a 2-core CPU
+    python benchmarks/bench_serve.py --plot nbs/images/bench_serve.png   # both shapes, ~4 minutes on a 2-core CPU
     python benchmarks/bench_serve.py --models mini --clients 1,8 --requests 8   # a quick look
 """
 import argparse, asyncio, json, os, resource, socket, subprocess, sys, time
@@ -207,6 +207,27 @@ def report(shape, rows, burst, health, server_mb, args):
     print(f"goal: p99 time to first token at 8 clients within 2x of 1 client: {ttft:.2f}x, {'met' if ttft <= 2 else 'missed'}")
 
 
+def plot(results, path):
+    "Tokens/s and time to first token (p50, p99) against clients, one line per shape: a PNG for notebook 07."
+    import matplotlib; matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for shape, rows in results.items():
+        cs = [r["clients"] for r in rows]
+        line, = ax1.plot(cs, [r["tok_s"] / rows[0]["tok_s"] for r in rows], "o-", label=shape)
+        ax1.plot([8], [GOALS[shape]], "*", ms=12, color=line.get_color(), label=f"{shape} goal at 8 clients")
+        line, = ax2.plot(cs, [r["ttft99"] / rows[0]["ttft99"] for r in rows], "o-", label=f"{shape} p99")
+        ax2.plot(cs, [r["ttft50"] / rows[0]["ttft99"] for r in rows], "o--", color=line.get_color(), alpha=0.6,
+                 label=f"{shape} p50")
+    for ax in (ax1, ax2): ax.set_xscale("log", base=2); ax.set_xticks(cs, [str(c) for c in cs]); ax.set_xlabel("clients")
+    ax1.plot(cs, cs, ":", color="gray", label="ideal"); ax1.legend(fontsize=8)
+    ax1.set(ylabel="streamed tokens/s ÷ 1 client's", title="throughput")
+    ax2.axhline(2, color="gray", ls=":", label="goal at 8 clients: 2x"); ax2.legend(fontsize=8)
+    ax2.set(ylabel="time to first token ÷ 1 client's p99", title="time to first token")
+    fig.tight_layout(); fig.savefig(path, dpi=90); plt.close(fig)
+    print(f"plot: {path}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="mini,gpt2", help="comma-separated shapes: mini, gpt2")
@@ -217,6 +238,7 @@ def main(argv=None):
     ap.add_argument("--max-active", type=int, default=16, help="the server's --max-active (rows decoded together)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the server and the in-process measurements")
     ap.add_argument("--no-hf", action="store_true", help="skip the comparison with transformers")
+    ap.add_argument("--plot", default=None, help="also save the table's curves as this PNG (notebook 07 shows one)")
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--_server", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -234,12 +256,14 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     print(f"== bench_serve: {args.max_tokens} tokens per answer, {args.requests} requests per level, max_active "
           f"{args.max_active}, {args.threads} torch thread(s), torch {torch.__version__}, {os.cpu_count()} CPUs")
+    results = {}
     for shape in shapes:
         model, enc = build(shape)
         n = model.num_params()
         print(f"\n== {shape}: {n / 1e6:.1f}M parameters, {enc.n_vocab:,}-token vocabulary, context {model.config.block_size}")
         rows, burst, health, server_mb = serve_levels(shape, args)
         report(shape, rows, burst, health, server_mb, args)
+        results[shape] = rows
         # every weight is read once per token, except the position table (one row): wte is read whole by the tied lm_head
         weight_bytes = (n - model.transformer.wpe.weight.numel()) * 4
         bw = read_bandwidth_gbs()  # measured next to the decode (a shared machine's bandwidth drifts), best of 5
@@ -255,6 +279,7 @@ def main(argv=None):
             print(f"vs transformers, 8 prompts of different lengths, greedy, {min(args.max_tokens, 16)} tokens: "
                   f"same tokens in {same}/8 rows; "
                   f"engine {ours:.1f} tokens/s, transformers generate {theirs:.1f} tokens/s ({ours / theirs:.2f}x)")
+    if args.plot: plot(results, args.plot)
     print(f"\npeak memory of this process (the in-process models): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     return 0
 

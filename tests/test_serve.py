@@ -928,11 +928,12 @@ def test_a_model_added_to_a_running_engine_serves(models, enc):
         eng.close()
 
 
-def test_bench_serve_prints_its_table_and_goals():
-    "benchmarks/bench_serve.py, shrunk: a server process, two client levels, the burst and the in-process parts."
+def test_bench_serve_prints_its_table_and_goals(tmp_path):
+    "benchmarks/bench_serve.py, shrunk: a server process, two client levels, the burst, the in-process parts, the plot."
     bench = Path(__file__).parent.parent / "benchmarks" / "bench_serve.py"
     r = subprocess.run([sys.executable, str(bench), "--models", "mini", "--clients", "1,8", "--requests", "6",
-                        "--max-tokens", "4", "--burst", "2"], capture_output=True, text=True, timeout=600)
+                        "--max-tokens", "4", "--burst", "2", "--plot", str(tmp_path / "serve.png")],
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [l.split() for l in r.stdout.splitlines() if len(l.split()) == 8 and l.split()[4].endswith("x")]
     assert [(row[0], row[2]) for row in rows] == [("1", "0"), ("8", "0")], r.stdout  # both levels, no errors
@@ -941,3 +942,4 @@ def test_bench_serve_prints_its_table_and_goals():
                   "batch-1 decode (engine, in-process, float32)", "same tokens in 8/8 rows", "greedy, 4 tokens"):
         assert words in r.stdout, (words, r.stdout)
     assert "in_flight 0" in r.stdout and "failed 0" in r.stdout
+    assert (tmp_path / "serve.png").read_bytes()[:4] == b"\x89PNG"
