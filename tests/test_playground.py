@@ -240,7 +240,7 @@ def test_voila_serves_the_notebook():
         assert "GPTConfig(" in page
         assert "Traceback" not in page
         chromium = _chromium()
-        try: from playwright.sync_api import sync_playwright
+        try: from playwright.sync_api import sync_playwright, TimeoutError as PlaywrightTimeout
         except ImportError: sync_playwright = None
         if chromium is None or sync_playwright is None:  # the page check above passed; say the browser half did not run
             pytest.skip("Voila page checked; no Chromium/Playwright for the in-browser half")
@@ -248,9 +248,18 @@ def test_voila_serves_the_notebook():
             browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             try:
                 tab = browser.new_page(viewport={"width": 1300, "height": 1600})
-                tab.goto(url, timeout=150_000)
-                app = tab.locator(".widget-vbox").filter(has_text="nanogpt-course playground").last
-                app.wait_for(timeout=150_000)
+                console = []  # what the page logged: the failure message shows it
+                tab.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+                # one reload, as a user would: a CI run once got the page but not its widgets (a new kernel then
+                # serves the reload); twice in a row fails, with the page's log
+                for attempt in (1, 2):
+                    tab.goto(url, timeout=150_000)
+                    app = tab.locator(".widget-vbox").filter(has_text="nanogpt-course playground").last
+                    try: app.wait_for(timeout=90_000); break
+                    except PlaywrightTimeout:
+                        if attempt == 2:
+                            raise AssertionError("the playground's widgets never showed; the page logged:\n"
+                                                 + "\n".join(console[-30:]))
                 app.scroll_into_view_if_needed()
                 app.get_by_role("button", name="Generate").click()
                 t0 = time.time()
